@@ -10,6 +10,10 @@ from lmlab.tokenizers.base import (
     tokenizer_to_json,
 )
 from lmlab.tokenizers.char import CharTokenizer
+from lmlab.tokenizers.chess_pgn import ChessPGNTokenizer
+from lmlab.tokenizers.hf import HFTokenizer
+from lmlab.tokenizers.named import get_named_tokenizer, named_tokenizers, resolve_tokenizer
+from lmlab.tokenizers.train import TOKENIZER_TRAINING_KINDS, train_tokenizer
 
 __all__ = [
     "TOKENIZER_FILE",
@@ -20,4 +24,11 @@ __all__ = [
     "registered_kinds",
     "tokenizer_from_json",
     "tokenizer_to_json",
+    "ChessPGNTokenizer",
+    "HFTokenizer",
+    "TOKENIZER_TRAINING_KINDS",
+    "get_named_tokenizer",
+    "named_tokenizers",
+    "resolve_tokenizer",
+    "train_tokenizer",
 ]

@@ -1,0 +1,41 @@
+"""A static key/value cache: preallocated once, written in place at the current position."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class KVCache(nn.Module):
+    """Keys and values of one attention layer for every position decoded so far.
+
+    The buffers are allocated for ``max_len`` positions up front; :meth:`update` writes the new
+    positions in place and returns views of everything up to them, so decoding never concatenates.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.register_buffer("keys", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("values", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.size(2)
+
+    def update(
+        self, start_pos: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H_kv, T, D) at positions [start_pos, start_pos+T); return all keys/values so far."""
+        end = start_pos + k.size(2)
+        self.keys[:, :, start_pos:end] = k
+        self.values[:, :, start_pos:end] = v
+        return self.keys[:, :, :end], self.values[:, :, :end]  # (B, H_kv, end, D) views

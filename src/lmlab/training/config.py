@@ -1,0 +1,202 @@
+"""Run configuration: model, training and data sections, presets, YAML files and ``--set`` overrides.
+
+A run is described by a :class:`RunConfig`. It starts from the defaults, then a preset or a YAML
+file, then ``KEY=VALUE`` overrides (``model.n_layer=6``). Every value is checked against its
+field's type and, for named variants, its list of valid choices; a mistake is a one-line
+:class:`LmlabError` naming the valid keys or values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmlab.errors import LmlabError
+from lmlab.models.config import ModelConfig, choice
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, budgets, evaluation and checkpointing."""
+
+    objective: str = choice("causal-lm", ("causal-lm",))
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # floor of the cosine decay
+    warmup_steps: int = 100
+    max_steps: int = 5000  # the run's length and the schedule's horizon
+    max_time: float | None = None  # seconds; the schedule then also runs on elapsed time
+    weight_decay: float = 0.1
+    decay_embeddings: bool = True  # weight matrices always decay; norms and biases never
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_every: int = 250
+    eval_batches: int = 20
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    seed: int = 1337
+    sample_chars: int = 400  # length of the sample printed when training ends (0: none)
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it is split."""
+
+    corpus: str = "shakespeare"
+    val_fraction: float = 0.1
+    unk: bool = False  # map unseen characters to an unknown token instead of failing
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        config = cls()
+        apply_mapping(config, data)
+        return config
+
+
+PRESET_PACKAGE = "lmlab.training.presets"
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with lmlab."""
+    files = resources.files(PRESET_PACKAGE).iterdir()
+    return sorted(f.name[: -len(".yaml")] for f in files if f.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> RunConfig:
+    """The preset ``name`` applied on top of the defaults."""
+    if name not in preset_names():
+        raise LmlabError(f"unknown preset {name!r}; available presets: {', '.join(preset_names())}")
+    text = resources.files(PRESET_PACKAGE).joinpath(f"{name}.yaml").read_text()
+    return RunConfig.from_dict(yaml.safe_load(text) or {})
+
+
+def load_config_file(path: str | Path) -> RunConfig:
+    """A YAML file with ``model:``, ``train:`` and ``data:`` sections applied on the defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise LmlabError(f"config file {path} does not exist; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        reason = str(exc).splitlines()[0]
+        raise LmlabError(f"config file {path} is not valid YAML ({reason})") from exc
+    if data is not None and not isinstance(data, dict):
+        raise LmlabError(f"config file {path} must hold a mapping with model/train/data sections")
+    return RunConfig.from_dict(data or {})
+
+
+def apply_mapping(config: Any, data: dict[str, Any], prefix: str = "") -> None:
+    """Set nested dataclass fields from a nested mapping, checking each key and value."""
+    if not isinstance(data, dict):
+        raise LmlabError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    for key, value in data.items():
+        target_field = _field_of(config, key, prefix)
+        if dataclasses.is_dataclass(getattr(config, key)):
+            apply_mapping(getattr(config, key), value, f"{prefix}{key}.")
+        else:
+            setattr(config, key, _coerce(value, config, target_field, f"{prefix}{key}"))
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``section.key=value`` strings (values parsed as YAML scalars) in order."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise LmlabError(f"override {item!r} must look like KEY=VALUE, e.g. model.n_layer=6")
+        nested: dict[str, Any] = {}
+        cursor = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            cursor = cursor.setdefault(part, {})
+        cursor[leaf] = _parse_scalar(raw)
+        apply_mapping(config, nested)
+    return config
+
+
+def _parse_scalar(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _fields(config: Any) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(config)}
+
+
+def _field_of(config: Any, key: str, prefix: str) -> dataclasses.Field:
+    fields = _fields(config)
+    if key not in fields:
+        raise LmlabError(
+            f"unknown config key {prefix}{key!s}; valid keys here: "
+            + ", ".join(prefix + name for name in fields)
+        )
+    return fields[key]
+
+
+def _coerce(value: Any, config: Any, f: dataclasses.Field, name: str) -> Any:
+    """Check ``value`` against the field's type and choices; returns the value to store."""
+    hints = typing.get_type_hints(type(config))
+    allowed = _allowed_types(hints[f.name])
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise LmlabError(f"{name} cannot be empty; give a value of type {_type_names(allowed)}")
+    converted = _convert(value, allowed)
+    if converted is None:
+        raise LmlabError(f"{name} must be {_type_names(allowed)}, got {value!r}")
+    choices = f.metadata.get("choices")
+    if choices and converted not in choices:
+        raise LmlabError(f"{name} must be one of {', '.join(choices)}; got {converted!r}")
+    return converted
+
+
+def _allowed_types(hint: Any) -> tuple[type, ...]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _convert(value: Any, allowed: tuple[type, ...]) -> Any:
+    """``value`` as one of the allowed scalar types, or None if it fits none of them."""
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is float and isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "3e-4" as a string
+            except ValueError:
+                pass
+        if kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    return None
+
+
+def _type_names(allowed: tuple[type, ...]) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return " or ".join(names.get(kind, kind.__name__) for kind in allowed if kind is not type(None))

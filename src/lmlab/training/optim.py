@@ -1,0 +1,49 @@
+"""AdamW with weight decay on weight matrices only, and the warm-up + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lmlab.training.config import TrainConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool) -> list[dict]:
+    """Split parameters: matrices decay; norms and biases never; embeddings as configured."""
+    embedding_params = {
+        id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)
+    }
+    decay, no_decay = [], []
+    for param in model.parameters():  # tied parameters appear once
+        if not param.requires_grad:
+            continue
+        is_embedding = id(param) in embedding_params
+        if param.dim() >= 2 and (decay_embeddings or not is_embedding):
+            decay.append(param)
+        else:
+            no_decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over :func:`parameter_groups`; the fused kernel where the device supports it."""
+    groups = parameter_groups(model, cfg.weight_decay, cfg.decay_embeddings)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+
+
+def learning_rate(progress_steps: float, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``min_lr`` at ``max_steps``.
+
+    ``progress_steps`` is the step count (possibly fractional when a time budget drives it).
+    """
+    if progress_steps < cfg.warmup_steps:
+        return cfg.lr * (progress_steps + 1) / (cfg.warmup_steps + 1)
+    if progress_steps >= cfg.max_steps:
+        return cfg.min_lr
+    fraction = (progress_steps - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * fraction)) * (cfg.lr - cfg.min_lr)

@@ -1,0 +1,215 @@
+"""The training loop: forward → objective loss → backward → clip → step → log / eval / checkpoint.
+
+Runs are reproducible on the CPU: each micro-batch is drawn from a generator seeded by
+(seed, step, micro-step), dropout draws from the global RNG whose state every checkpoint stores,
+and the learning rate is a function of the step. A run killed at any moment and resumed from
+its last checkpoint therefore ends with the same weights, bit for bit, as one never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lmlab.errors import LmlabError
+from lmlab.training import checkpoint as ckpt
+from lmlab.training.config import RunConfig
+from lmlab.training.optim import build_optimizer, learning_rate
+from lmlab.training.tasks import TrainingTask
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainResult:
+    """How a call to :meth:`Trainer.fit` ended."""
+
+    step: int
+    stop_reason: str  # "max_steps", "max_time" or "interrupted"
+    last_eval: dict[str, float] | None
+    checkpoint: Path
+
+
+class Trainer:
+    """Trains ``model`` on ``task`` as ``config.train`` says, writing into ``run_dir``.
+
+    ``extra_state`` (config, tokenizer, ...) is stored in every checkpoint's ``state.json``.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        model: nn.Module,
+        task: TrainingTask,
+        run_dir: str | Path,
+        extra_state: dict[str, Any] | None = None,
+        progress: bool = True,
+        echo: Callable[[str], None] = print,
+    ):
+        self.config = config
+        self.cfg = config.train
+        self.model = model
+        self.task = task
+        self.run_dir = Path(run_dir)
+        self.extra_state = extra_state or {}
+        self.progress = progress
+        self.echo = echo
+        self.optimizer = build_optimizer(model, self.cfg)
+        self.step = 0
+        self.elapsed = 0.0  # seconds trained so far, over all sessions of this run
+        self.last_eval: dict[str, float] | None = None
+        self._stop_requested = False
+
+    # ----------------------------------------------------------------------------- resume
+    def restore(self, path: Path) -> None:
+        """Continue from checkpoint ``path`` (weights, optimizer, RNG, step, elapsed time)."""
+        ckpt.load_weights(path, self.model)
+        snapshot = ckpt.load_snapshot(path)
+        if snapshot.optimizer_state is not None:
+            self.optimizer.load_state_dict(snapshot.optimizer_state)
+        if snapshot.rng_state is not None:
+            torch.set_rng_state(snapshot.rng_state)
+        self.step = snapshot.step
+        self.elapsed = snapshot.state.get("elapsed_s", 0.0)
+        self.last_eval = snapshot.state.get("last_eval")
+        self._truncate_metrics_after(self.step)
+
+    # ----------------------------------------------------------------------------- loop
+    def fit(self) -> TrainResult:
+        """Train until ``max_steps``, ``max_time`` or Ctrl-C; always ends with a checkpoint."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.model.train()
+        previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+        bar = tqdm(
+            total=self.cfg.max_steps, initial=self.step, disable=not self.progress,
+            dynamic_ncols=True, desc="train", unit="step",
+        )
+        last_checkpoint = None
+        stop_reason = "max_steps"
+        session_start, session_elapsed_before = time.perf_counter(), self.elapsed
+        try:
+            while self.step < self.cfg.max_steps:
+                if self._stop_requested:
+                    stop_reason = "interrupted"
+                    break
+                if self.cfg.max_time is not None and self.elapsed >= self.cfg.max_time:
+                    stop_reason = "max_time"
+                    break
+                step_start = time.perf_counter()
+                loss, lr = self._train_step()
+                self.step += 1
+                self.elapsed = session_elapsed_before + (time.perf_counter() - session_start)
+                self._after_step(bar, loss, lr, time.perf_counter() - step_start)
+                if self.step % self.cfg.checkpoint_every == 0 and self.step < self.cfg.max_steps:
+                    last_checkpoint = self.save()
+            if self.last_eval is None or self.last_eval.get("step") != self.step:
+                self._evaluate()
+            last_checkpoint = self.save()
+        finally:
+            bar.close()
+            signal.signal(signal.SIGINT, previous_handler)
+        return TrainResult(self.step, stop_reason, self.last_eval, last_checkpoint)
+
+    def _train_step(self) -> tuple[float, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, lr)."""
+        lr = learning_rate(self._schedule_position(), self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for micro in range(self.cfg.grad_accum):
+            batch = self.task.train_batch(self._batch_generator(micro))
+            loss = self.task.loss(self.model, batch) / self.cfg.grad_accum
+            loss.backward()
+            total += loss.item()
+        if not math.isfinite(total):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise LmlabError(self._divergence_message(total))
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, lr
+
+    def _batch_generator(self, micro: int) -> torch.Generator:
+        """The data position: batches depend only on (seed, step, micro-step)."""
+        index = self.step * self.cfg.grad_accum + micro
+        return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + index)
+
+    def _schedule_position(self) -> float:
+        """Steps into the schedule; with a time budget, whichever budget is further along."""
+        if self.cfg.max_time is None:
+            return float(self.step)
+        by_time = self.elapsed / self.cfg.max_time * self.cfg.max_steps
+        return max(float(self.step), by_time)
+
+    def _after_step(self, bar: tqdm, loss: float, lr: float, seconds: float) -> None:
+        tokens_per_s = self.task.tokens_per_batch * self.cfg.grad_accum / max(seconds, 1e-9)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+        if self.step % max(1, self.cfg.eval_every // 10) == 0 or self.step == 1:
+            self._log({"kind": "train", "step": self.step, "loss": loss, "lr": lr,
+                       "tokens_per_s": tokens_per_s, "elapsed_s": self.elapsed})
+        if self.cfg.eval_every > 0 and self.step % self.cfg.eval_every == 0:
+            metrics = self._evaluate()
+            if self.progress:
+                bar.write(
+                    f"step {self.step}: val loss {metrics['loss']:.4f}, "
+                    f"perplexity {metrics['perplexity']:.2f}, accuracy {metrics['accuracy']:.3f}"
+                )
+
+    def _evaluate(self) -> dict[str, float]:
+        metrics = self.task.evaluate(self.model, self.cfg.eval_batches, seed=self.cfg.seed)
+        self.model.train()
+        self.last_eval = {**metrics, "step": self.step}
+        self._log({"kind": "eval", "step": self.step, "elapsed_s": self.elapsed,
+                   **{f"val_{k}": v for k, v in metrics.items()}})
+        return metrics
+
+    # ----------------------------------------------------------------------------- state
+    def save(self) -> Path:
+        """Checkpoint the current step (weights, optimizer, RNG, counters)."""
+        state = {**self.extra_state, "elapsed_s": self.elapsed, "last_eval": self.last_eval,
+                 "config": self.config.to_dict()}
+        return ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state,
+                                    keep=self.cfg.keep_checkpoints)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        if self._stop_requested:  # a second Ctrl-C: stop at once (the last checkpoint is intact)
+            raise KeyboardInterrupt
+        self._stop_requested = True
+
+    def _divergence_message(self, loss: float) -> str:
+        good = ckpt.list_checkpoints(self.run_dir)
+        kept = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written yet"
+        return (
+            f"training diverged: the loss is {loss} at step {self.step + 1}; {kept}. "
+            "Lower train.lr or raise train.warmup_steps, then train again (--resume continues)"
+        )
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _truncate_metrics_after(self, step: int) -> None:
+        """Drop log lines a killed session wrote after the checkpoint we resume from."""
+        path = self.run_dir / METRICS_FILE
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62
