@@ -86,7 +86,8 @@ class DecoderLM(nn.Module):
         _scale_residual_projections(self, config.n_layer)
 
     @property
-    def context_length(self) -> int:
+    def max_positions(self) -> int:
+        """Longest sequence the model can attend over (its learned positions)."""
         return self.config.context_length
 
     def forward(self, ids: torch.Tensor, cache: DecoderCache | None = None, start_pos: int = 0) -> torch.Tensor:

@@ -11,9 +11,8 @@ from lmlab.models.config import ModelConfig
 class GRUCache:
     """The GRU's hidden state between decoding calls (updated in place)."""
 
-    def __init__(self, max_len: int):
+    def __init__(self) -> None:
         self.hidden: torch.Tensor | None = None  # (n_layer, B, H)
-        self.max_len = max_len
 
 
 class GRULM(nn.Module):
@@ -33,9 +32,7 @@ class GRULM(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.rnn_hidden, config.vocab_size)
 
-    @property
-    def context_length(self) -> int:
-        return self.config.context_length
+    max_positions = None  # a recurrent model has no context limit
 
     def forward(self, ids: torch.Tensor, cache: GRUCache | None = None, start_pos: int = 0) -> torch.Tensor:
         """ids: (B, T) → logits (B, T, V); with a cache, continues from its hidden state."""
@@ -46,5 +43,5 @@ class GRULM(nn.Module):
         return self.head(self.dropout(out))
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> GRUCache:
-        """A recurrent state holder; a GRU has no context limit, so max_len is only bookkeeping."""
-        return GRUCache(max_len or self.config.context_length)
+        """A recurrent state holder (batch size and length need no preallocation)."""
+        return GRUCache()

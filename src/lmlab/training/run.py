@@ -47,8 +47,9 @@ def make_trainer(
     resume: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = print,
-) -> Trainer:
-    """A :class:`Trainer` for ``config`` in ``out_dir``; with ``resume``, continued from its newest good checkpoint."""
+) -> tuple[Trainer, Tokenizer]:
+    """A :class:`Trainer` for ``config`` in ``out_dir`` and the run's tokenizer; with ``resume``,
+    the trainer continues from the run's newest good checkpoint."""
     out_dir = Path(out_dir)
     start = _resume_point(out_dir, echo) if resume else None
     _refuse_to_overwrite(out_dir, resume)
@@ -64,7 +65,7 @@ def make_trainer(
     if start is not None:
         trainer.restore(start)
         echo(f"resuming from {start} (step {trainer.step})")
-    return trainer
+    return trainer, tokenizer
 
 
 def resume_config(out_dir: str | Path, echo: Callable[[str], None] = print) -> RunConfig:

@@ -1,0 +1,210 @@
+"""The ``lmlab`` command. Each subcommand is a thin function over the packages.
+
+Every user mistake (bad value, missing file, corrupt checkpoint, unknown preset, ...) prints one
+line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, NoReturn, Sequence
+
+from lmlab.errors import LmlabError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake in one line instead of a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise LmlabError(f"{message} (see '{self.prog} --help')")
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from lmlab.generation import GenerationConfig, generate
+    from lmlab.training.config import apply_overrides, load_config_file, load_preset
+    from lmlab.training.run import make_trainer, resume_config
+
+    out = Path(args.out or f"runs/{args.preset or (Path(args.config).stem if args.config else 'shakespeare-char')}")
+    if args.resume and not (args.preset or args.config):
+        config = resume_config(out, _err)
+    elif args.config:
+        config = load_config_file(args.config)
+    else:
+        config = load_preset(args.preset or "shakespeare-char")
+    apply_overrides(config, [item for group in args.set for item in group])
+    _apply_train_flags(config, args)
+    trainer, tokenizer = make_trainer(config, out, resume=args.resume, progress=not args.no_progress, echo=_err)
+    result = trainer.fit()
+    print(json.dumps({"run_dir": str(out), "step": result.step, "stop_reason": result.stop_reason,
+                      **{f"val_{k}": v for k, v in (result.last_eval or {}).items() if k != "step"}}))
+    if config.train.sample_chars > 0 and result.stop_reason != "interrupted":
+        prompt = tokenizer.encode("\n") if tokenizer.token_to_id("\n") is not None else [0]
+        sample = GenerationConfig(max_new_tokens=config.train.sample_chars, strategy="sample",
+                                  temperature=0.8, top_k=50, seed=config.train.seed)
+        trainer.model.eval()
+        print("--- sample ---")
+        print(tokenizer.decode(generate(trainer.model, prompt, sample)))
+    return EXIT_INTERRUPTED if result.stop_reason == "interrupted" else 0
+
+
+def _apply_train_flags(config, args: argparse.Namespace) -> None:
+    if args.data is not None:
+        config.data.corpus = args.data
+    if args.max_steps is not None:
+        config.train.max_steps = _positive(args.max_steps, "--max-steps")
+    if args.max_time is not None:
+        config.train.max_time = _positive(args.max_time, "--max-time")
+    if args.seed is not None:
+        config.train.seed = args.seed
+    for name in ("batch_size", "max_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "grad_accum"):
+        if getattr(config.train, name) < 1:
+            raise LmlabError(f"train.{name} must be at least 1, got {getattr(config.train, name)}")
+    if not config.train.lr > 0:
+        raise LmlabError(f"train.lr must be positive, got {config.train.lr}")
+
+
+def _positive(value, flag: str):
+    if not value > 0:
+        raise LmlabError(f"{flag} must be positive, got {value}")
+    return value
+
+
+# ----------------------------------------------------------------------------------- generate
+def cmd_generate(args: argparse.Namespace) -> int:
+    from lmlab.generation import GenerationConfig, stream_tokens
+    from lmlab.training.run import load_run
+
+    run = load_run(args.run_dir, _err)
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, strategy=args.strategy, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        prompt_overflow="truncate" if args.truncate_prompt else "error",
+    )
+    config.validate()
+    prompt = run.tokenizer.encode(args.prompt)
+    sys.stdout.write(args.prompt)
+    new_ids: list[int] = []
+    printed = ""
+    for token in stream_tokens(run.model, prompt, config):
+        new_ids.append(token)
+        text = run.tokenizer.decode(new_ids)
+        sys.stdout.write(text[len(printed):])
+        sys.stdout.flush()
+        printed = text
+    sys.stdout.write("\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lmlab.data.corpora import load_corpus, split_train_val
+    from lmlab.data.windows import sequential_windows, token_tensor
+    from lmlab.evaluation import evaluate_lm
+    from lmlab.training.run import load_run
+
+    run = load_run(args.run_dir, _err)
+    text = load_corpus(args.data or run.config.data.corpus)
+    train_text, val_text = split_train_val(text, run.config.data.val_fraction)
+    tokens = token_tensor(run.tokenizer.encode(val_text if args.split == "val" else train_text))
+    window = run.config.model.context_length
+    metrics = evaluate_lm(run.model, sequential_windows(tokens, args.batch_size, window))
+    if metrics["tokens"] == 0:
+        raise LmlabError(f"the {args.split} split has fewer than 2 tokens; nothing to evaluate")
+    print(json.dumps({**metrics, "split": args.split, "checkpoint": str(run.checkpoint)}))
+    return 0
+
+
+# ----------------------------------------------------------------------------------- info
+def cmd_info(args: argparse.Namespace) -> int:
+    from lmlab.training.run import describe_model, load_run
+
+    run = load_run(args.run_dir, _err)
+    state = run.state
+    info = {
+        "checkpoint": str(run.checkpoint),
+        "model": describe_model(run.model, run.config.model),
+        "tokenizer": {"kind": run.tokenizer.kind, "vocab_size": run.tokenizer.vocab_size},
+        "training": {"step": state.get("step"), "max_steps": run.config.train.max_steps,
+                     "elapsed_s": state.get("elapsed_s"), "last_eval": state.get("last_eval")},
+        "config": run.config.to_dict(),
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+# ----------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lmlab", description="Train, run and inspect Transformer language models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a model (default: the Shakespeare character model)")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--preset", help="a preset shipped with lmlab (e.g. shakespeare-char, nanogpt-cpu)")
+    source.add_argument("--config", help="a YAML file with model/train/data sections")
+    train.add_argument("--set", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                       help="override config fields, e.g. --set model.n_layer=6 train.lr=1e-3")
+    train.add_argument("--data", help="corpus name (shakespeare, tinyshakespeare) or a file, directory or glob")
+    train.add_argument("--out", help="run directory (default: runs/PRESET)")
+    train.add_argument("--max-steps", type=int, help="number of optimizer steps (the schedule's horizon)")
+    train.add_argument("--max-time", type=float, help="stop after this many seconds of training")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
+    train.add_argument("--seed", type=int, help="seed for initialisation, batches and dropout")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    gen = sub.add_parser("generate", help="continue a prompt with a trained model")
+    gen.add_argument("run_dir", help="a run directory written by 'lmlab train' (or one checkpoint)")
+    gen.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--strategy", default="sample", help="greedy or sample")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--seed", type=int, help="makes sampling reproducible")
+    gen.add_argument("--truncate-prompt", action="store_true",
+                     help="keep the end of a prompt longer than the context instead of failing")
+    gen.set_defaults(func=cmd_generate)
+
+    ev = sub.add_parser("eval", help="loss, perplexity and accuracy on a corpus split")
+    ev.add_argument("run_dir")
+    ev.add_argument("--data", help="corpus to evaluate on (default: the run's own)")
+    ev.add_argument("--split", choices=("val", "train"), default="val")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.set_defaults(func=cmd_eval)
+
+    info = sub.add_parser("info", help="config, parameter count and training state of a run")
+    info.add_argument("run_dir")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lmlab`` command; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.func
+        return handler(args)
+    except LmlabError as exc:
+        _err(f"lmlab: error: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err("lmlab: interrupted")
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        _err(f"lmlab: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
