@@ -11,9 +11,16 @@ from lmlab.training.config import TrainConfig
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool) -> list[dict]:
-    """Split parameters: matrices decay; norms and biases never; embeddings as configured."""
+    """Split parameters: matrices decay; norms and biases never; embeddings as configured.
+
+    Embeddings are the tables of ``nn.Embedding`` modules and of any module whose class name
+    ends in ``Embedding`` (learned positions are one too).
+    """
     embedding_params = {
-        id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.Embedding) or type(m).__name__.endswith("Embedding")
+        for p in m.parameters(recurse=False)
     }
     decay, no_decay = [], []
     for param in model.parameters():  # tied parameters appear once

@@ -67,6 +67,7 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0  # seconds trained so far, over all sessions of this run
         self.last_eval: dict[str, float] | None = None
+        self.step_seconds: list[float] = []  # wall time of each step of this session (for benchmarks)
         self._stop_requested = False
 
     # ----------------------------------------------------------------------------- resume
@@ -152,6 +153,7 @@ class Trainer:
         return max(float(self.step), by_time)
 
     def _after_step(self, bar: tqdm, loss: float, lr: float, seconds: float) -> None:
+        self.step_seconds.append(seconds)
         tokens_per_s = self.task.tokens_per_batch * self.cfg.grad_accum / max(seconds, 1e-9)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)

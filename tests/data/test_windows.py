@@ -1,0 +1,90 @@
+"""Token windows: random ones are reproducible contiguous slices; sequential ones label each token once."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmlab.data.windows import check_enough_tokens, random_windows, sequential_windows, token_tensor
+from lmlab.errors import LmlabError
+
+
+def test_token_tensor_is_compact():
+    tokens = token_tensor([3, 1, 4, 1, 5])
+    assert tokens.dtype == torch.int32
+    assert tokens.tolist() == [3, 1, 4, 1, 5]
+
+
+def test_random_windows_are_deterministic_per_generator():
+    tokens = token_tensor(list(range(1000)))
+    a = random_windows(tokens, 8, 16, torch.Generator().manual_seed(7))
+    b = random_windows(tokens, 8, 16, torch.Generator().manual_seed(7))
+    c = random_windows(tokens, 8, 16, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert a.shape == (8, 17) and a.dtype == torch.int64
+
+
+def test_random_windows_do_not_touch_the_global_rng():
+    tokens = token_tensor(list(range(100)))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    random_windows(tokens, 4, 8, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.rand(3), expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(2, 300), batch=st.integers(1, 8), seed=st.integers(0, 2**31), data=st.data())
+def test_random_windows_are_contiguous_slices(n, batch, seed, data):
+    window = data.draw(st.integers(1, n - 1))
+    values = torch.randperm(10_000, generator=torch.Generator().manual_seed(seed))[:n].to(torch.int32)
+    position = {int(v): i for i, v in enumerate(values)}
+    windows = random_windows(values, batch, window, torch.Generator().manual_seed(seed))
+    assert windows.shape == (batch, window + 1)
+    for row in windows.tolist():
+        start = position[row[0]]
+        assert start + window < n
+        assert row == values[start : start + window + 1].tolist()
+
+
+def test_random_windows_reach_both_ends():
+    tokens = token_tensor(list(range(12)))
+    windows = random_windows(tokens, 2000, 4, torch.Generator().manual_seed(0))
+    starts = set(windows[:, 0].tolist())
+    assert starts == set(range(12 - 4))  # every start from 0 to n - window - 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(0, 200), batch=st.integers(1, 6), window=st.integers(1, 40))
+def test_sequential_windows_label_every_token_exactly_once(n, batch, window):
+    tokens = token_tensor(list(range(n)))
+    labels, inputs = [], []
+    for chunk in sequential_windows(tokens, batch, window):
+        assert chunk.dtype == torch.int64
+        assert 1 <= chunk.size(0) <= batch
+        assert 2 <= chunk.size(1) <= window + 1
+        for row in chunk.tolist():
+            assert row == list(range(row[0], row[0] + len(row)))  # contiguous
+            inputs.extend(row[:-1])
+            labels.extend(row[1:])
+    assert sorted(labels) == list(range(1, n))  # each token after the first, once
+    assert sorted(inputs) == list(range(0, max(n - 1, 0)))
+
+
+def test_sequential_windows_are_in_order_and_full_first():
+    tokens = token_tensor(list(range(23)))
+    chunks = list(sequential_windows(tokens, 2, 5))
+    assert [c.shape for c in chunks] == [(2, 6), (2, 6), (1, 3)]
+    assert chunks[0][:, 0].tolist() == [0, 5]
+    assert chunks[1][:, 0].tolist() == [10, 15]
+    assert chunks[2].tolist() == [[20, 21, 22]]
+
+
+def test_check_enough_tokens():
+    check_enough_tokens(token_tensor(list(range(9))), 8, "training")  # exactly one window fits
+    with pytest.raises(LmlabError) as info:
+        check_enough_tokens(token_tensor(list(range(8))), 8, "validation")
+    message = str(info.value)
+    assert "validation" in message and "8 tokens" in message and "9" in message
+    assert "context_length" in message and "\n" not in message

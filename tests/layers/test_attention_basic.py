@@ -1,0 +1,86 @@
+"""MultiHeadAttention equals a naive float64 softmax(QK^T/sqrt(d) + mask) V built from its own weights."""
+
+import math
+
+import pytest
+import torch
+
+from lmlab.layers.attention import MultiHeadAttention, causal_mask_with_offset
+from lmlab.layers.kv_cache import KVCache
+
+
+def naive_attention(module: MultiHeadAttention, x: torch.Tensor) -> torch.Tensor:
+    """Causal self-attention over x (B, T, C) written out by hand from the module's weights."""
+    B, T, C = x.shape
+    H, H_kv = module.n_head, module.n_kv_heads
+    D = C // H
+    W, b = module.qkv.weight, module.qkv.bias
+    Wq, Wk, Wv = W[: H * D], W[H * D : (H + H_kv) * D], W[(H + H_kv) * D :]
+    bq, bk, bv = (None, None, None) if b is None else (b[: H * D], b[H * D : (H + H_kv) * D], b[(H + H_kv) * D :])
+
+    def project(weight, bias, heads):
+        out = x @ weight.T + (0 if bias is None else bias)  # (B, T, heads*D)
+        return out.view(B, T, heads, D).permute(0, 2, 1, 3)  # (B, heads, T, D)
+
+    q, k, v = project(Wq, bq, H), project(Wk, bk, H_kv), project(Wv, bv, H_kv)
+    group = H // H_kv
+    mask = torch.full((T, T), float("-inf"), dtype=x.dtype).triu(1)  # -inf above the diagonal
+    heads = []
+    for h in range(H):
+        kv = h // group  # query head h reads key/value head h // group
+        scores = q[:, h] @ k[:, kv].transpose(-1, -2) / math.sqrt(D) + mask  # (B, T, T)
+        heads.append(scores.softmax(dim=-1) @ v[:, kv])  # (B, T, D)
+    y = torch.cat(heads, dim=-1)  # (B, T, C), head-major like the module
+    out = y @ module.out_proj.weight.T
+    if module.out_proj.bias is not None:
+        out = out + module.out_proj.bias
+    return out
+
+
+def make(n_head: int, n_kv_heads: int | None, bias: bool, d_model: int = 48) -> MultiHeadAttention:
+    torch.manual_seed(0)
+    module = MultiHeadAttention(d_model, n_head, n_kv_heads, bias=bias, dropout=0.0).double().eval()
+    if bias:  # nn.Linear starts with non-zero biases; make sure they are exercised either way
+        with torch.no_grad():
+            module.qkv.bias.normal_()
+            module.out_proj.bias.normal_()
+    return module
+
+
+SHAPES = [(4, None, True), (4, 2, True), (6, 1, False), (1, None, False), (6, 3, True)]
+
+
+@pytest.mark.parametrize("n_head,n_kv_heads,bias", SHAPES)
+def test_causal_output_equals_naive_float64(n_head, n_kv_heads, bias):
+    module = make(n_head, n_kv_heads, bias)
+    x = torch.randn(3, 11, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), naive_attention(module, x), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("n_head,n_kv_heads,bias", SHAPES)
+@pytest.mark.parametrize("split", [[4, 7], [10, 1], [3, 1, 1, 6]])
+def test_cached_chunks_equal_naive_float64(n_head, n_kv_heads, bias, split):
+    """Chunks after a prefix (the offset causal mask) and single tokens (no mask) both match."""
+    module = make(n_head, n_kv_heads, bias)
+    x = torch.randn(2, 11, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    cache = KVCache(2, module.n_kv_heads, 16, module.head_dim, dtype=torch.float64)
+    outputs, pos = [], 0
+    with torch.no_grad():
+        for size in split:
+            outputs.append(module(x[:, pos : pos + size], cache, pos))
+            pos += size
+        torch.testing.assert_close(torch.cat(outputs, 1), naive_attention(module, x), atol=1e-10, rtol=1e-10)
+
+
+def test_causal_mask_with_offset():
+    mask = causal_mask_with_offset(2, 5, torch.device("cpu"))
+    assert mask.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
+    assert torch.equal(causal_mask_with_offset(4, 4, torch.device("cpu")), torch.ones(4, 4, dtype=torch.bool).tril())
+
+
+def test_bad_head_counts_are_rejected():
+    with pytest.raises(ValueError):
+        MultiHeadAttention(48, 5)
+    with pytest.raises(ValueError):
+        MultiHeadAttention(48, 4, 3)
