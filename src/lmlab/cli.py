@@ -83,6 +83,7 @@ def _positive(value, flag: str):
 # ----------------------------------------------------------------------------------- generate
 def cmd_generate(args: argparse.Namespace) -> int:
     from lmlab.generation import GenerationConfig, stream_tokens
+    from lmlab.generation.generate import fit_prompt
     from lmlab.training.run import load_run
 
     run = load_run(args.run_dir, _err)
@@ -93,6 +94,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     config.validate()
     prompt = run.tokenizer.encode(args.prompt)
+    fit_prompt(prompt, getattr(run.model, "max_positions", None), config.prompt_overflow)  # fail before printing
     sys.stdout.write(args.prompt)
     new_ids: list[int] = []
     printed = ""
@@ -113,6 +115,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lmlab.evaluation import evaluate_lm
     from lmlab.training.run import load_run
 
+    _positive(args.batch_size, "--batch-size")
     run = load_run(args.run_dir, _err)
     text = load_corpus(args.data or run.config.data.corpus)
     train_text, val_text = split_train_val(text, run.config.data.val_fraction)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lmlab.layers.attention import MultiHeadAttention, causal_mask_with_offset
+from lmlab.layers.attention import MultiHeadAttention
 from lmlab.layers.kv_cache import KVCache
 
 
@@ -71,12 +71,6 @@ def test_cached_chunks_equal_naive_float64(n_head, n_kv_heads, bias, split):
             outputs.append(module(x[:, pos : pos + size], cache, pos))
             pos += size
         torch.testing.assert_close(torch.cat(outputs, 1), naive_attention(module, x), atol=1e-10, rtol=1e-10)
-
-
-def test_causal_mask_with_offset():
-    mask = causal_mask_with_offset(2, 5, torch.device("cpu"))
-    assert mask.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
-    assert torch.equal(causal_mask_with_offset(4, 4, torch.device("cpu")), torch.ones(4, 4, dtype=torch.bool).tril())
 
 
 def test_bad_head_counts_are_rejected():

@@ -78,13 +78,6 @@ def test_a_cache_can_be_refilled_from_position_zero(model):
     torch.testing.assert_close(torch.cat(out, dim=1), model(second), atol=1e-5, rtol=0)
 
 
-def test_new_cache_never_exceeds_the_context():
-    model = build_model(tiny())
-    assert model.new_cache(1, 1000).max_len == 24
-    assert model.new_cache(1).max_len == 24
-    assert model.new_cache(1, 10).max_len == 10
-
-
 def test_gpt2_initialisation_statistics():
     torch.manual_seed(0)
     n_layer = 4

@@ -54,7 +54,8 @@ def pad_batch(
     """
     if side not in PAD_SIDES:
         raise LmlabError(f"side must be one of {', '.join(PAD_SIDES)}, got {side!r}")
-    tensors = [_truncated(_as_long(seq), max_length, keep_end=side == "left") for seq in _checked(seqs)]
+    keep_end = side == "left"
+    tensors = [_truncated(_as_long(seq), max_length, keep_end) for seq in _checked(seqs)]
     if side == "right":
         input_ids, mask = pad_with_mask(tensors, pad_id)  # (B, T)
         return PaddedBatch(input_ids, mask)

@@ -224,7 +224,7 @@ def _normalise_text(data: bytes) -> str:
 def _load_local(spec: str) -> str:
     if not spec.strip():
         raise LmlabError(f"empty corpus spec; pass a path or one of the known corpora: {_KNOWN}")
-    files = _local_files(spec)
+    files = local_files(spec)
     if not files:
         raise LmlabError(f"{spec} contains no files; point it at text files")
     text = "\n\n".join(_read_utf8(path) for path in files)
@@ -233,8 +233,8 @@ def _load_local(spec: str) -> str:
     return text
 
 
-def _local_files(spec: str) -> list[Path]:
-    """The files a local spec names, in order; an error if it names nothing that exists."""
+def local_files(spec: str) -> list[Path]:
+    """The files a local spec (file, directory, glob) names, in order; an error if it names nothing."""
     path = Path(spec).expanduser()
     if path.exists():
         return _files_at(path)

@@ -23,7 +23,6 @@ with the same contract as :mod:`lmlab.data.windows`.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from lmlab.data.corpora import KNOWN_CORPORA, load_corpus
+from lmlab.data.corpora import KNOWN_CORPORA, load_corpus, local_files
 from lmlab.data.tasks import is_pgn_file, iter_pgn_games
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import Tokenizer, load_tokenizer
@@ -43,12 +42,11 @@ INDEX_FILE = "index.json"
 INDEX_VERSION = 1
 SHARD_PATTERN = "shard-{:05d}.bin"
 DEFAULT_SHARD_TOKENS = 1 << 24
-DEFAULT_BATCH_DOCS = 256
+DEFAULT_BATCH_DOCS = 64  # ~256 KB of text per encode_batch call: memory stays flat, threads busy
 UINT16_MAX_VOCAB = 65535
 DOCUMENT_MODES = ("file", "line")
 _MAX_PIECE_CHARS = 1 << 20  # a longer line is read (and encoded) in pieces of this many characters
 _CHUNK_CHARS = 1 << 12  # file mode encodes runs of whole lines of about this many characters
-_GLOB_CHARS = "*?["
 
 Piece = tuple[str, bool]  # (text to encode, whether it starts a new document)
 
@@ -127,7 +125,9 @@ class ShardIndex:
         if self.dtype not in ("uint16", "uint32"):
             raise LmlabError(f"{where}: unknown dtype {self.dtype!r}; re-run 'lmlab data prepare'")
         if self.separator_id is not None and not isinstance(self.separator_id, int):
-            raise LmlabError(f"{where}: separator_id must be an integer or null; re-run 'lmlab data prepare'")
+            raise LmlabError(
+                f"{where}: separator_id must be an integer or null; re-run 'lmlab data prepare'"
+            )
         if total != self.total_tokens or any(s.tokens <= 0 for s in self.shards):
             raise LmlabError(
                 f"{where}: total_tokens {total} does not match the shards' token counts; "
@@ -163,7 +163,7 @@ def prepare_shards(
     out.mkdir(parents=True, exist_ok=True)
     (out / INDEX_FILE).unlink(missing_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
-    writer = _ShardWriter(out, dtype, shard_tokens)
+    writer = _ShardWriter(out, dtype, shard_tokens, tokenizer.vocab_size)
     pieces = _pieces(sources, documents)
     try:
         count = _encode_into(writer, tokenizer, pieces, separator, batch_docs)
@@ -233,20 +233,20 @@ def _encode_into(
 class _ShardWriter:
     """Appends ids to shard files, starting a new file every ``shard_tokens`` tokens."""
 
-    def __init__(self, out: Path, dtype: np.dtype, shard_tokens: int):
+    def __init__(self, out: Path, dtype: np.dtype, shard_tokens: int, vocab_size: int):
         self.out = out
         self.dtype = dtype
         self.shard_tokens = shard_tokens
-        self.vocab_limit = np.iinfo(dtype).max
+        self.vocab_size = vocab_size
         self.shards: list[ShardFile] = []
         self.handle = None
         self.filled = 0
 
     def write(self, ids: np.ndarray) -> None:
         """Append ids (N,) to the shards, splitting them across files as needed."""
-        if ids.size and (ids.min() < 0 or ids.max() > self.vocab_limit):
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise LmlabError(
-                f"the tokenizer produced ids outside 0..{self.vocab_limit} ({self.dtype.name}); "
+                f"the tokenizer produced ids outside its vocabulary 0..{self.vocab_size - 1}; "
                 "its vocab_size is wrong, fix or re-save the tokenizer"
             )
         ids = ids.astype(self.dtype)
@@ -293,30 +293,12 @@ def _resolve_inputs(inputs: str | Path | Sequence[str | Path]) -> list[Path | st
     if isinstance(inputs, (str, Path)):
         if str(inputs) in KNOWN_CORPORA:
             return [load_corpus(str(inputs))]
-        files = _files_of_spec(str(inputs))
+        files = local_files(str(inputs))
     else:
-        files = [file for item in inputs for file in _files_of_spec(str(item), glob_ok=False)]
+        files = [file for item in inputs for file in local_files(str(item))]
     if not files:
         raise LmlabError(f"{_describe(inputs)} contains no files; point it at text files")
     return files
-
-
-def _files_of_spec(spec: str, glob_ok: bool = True) -> list[Path]:
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        return sorted(
-            file for file in path.rglob("*")
-            if file.is_file() and not any(p.startswith(".") for p in file.relative_to(path).parts)
-        )
-    if glob_ok and any(char in spec for char in _GLOB_CHARS):
-        matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True))
-        return [file for match in matches for file in _files_of_spec(match, glob_ok=False)]
-    raise LmlabError(
-        f"no such file or directory: {spec}; pass text files, a directory, a glob or one of "
-        f"the corpora {', '.join(KNOWN_CORPORA)}"
-    )
 
 
 def _pieces(sources: list[Path | str], documents: str) -> Iterator[Piece]:

@@ -176,7 +176,7 @@ def _open_text(path: Path) -> IO[str]:
         raise LmlabError(f"no such file: {path}; check the path")
     if path.stat().st_size == 0:
         raise LmlabError(f"{path} is empty; point it at a file with data")
-    return open(path, encoding="utf-8", newline="")
+    return open(path, encoding="utf-8-sig", newline="")  # -sig: skip a byte-order mark
 
 
 def _json_records(handle: IO[str], path: Path) -> Iterator[tuple[int, dict]]:
@@ -202,7 +202,8 @@ def _table_records(
     handle: IO[str], path: Path, delimiter: str, header: bool
 ) -> Iterator[tuple[int, dict]]:
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(_utf8_lines(handle, path), delimiter=delimiter, quoting=quoting)
+    lines = _utf8_lines(handle, path)
+    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting, strict=True)
     names: list[str] | None = None
     try:
         for row in reader:
@@ -275,7 +276,8 @@ def iter_pgn_games(path: str | Path, keep_headers: bool = False) -> Iterator[PGN
 
     Movetext is the main line without comments, NAGs or variations, on one line with single
     spaces and the result last (``"1. e4 e5 2. Nf3 Nc6 1-0"``). Headers are dropped unless
-    ``keep_headers``. A game python-chess cannot parse (illegal move, bad SAN) is an error.
+    ``keep_headers`` (a game set up from a ``FEN`` header needs them to be replayed). A game
+    python-chess cannot parse (illegal move, bad SAN) is an error.
     """
     chess_pgn = _import_chess_pgn()
     path = Path(path)
@@ -333,7 +335,9 @@ def _import_optional(module: str, what: str) -> Any:
     try:
         return __import__(module)
     except ImportError:
-        raise LmlabError(f"reading {what} needs the {module} package; pip install {module}") from None
+        raise LmlabError(
+            f"reading {what} needs the {module} package; pip install {module}"
+        ) from None
 
 
 def _first_line(error: object) -> str:

@@ -57,7 +57,7 @@ def fit_prompt(prompt: list[int], max_positions: int | None, policy: str) -> lis
         raise LmlabError("the prompt is empty; give at least one token of text with --prompt")
     if max_positions is None or len(prompt) < max_positions:
         return prompt
-    if policy == "truncate":
+    if policy == "truncate" and max_positions > 1:  # a 1-position context leaves no room at all
         return prompt[-(max_positions - 1):]
     raise LmlabError(
         f"the prompt is {len(prompt)} tokens but the model's context holds {max_positions} "

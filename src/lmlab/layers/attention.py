@@ -1,37 +1,44 @@
-"""Multi-head self-attention with grouped-query heads, causal masking and a KV cache."""
+"""Multi-head attention: self-attention (MHA / GQA / MQA) with a KV cache, and cross-attention.
+
+Both run through ``scaled_dot_product_attention``. Setting ``keep_weights`` on a layer (or using
+:func:`capture_attention`) switches it to an explicit softmax that also stores the attention
+weights, for visualisation; the normal path never materialises them.
+"""
 
 from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.layers.kv_cache import KVCache
+from lmlab.layers.kv_cache import CrossAttentionCache, KVCache
+from lmlab.layers.masks import AttentionMask, allowed_keys, build_attention_mask
+from lmlab.layers.positional import Rotary
 
 
-def causal_mask_with_offset(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
-    """Boolean (q_len, k_len) mask, True where query i (at absolute position k_len-q_len+i) may attend."""
-    offset = k_len - q_len
-    q_pos = torch.arange(q_len, device=device)[:, None] + offset
-    k_pos = torch.arange(k_len, device=device)[None, :]
-    return k_pos <= q_pos
+def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+    """softmax(q·kᵀ/√D + mask): (B, H, T, S), the same weights SDPA uses (rows that may see no key
+    are zero for a boolean mask). q: (B, H, T, D); k: (B, H_kv, S, D)."""
+    k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)  # (B, H, S, D)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
+    T, S = scores.shape[-2:]
+    if mask.is_causal:
+        scores = scores.masked_fill(~allowed_keys(T, S, causal=True, device=q.device), float("-inf"))
+    elif mask.tensor is not None and mask.tensor.dtype == torch.bool:
+        scores = scores.masked_fill(~mask.tensor, float("-inf"))
+    elif mask.tensor is not None:
+        scores = scores + mask.tensor
+    return scores.float().softmax(dim=-1).nan_to_num(0.0).to(q.dtype)
 
 
-class MultiHeadAttention(nn.Module):
-    """Causal self-attention through ``scaled_dot_product_attention``.
+class Attention(nn.Module):
+    """What self- and cross-attention share: head layout, output projection, the attend step."""
 
-    ``n_kv_heads`` < ``n_head`` gives grouped-query attention (1 = multi-query): each key/value
-    head serves ``n_head // n_kv_heads`` query heads.
-    """
-
-    def __init__(
-        self,
-        d_model: int,
-        n_head: int,
-        n_kv_heads: int | None = None,
-        bias: bool = True,
-        dropout: float = 0.0,
-    ):
+    def __init__(self, d_model: int, n_head: int, n_kv_heads: int | None, bias: bool, dropout: float):
         super().__init__()
         n_kv_heads = n_kv_heads or n_head
         if d_model % n_head or n_head % n_kv_heads:
@@ -42,35 +49,127 @@ class MultiHeadAttention(nn.Module):
         self.n_head = n_head
         self.n_kv_heads = n_kv_heads
         self.head_dim = d_model // n_head
-        self.qkv = nn.Linear(d_model, (n_head + 2 * n_kv_heads) * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
+        self.keep_weights = False
+        self.weights: torch.Tensor | None = None  # (B, H, T, S) of the last call, with keep_weights
 
-    def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0
-    ) -> torch.Tensor:
-        """x: (B, T, C) → (B, T, C). With a cache, x holds positions [start_pos, start_pos+T)."""
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_head * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim],
-            dim=-1,
-        )
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
-        if cache is not None:
-            k, v = cache.update(start_pos, k, v)  # (B, H_kv, start_pos+T, D)
-        y = self._attend(q, k, v)  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, C)
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, T, n·D) → (B, n, T, D)."""
+        B, T, _ = x.shape
+        return x.view(B, T, n, self.head_dim).transpose(1, 2)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+        """q (B, H, T, D) over k, v (B, H_kv, S, D) → projected output (B, T, C)."""
+        B, H, T, D = q.shape
+        if self.keep_weights:
+            self.weights = attention_weights(q, k, mask).detach()
+            y = self.weights @ v.repeat_interleave(H // v.size(1), dim=1)  # (B, H, T, D)
+        else:
+            attn_mask = mask.tensor
+            if attn_mask is not None and attn_mask.is_floating_point():
+                attn_mask = attn_mask.to(q.dtype)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, is_causal=mask.is_causal,
+                dropout_p=self.dropout if self.training else 0.0, enable_gqa=H != k.size(1),
+            )  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, H * D)
         return self.resid_dropout(self.out_proj(y))
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Causal attention of q (B, H, T, D) over k, v (B, H_kv, S, D), S ≥ T, q at the last T positions."""
-        T, S = q.size(2), k.size(2)
-        dropout = self.dropout if self.training else 0.0
-        gqa = self.n_kv_heads != self.n_head
-        if T == S:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=gqa)
-        mask = None if T == 1 else causal_mask_with_offset(T, S, q.device)  # a single query sees every key
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)
+
+class MultiHeadAttention(Attention):
+    """Self-attention; ``n_kv_heads`` < ``n_head`` gives grouped-query attention (1 = multi-query):
+    each key/value head serves ``n_head // n_kv_heads`` query heads."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        n_kv_heads: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__(d_model, n_head, n_kv_heads, bias, dropout)
+        self.qkv = nn.Linear(d_model, (n_head + 2 * self.n_kv_heads) * self.head_dim, bias=bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        start_pos: int = 0,
+        mask: AttentionMask | None = None,
+        rotary: Rotary | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, C) at positions [start_pos, start_pos+T) → (B, T, C).
+
+        mask: from :func:`~lmlab.layers.masks.build_attention_mask`; None means causal.
+        rotary: RoPE rotation of these T positions, applied to queries and keys.
+        cache: keys/values of earlier positions; these T are written into it.
+        """
+        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = self._heads(q, self.n_head)  # (B, H, T, D)
+        k = self._heads(k, self.n_kv_heads)  # (B, H_kv, T, D)
+        v = self._heads(v, self.n_kv_heads)  # (B, H_kv, T, D)
+        if rotary is not None:
+            q, k = rotary(q), rotary(k)
+        if cache is not None:
+            k, v = cache.update(start_pos, k, v)  # (B, H_kv, start_pos+T, D)
+        if mask is None:
+            mask = build_attention_mask(q.size(2), k.size(2), causal=True, device=x.device)
+        return self._attend(q, k, v, mask)
+
+
+class CrossAttention(Attention):
+    """Queries from the decoder, keys and values from the encoder output ("memory")."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        n_kv_heads: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__(d_model, n_head, n_kv_heads, bias, dropout)
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.kv_proj = nn.Linear(d_model, 2 * self.n_kv_heads * self.head_dim, bias=bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        mask: AttentionMask | None = None,
+        cache: CrossAttentionCache | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, C) attends over memory (B, S, C) → (B, T, C).
+
+        mask: usually the encoder's key padding (None: every memory position is visible).
+        cache: holds the memory's keys/values after the first call, which later calls reuse.
+        """
+        q = self._heads(self.q_proj(x), self.n_head)  # (B, H, T, D)
+        if cache is not None and cache.keys is not None:
+            k, v = cache.keys, cache.values
+        else:
+            k, v = (self._heads(t, self.n_kv_heads) for t in self.kv_proj(memory).chunk(2, dim=-1))  # (B, H_kv, S, D)
+            if cache is not None:
+                cache.keys, cache.values = k, v
+        return self._attend(q, k, v, mask or AttentionMask())
+
+
+@contextmanager
+def capture_attention(model: nn.Module) -> Iterator[list[Attention]]:
+    """Within the block, every attention layer of ``model`` keeps its weights.
+
+    Yields the layers in order; after a forward pass, ``layer.weights`` is (B, H, T, S).
+    """
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    for layer in layers:
+        layer.keep_weights = True
+    try:
+        yield layers
+    finally:
+        for layer in layers:
+            layer.keep_weights = False
+            layer.weights = None

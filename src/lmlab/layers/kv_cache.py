@@ -39,3 +39,15 @@ class KVCache(nn.Module):
         self.keys[:, :, start_pos:end] = k
         self.values[:, :, start_pos:end] = v
         return self.keys[:, :, :end], self.values[:, :, :end]  # (B, H_kv, end, D) views
+
+
+class CrossAttentionCache:
+    """Keys and values a cross-attention layer projected from the encoder output.
+
+    They depend only on the encoder output, so they are computed at the first decoding step and
+    reused at every later one; make a new cache for a new encoder output.
+    """
+
+    def __init__(self) -> None:
+        self.keys: torch.Tensor | None = None  # (B, H_kv, S, D)
+        self.values: torch.Tensor | None = None

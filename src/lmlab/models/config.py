@@ -1,8 +1,9 @@
 """``ModelConfig``: one dataclass that describes every model lmlab builds.
 
-Variants are chosen by naming them (``position="learned"``, ``ffn="gelu"``, ...); each field's
+Variants are chosen by naming them (``position="rope"``, ``ffn="swiglu"``, ...); each field's
 valid names live in its ``metadata["choices"]`` so config files and ``--set`` overrides are checked
-against them with a one-line error that lists the valid ones.
+against them with a one-line error that lists the valid ones. Mixture-of-Experts settings are the
+nested :class:`MoEConfig` (``--set model.moe.num_experts=4``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from dataclasses import dataclass, field
 
 from lmlab.errors import LmlabError
 from lmlab.layers.feedforward import FFN_KINDS
-from lmlab.layers.norms import NORMS
+from lmlab.layers.moe import ROUTERS
+from lmlab.layers.norms import NORMS, PLACEMENTS
+
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
+BACKBONES = ("decoder", "encoder", "encoder-decoder")
 
 
 def choice(default: str, choices: tuple[str, ...]):
@@ -20,13 +25,43 @@ def choice(default: str, choices: tuple[str, ...]):
 
 
 @dataclass
+class MoEConfig:
+    """Mixture-of-Experts feed-forward layers; ``num_experts = 0`` keeps every layer dense."""
+
+    num_experts: int = 0
+    top_k: int = 2  # token-choice: experts per token (1: Switch, 2: GShard / Mixtral)
+    router: str = choice("token-choice", ROUTERS)
+    capacity_factor: float = 1.25  # expert capacity relative to an even split of the tokens
+    drop_tokens: bool = True  # token-choice: drop tokens past capacity (False: no capacity limit)
+    every: int = 1  # every n-th layer (the n-th, 2n-th, ...) is MoE; 2 gives Switch's every other layer
+    balance_loss_weight: float = 0.01  # weight of the load-balancing loss E·Σ fᵢ·Pᵢ
+    z_loss_weight: float = 0.001  # weight of the router z-loss
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether block ``index`` (0-based) has an MoE feed-forward."""
+        return self.num_experts > 0 and (index + 1) % self.every == 0
+
+    def validate(self) -> None:
+        """Raise :class:`LmlabError` for settings that cannot build an MoE layer."""
+        if self.num_experts < 0 or self.every < 1:
+            raise LmlabError("model.moe.num_experts must be ≥ 0 and model.moe.every ≥ 1")
+        if self.num_experts and not 1 <= self.top_k <= self.num_experts:
+            raise LmlabError(
+                f"model.moe.top_k ({self.top_k}) must be between 1 and model.moe.num_experts ({self.num_experts})"
+            )
+        if not self.capacity_factor > 0:
+            raise LmlabError(f"model.moe.capacity_factor must be positive, got {self.capacity_factor}")
+
+
+@dataclass
 class ModelConfig:
     """Architecture of a language model; ``vocab_size`` is filled in from the tokenizer."""
 
     arch: str = choice("transformer", ("transformer", "gru"))
-    backbone: str = choice("decoder", ("decoder",))
+    backbone: str = choice("decoder", BACKBONES)
+    head: str = choice("lm", ("lm", "classifier"))  # classifier: encoder sequence classification
     vocab_size: int = 0
-    n_layer: int = 6
+    n_layer: int = 6  # per stack (the encoder and the decoder each have n_layer)
     n_head: int = 6
     n_kv_heads: int | None = None  # None: as many as n_head; fewer gives grouped-query attention
     d_model: int = 384
@@ -34,20 +69,32 @@ class ModelConfig:
     context_length: int = 256
     dropout: float = 0.1
     bias: bool = True
-    position: str = choice("learned", ("learned",))
+    position: str = choice("learned", POSITIONS)
+    rope_base: float = 10000.0
+    rope_fraction: float = 1.0  # share of each head's dimensions RoPE rotates
+    t5_num_buckets: int = 32
+    t5_max_distance: int = 128
     norm: str = choice("layernorm", NORMS)
-    norm_placement: str = choice("pre", ("pre",))
+    norm_placement: str = choice("pre", tuple(PLACEMENTS))
     ffn: str = choice("gelu", FFN_KINDS)
-    tie_embeddings: bool = True
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    tie_embeddings: bool = True  # LM head shares the (decoder's) token embedding
+    share_embeddings: bool = True  # encoder-decoder: one token embedding for both stacks
+    num_labels: int = 2  # classifier head: number of classes
+    pooling: str = choice("cls", ("cls", "mean"))  # classifier head: first token or mean over tokens
     rnn_hidden: int = 1024  # GRU baseline: hidden size (d_model is its embedding size)
 
     @property
     def ffn_width(self) -> int:
         return self.d_ff or 4 * self.d_model
 
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
     def validate(self) -> None:
         """Raise :class:`LmlabError` for values that cannot build a model."""
-        positive = ("n_layer", "n_head", "d_model", "context_length", "rnn_hidden")
+        positive = ("n_layer", "n_head", "d_model", "context_length", "rnn_hidden", "num_labels")
         for name in positive:
             if getattr(self, name) < 1:
                 raise LmlabError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
@@ -55,6 +102,7 @@ class ModelConfig:
             raise LmlabError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.arch == "transformer":
             self._validate_heads()
+            self.moe.validate()
 
     def _validate_heads(self) -> None:
         if self.d_model % self.n_head:
@@ -65,4 +113,8 @@ class ModelConfig:
         if kv < 1 or self.n_head % kv:
             raise LmlabError(
                 f"model.n_head ({self.n_head}) must be divisible by model.n_kv_heads ({kv})"
+            )
+        if not 0.0 < self.rope_fraction <= 1.0 or int(self.head_dim * self.rope_fraction) < 2:
+            raise LmlabError(
+                f"model.rope_fraction must be in (0, 1] and rotate at least 2 of the {self.head_dim} head dimensions"
             )

@@ -13,6 +13,13 @@ from lmlab.tokenizers.char import CharTokenizer
 from lmlab.tokenizers.chess_pgn import ChessPGNTokenizer
 from lmlab.tokenizers.hf import HFTokenizer
 from lmlab.tokenizers.named import get_named_tokenizer, named_tokenizers, resolve_tokenizer
+from lmlab.tokenizers.pretrained import (
+    PretrainedHFTokenizer,
+    SentencePieceTokenizer,
+    load_pretrained_tokenizer,
+    render_chat_template,
+    tokenizer_from_gguf_metadata,
+)
 from lmlab.tokenizers.train import TOKENIZER_TRAINING_KINDS, train_tokenizer
 
 __all__ = [
@@ -31,4 +38,9 @@ __all__ = [
     "named_tokenizers",
     "resolve_tokenizer",
     "train_tokenizer",
+    "PretrainedHFTokenizer",
+    "SentencePieceTokenizer",
+    "load_pretrained_tokenizer",
+    "render_chat_template",
+    "tokenizer_from_gguf_metadata",
 ]

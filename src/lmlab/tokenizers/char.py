@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from lmlab.errors import LmlabError
 from lmlab.tokenizers.base import Tokenizer, register_tokenizer
@@ -16,9 +16,19 @@ class CharTokenizer(Tokenizer):
 
     By default, a character outside the alphabet is an error naming it. With ``unk=True`` an
     explicit unknown token (``U+FFFD``) is appended to the vocabulary and such characters map to it.
+
+    ``special_tokens`` (role → token string, e.g. ``{"mask": "<mask>", "eos": "</s>"}``) and
+    ``extra_tokens`` (e.g. T5 sentinels ``<extra_id_0>`` …) get ids after the alphabet. They are
+    never produced by :meth:`encode` from plain text; objectives insert them by id.
     """
 
-    def __init__(self, chars: Sequence[str], unk: bool = False):
+    def __init__(
+        self,
+        chars: Sequence[str],
+        unk: bool = False,
+        special_tokens: Mapping[str, str] | None = None,
+        extra_tokens: Sequence[str] = (),
+    ):
         alphabet = sorted(set(chars) - {UNK_TOKEN})
         if unk:
             alphabet.append(UNK_TOKEN)
@@ -26,20 +36,28 @@ class CharTokenizer(Tokenizer):
             raise LmlabError("a character tokenizer needs at least one character; is the corpus empty?")
         self.chars = alphabet
         self.unk = unk
-        self._index = {ch: i for i, ch in enumerate(alphabet)}
+        self.roles = dict(special_tokens or {})
+        added = list(dict.fromkeys([*self.roles.values(), *extra_tokens]))
+        self.added_tokens = [token for token in added if token not in alphabet]
+        self.extra_tokens = list(extra_tokens)
+        self._vocab = alphabet + self.added_tokens
+        self._index = {token: i for i, token in enumerate(self._vocab)}
 
     @classmethod
-    def from_text(cls, text: str, unk: bool = False) -> "CharTokenizer":
+    def from_text(cls, text: str, unk: bool = False, **special: Any) -> "CharTokenizer":
         """Build the alphabet from every distinct character of ``text``."""
-        return cls(set(text), unk=unk)
+        return cls(set(text), unk=unk, **special)
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self._vocab)
 
     @property
     def special_tokens(self) -> dict[str, int]:
-        return {"unk": self._index[UNK_TOKEN]} if self.unk else {}
+        roles = {role: self._index[token] for role, token in self.roles.items()}
+        if self.unk:
+            roles["unk"] = self._index[UNK_TOKEN]
+        return roles
 
     def encode(self, text: str) -> list[int]:
         index = self._index
@@ -58,22 +76,32 @@ class CharTokenizer(Tokenizer):
             ) from None
 
     def decode(self, ids: Sequence[int]) -> str:
-        chars = self.chars
+        vocab = self._vocab
         try:
-            return "".join(chars[i] for i in ids)
-        except IndexError:
-            bad = [i for i in ids if not 0 <= i < len(chars)]
-            raise LmlabError(f"ids {bad[:10]} are outside the vocabulary (size {len(chars)})") from None
+            return "".join(vocab[i] for i in ids)
+        except (IndexError, TypeError):
+            bad = [i for i in ids if not 0 <= i < len(vocab)]
+            raise LmlabError(f"ids {bad[:10]} are outside the vocabulary (size {len(vocab)})") from None
 
     def token_to_id(self, token: str) -> int | None:
         return self._index.get(token)
 
     def id_to_token(self, token_id: int) -> str:
-        return self.chars[token_id]
+        return self._vocab[token_id]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"chars": "".join(c for c in self.chars if c != UNK_TOKEN), "unk": self.unk}
+        return {
+            "chars": "".join(c for c in self.chars if c != UNK_TOKEN),
+            "unk": self.unk,
+            "special_tokens": self.roles,
+            "extra_tokens": self.extra_tokens,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CharTokenizer":
-        return cls(list(data["chars"]), unk=bool(data.get("unk", False)))
+        return cls(
+            list(data["chars"]),
+            unk=bool(data.get("unk", False)),
+            special_tokens=data.get("special_tokens"),
+            extra_tokens=data.get("extra_tokens", ()),
+        )

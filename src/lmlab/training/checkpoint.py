@@ -113,14 +113,35 @@ def verify_checkpoint(path: Path) -> None:
 
 
 def latest_good_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path | None:
-    """The newest checkpoint that verifies; each bad one met on the way is reported via ``warn``."""
+    """The newest checkpoint that verifies, or None.
+
+    When a damaged newer checkpoint is passed over for an older good one, each damaged one is
+    reported via ``warn``. When none verifies nothing is reported: the caller's error says why
+    (see :func:`why_no_good_checkpoint`), so the user sees one line, not a warning and an error.
+    """
+    damaged = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
             verify_checkpoint(path)
-            return path
         except LmlabError as exc:
+            damaged.append(exc)
+            continue
+        for exc in damaged:
             warn(f"warning: {exc}; falling back to the previous checkpoint")
+        return path
     return None
+
+
+def why_no_good_checkpoint(run_dir: Path) -> str:
+    """Why :func:`latest_good_checkpoint` found nothing in ``run_dir``, as a phrase for a message."""
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        return "it has no checkpoint"
+    try:
+        verify_checkpoint(checkpoints[-1])
+    except LmlabError as exc:
+        return f"all {len(checkpoints)} of its checkpoints are damaged, the newest: {exc}"
+    return "its checkpoints changed while being read"
 
 
 def read_state(path: Path) -> dict[str, Any]:

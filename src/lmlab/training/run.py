@@ -84,7 +84,10 @@ def load_run(path: str | Path, echo: Callable[[str], None] = print) -> LoadedRun
     else:
         checkpoint = ckpt.latest_good_checkpoint(path, echo)
         if checkpoint is None:
-            raise LmlabError(f"{path} holds no usable checkpoint; train one with 'lmlab train --out {path}'")
+            raise LmlabError(
+                f"{path} holds no usable checkpoint ({ckpt.why_no_good_checkpoint(path)}); "
+                f"train one with 'lmlab train --out {path}'"
+            )
     state = ckpt.read_state(checkpoint)
     config = RunConfig.from_dict(state["config"])
     model = build_model(config.model)
@@ -107,7 +110,8 @@ def _resume_point(out_dir: Path, echo: Callable[[str], None]) -> Path:
     start = ckpt.latest_good_checkpoint(out_dir, echo)
     if start is None:
         raise LmlabError(
-            f"nothing to resume in {out_dir}: it has no good checkpoint; drop --resume to start a new run"
+            f"nothing to resume in {out_dir}: {ckpt.why_no_good_checkpoint(out_dir)}; "
+            "drop --resume to start a new run"
         )
     return start
 

@@ -1,0 +1,53 @@
+"""Output heads on top of a backbone's hidden states: masked-LM and sequence classification."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab.layers.norms import build_norm
+
+
+class MLMHead(nn.Module):
+    """BERT's masked-LM head: dense → GELU → norm → vocabulary projection (with a bias)."""
+
+    def __init__(self, d_model: int, vocab_size: int, norm: str = "layernorm"):
+        super().__init__()
+        self.dense = nn.Linear(d_model, d_model)
+        self.norm = build_norm(norm, d_model)
+        self.decoder = nn.Linear(d_model, vocab_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: (B, T, C) → logits (B, T, V)."""
+        return self.decoder(self.norm(F.gelu(self.dense(hidden))))
+
+
+def first_token(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The first ([CLS]) position: (B, T, C) → (B, C)."""
+    return hidden[:, 0]
+
+
+def mean_over_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the real (unpadded) positions: (B, T, C) → (B, C)."""
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    weights = attention_mask.to(hidden.dtype)[:, :, None]  # (B, T, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+POOLING = {"cls": first_token, "mean": mean_over_tokens}
+
+
+class ClassificationHead(nn.Module):
+    """Pool the sequence (first token or mean), dropout, then a linear layer to class scores."""
+
+    def __init__(self, d_model: int, num_labels: int, pooling: str = "cls", dropout: float = 0.1):
+        super().__init__()
+        self.pool = POOLING[pooling]
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(d_model, num_labels)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden: (B, T, C) → class logits (B, num_labels)."""
+        return self.classifier(self.dropout(self.pool(hidden, attention_mask)))

@@ -1,0 +1,256 @@
+"""The ``lmlab`` command, run in-process: a tiny train → info / eval / generate, and one-line errors."""
+
+import contextlib
+import io
+import json
+import math
+import shutil
+
+import pytest
+
+from lmlab.cli import main
+from lmlab.training import checkpoint as ckpt
+
+TEXT = "to be, or not to be, that is the question.\n" * 40
+TINY = ["model.n_layer=1", "model.n_head=2", "model.d_model=16", "model.context_length=16",
+        "train.batch_size=4", "train.eval_batches=1", "train.checkpoint_every=3", "train.eval_every=3",
+        "train.warmup_steps=1"]
+
+
+def run(*argv):
+    """main(argv) with captured streams: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "hamlet.txt"
+    path.write_text(TEXT)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, corpus):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    code, stdout, stderr = run("train", "--data", corpus, "--out", out, "--max-steps", 6, "--no-progress",
+                               "--seed", 3, "--set", *TINY, "train.sample_chars=20")
+    assert code == 0, stderr
+    return out, stdout
+
+
+def test_train_prints_a_summary_and_a_sample(run_dir):
+    out, stdout = run_dir
+    summary = json.loads(stdout.splitlines()[0])
+    assert summary["run_dir"] == str(out) and summary["step"] == 6 and summary["stop_reason"] == "max_steps"
+    assert {"val_loss", "val_perplexity", "val_accuracy"} <= set(summary)
+    assert "--- sample ---" in stdout
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-00000003", "step-00000006"]
+
+
+def test_info(run_dir):
+    out, _ = run_dir
+    code, stdout, stderr = run("info", out)
+    assert code == 0, stderr
+    info = json.loads(stdout)
+    assert info["training"]["step"] == 6 and info["training"]["max_steps"] == 6
+    assert info["tokenizer"] == {"kind": "char", "vocab_size": len(set(TEXT))}
+    assert info["model"]["parameters"] > 0 and info["config"]["model"]["d_model"] == 16
+    assert info["checkpoint"].endswith("step-00000006")
+
+
+def test_eval_prints_json_metrics(run_dir, corpus):
+    out, _ = run_dir
+    code, stdout, stderr = run("eval", out, "--batch-size", 4)
+    assert code == 0, stderr
+    metrics = json.loads(stdout)
+    assert {"loss", "perplexity", "accuracy", "tokens"} <= set(metrics)
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
+    assert 0 <= metrics["accuracy"] <= 1
+    assert metrics["tokens"] == round(len(TEXT) * 0.1) - 1  # every validation token after the first
+    code, stdout, _ = run("eval", out, "--split", "train", "--data", corpus)
+    assert code == 0 and json.loads(stdout)["split"] == "train"
+
+
+def test_generate(run_dir):
+    out, _ = run_dir
+    code, stdout, stderr = run("generate", out, "--prompt", "to be", "--max-new-tokens", 30, "--seed", 1)
+    assert code == 0, stderr
+    assert stdout.startswith("to be") and len(stdout) == len("to be") + 30 + 1
+    assert set(stdout) <= set(TEXT)
+    again = run("generate", out, "--prompt", "to be", "--max-new-tokens", 30, "--seed", 1)[1]
+    assert again == stdout  # seeded sampling is reproducible
+    code, greedy, _ = run("generate", out, "--strategy", "greedy", "--max-new-tokens", 40, "--prompt", "q")
+    assert code == 0 and len(greedy) == 1 + 40 + 1  # runs past the 16-token context
+
+
+def test_truncated_prompt_generates(run_dir):
+    out, _ = run_dir
+    code, stdout, stderr = run("generate", out, "--prompt", "to be or not " * 5, "--max-new-tokens", 5,
+                               "--truncate-prompt")
+    assert code == 0, stderr
+
+
+def assert_one_line_error(result, *words):
+    code, stdout, stderr = result
+    assert code == 2, (stdout, stderr)
+    assert stdout == ""  # nothing half-done on stdout
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("lmlab: error: ")
+    assert "Traceback" not in stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def tiny_train(*argv):
+    return run("train", "--no-progress", "--max-steps", 2, *argv)
+
+
+def test_missing_data_file(tmp_path):
+    assert_one_line_error(tiny_train("--data", tmp_path / "nope.txt", "--out", tmp_path / "r"), "nope.txt")
+
+
+def test_unknown_preset(tmp_path):
+    assert_one_line_error(tiny_train("--preset", "gpt-17", "--out", tmp_path / "r"), "gpt-17", "nanogpt-cpu")
+
+
+def test_bad_set_key(tmp_path, corpus):
+    assert_one_line_error(
+        tiny_train("--data", corpus, "--out", tmp_path / "r", "--set", "model.n_layers=2"),
+        "model.n_layers", "model.n_layer",
+    )
+
+
+def test_bad_set_value(tmp_path, corpus):
+    assert_one_line_error(
+        tiny_train("--data", corpus, "--out", tmp_path / "r", "--set", "model.n_layer=two"), "model.n_layer", "integer"
+    )
+
+
+def test_unknown_choice(tmp_path, corpus):
+    assert_one_line_error(
+        tiny_train("--data", corpus, "--out", tmp_path / "r", "--set", "model.norm=batchnorm"),
+        "batchnorm", "layernorm", "rmsnorm",
+    )
+
+
+def test_impossible_model(tmp_path, corpus):
+    assert_one_line_error(
+        tiny_train("--data", corpus, "--out", tmp_path / "r", "--set", *TINY, "model.n_head=3"), "n_head"
+    )
+
+
+def test_config_file_missing(tmp_path):
+    assert_one_line_error(tiny_train("--config", tmp_path / "missing.yaml", "--out", tmp_path / "r"), "missing.yaml")
+
+
+def test_invalid_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    assert_one_line_error(tiny_train("--config", bad, "--out", tmp_path / "r"), "YAML")
+
+
+def test_config_file_trains(tmp_path, corpus):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model:\n  n_layer: 1\n  n_head: 2\n  d_model: 16\n  context_length: 8\n"
+        f"train:\n  batch_size: 2\n  eval_batches: 1\n  sample_chars: 0\ndata:\n  corpus: {corpus}\n"
+    )
+    code, stdout, stderr = tiny_train("--config", config, "--out", tmp_path / "r")
+    assert code == 0, stderr
+    assert json.loads(stdout)["step"] == 2
+
+
+def test_training_into_an_existing_run_needs_resume(tmp_path, corpus, run_dir):
+    out, _ = run_dir
+    assert_one_line_error(tiny_train("--data", corpus, "--out", out, "--set", *TINY), "--resume")
+
+
+def test_resume_with_nothing_to_resume(tmp_path, corpus):
+    assert_one_line_error(tiny_train("--out", tmp_path / "empty", "--resume"), "nothing to resume")
+    assert_one_line_error(
+        tiny_train("--data", corpus, "--out", tmp_path / "empty", "--resume", "--set", *TINY), "nothing to resume"
+    )
+
+
+def test_resume_continues_a_run(tmp_path, run_dir):
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir[0], copy)
+    code, stdout, stderr = run("train", "--out", copy, "--resume", "--max-steps", 9, "--no-progress",
+                               "--set", "train.sample_chars=0")
+    assert code == 0, stderr
+    assert json.loads(stdout)["step"] == 9
+    assert "resuming from" in stderr and "step-00000006" in stderr
+
+
+def test_bad_max_steps(tmp_path, corpus):
+    assert_one_line_error(tiny_train("--data", corpus, "--out", tmp_path / "r", "--max-steps", 0), "--max-steps")
+
+
+@pytest.mark.parametrize("size", ["0", "-2"])
+def test_eval_bad_batch_size(run_dir, size):
+    assert_one_line_error(run("eval", run_dir[0], "--batch-size", size), "--batch-size")
+
+
+def test_generate_on_a_missing_dir(tmp_path):
+    assert_one_line_error(run("generate", tmp_path / "no-such-run"), "no-such-run")
+
+
+def test_generate_on_a_dir_without_checkpoints(tmp_path):
+    assert_one_line_error(run("generate", tmp_path), "no usable checkpoint")
+
+
+def test_corrupt_only_checkpoint(tmp_path, run_dir):
+    copy = tmp_path / "corrupt"
+    shutil.copytree(run_dir[0], copy)
+    checkpoints = ckpt.list_checkpoints(copy)
+    for old in checkpoints[:-1]:
+        shutil.rmtree(old)
+    model_file = checkpoints[-1] / ckpt.MODEL_FILE
+    data = bytearray(model_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model_file.write_bytes(bytes(data))
+    for command in (["generate", copy], ["eval", copy], ["info", copy], ["generate", checkpoints[-1]]):
+        assert_one_line_error(run(*command), "corrupt")
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, run_dir):
+    copy = tmp_path / "fallback"
+    shutil.copytree(run_dir[0], copy)
+    newest = ckpt.list_checkpoints(copy)[-1]
+    (newest / ckpt.MODEL_FILE).write_bytes(b"")
+    code, stdout, stderr = run("info", copy)
+    assert code == 0
+    assert json.loads(stdout)["training"]["step"] == 3
+    assert "warning" in stderr and "step-00000006" in stderr
+
+
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--top-p", "1.5"], ["top-p"]),
+        (["--temperature", "0"], ["temperature"]),
+        (["--top-k", "0"], ["top-k"]),
+        (["--strategy", "beam"], ["greedy", "sample"]),
+        (["--max-new-tokens", "-3"], ["max-new-tokens"]),
+        (["--prompt", "to be ✈"], ["'✈'"]),
+        (["--prompt", "to be or not to be"], ["--truncate-prompt"]),
+        (["--prompt", ""], ["empty"]),
+        (["--max-new-tokens", "many"], ["max-new-tokens"]),
+    ],
+)
+def test_generate_bad_settings(run_dir, flags, words):
+    out, _ = run_dir
+    assert_one_line_error(run("generate", out, *flags), *words)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["frobnicate"], ["train", "--bogus"], ["generate"], ["eval", "x", "--split", "test"], []],
+    ids=["unknown-subcommand", "unknown-flag", "missing-argument", "bad-choice", "no-subcommand"],
+)
+def test_usage_mistakes(argv):
+    assert_one_line_error(run(*argv))

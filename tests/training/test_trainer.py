@@ -1,0 +1,208 @@
+"""The training loop: learning, budgets, divergence, Ctrl-C and exact in-process resume."""
+
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.training import checkpoint as ckpt
+from lmlab.training.config import RunConfig, apply_overrides
+from lmlab.training.run import make_trainer
+from lmlab.training.trainer import METRICS_FILE
+
+TEXT = "the quick brown fox jumps over the lazy dog. " * 30 + "\n" + "pack my box with five dozen jugs. " * 20
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def tiny_config(corpus, *overrides: str) -> RunConfig:
+    config = RunConfig()
+    apply_overrides(
+        config,
+        [
+            f"data.corpus={corpus}",
+            "model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.context_length=16",
+            "model.dropout=0.0",
+            "train.batch_size=8", "train.lr=3e-3", "train.min_lr=3e-4", "train.warmup_steps=5",
+            "train.max_steps=60", "train.eval_every=20", "train.eval_batches=2",
+            "train.checkpoint_every=20", "train.sample_chars=0",
+            *overrides,
+        ],
+    )
+    return config
+
+
+def trainer_for(config, run_dir, resume=False, messages=None):
+    trainer, _ = make_trainer(config, run_dir, resume=resume, progress=False,
+                              echo=(messages.append if messages is not None else print))
+    return trainer
+
+
+def train_records(run_dir):
+    lines = (run_dir / METRICS_FILE).read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_loss_goes_down(tmp_path, corpus):
+    trainer = trainer_for(tiny_config(corpus), tmp_path / "run")
+    before = trainer.task.evaluate(trainer.model, 2, seed=trainer.cfg.seed)["loss"]
+    assert before == pytest.approx(math.log(trainer.model.config.vocab_size), rel=0.1)  # untrained ≈ uniform
+    result = trainer.fit()
+    assert result.stop_reason == "max_steps" and result.step == 60
+    assert result.last_eval["step"] == 60
+    assert result.last_eval["loss"] < 0.7 * before
+    assert result.checkpoint == tmp_path / "run" / "checkpoints" / "step-00000060"
+    ckpt.verify_checkpoint(result.checkpoint)
+    records = train_records(tmp_path / "run")
+    train_losses = [r["loss"] for r in records if r["kind"] == "train"]
+    assert train_losses[-1] < 0.7 * train_losses[0]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [20, 40, 60]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == [
+        "step-00000020", "step-00000040", "step-00000060"
+    ]
+
+
+def test_time_budget_stops_training(tmp_path, corpus):
+    config = tiny_config(corpus, "train.max_steps=1000000", "train.max_time=0.5", "train.eval_every=10")
+    trainer = trainer_for(config, tmp_path / "run")
+    result = trainer.fit()
+    assert result.stop_reason == "max_time"
+    assert 0 < result.step < 1_000_000
+    assert trainer.elapsed >= 0.5
+    state = ckpt.read_state(result.checkpoint)
+    assert state["step"] == result.step and state["elapsed_s"] >= 0.5
+    # The time budget also drives the schedule: by steps alone (a million) the learning rate
+    # would still be at its peak; by time it has decayed past the half-way point, towards min_lr.
+    lrs = [r["lr"] for r in train_records(tmp_path / "run") if r["kind"] == "train"]
+    assert len(lrs) == result.step  # one record per step with eval_every=10
+    assert lrs[-1] < (3e-3 + 3e-4) / 2
+    assert all(b <= a for a, b in zip(lrs[5:], lrs[6:]))
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, corpus, monkeypatch):
+    config = tiny_config(corpus, "train.checkpoint_every=4", "train.keep_checkpoints=10")
+    trainer = trainer_for(config, tmp_path / "run")
+    real_loss = trainer.task.loss
+    calls = {"n": 0}
+
+    def loss_that_explodes(model, batch):
+        calls["n"] += 1
+        loss = real_loss(model, batch)
+        return loss * float("nan") if calls["n"] == 11 else loss  # the 11th step
+
+    monkeypatch.setattr(trainer.task, "loss", loss_that_explodes)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(LmlabError) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "diverged" in message and "nan" in message and "step 11" in message
+    assert "step-00000008" in message  # names the last good checkpoint
+    assert "train.lr" in message  # and says what to change
+    assert signal.getsignal(signal.SIGINT) is handler  # the Ctrl-C handler is put back
+    kept = ckpt.list_checkpoints(tmp_path / "run")
+    assert [p.name for p in kept] == ["step-00000004", "step-00000008"]
+    for path in kept:
+        ckpt.verify_checkpoint(path)
+    # The checkpoint is the model as it was at step 8: resuming from it works.
+    resumed = trainer_for(config, tmp_path / "run", resume=True, messages=[])
+    assert resumed.step == 8
+
+
+def test_huge_learning_rate_diverges_with_an_error(tmp_path, corpus):
+    config = tiny_config(corpus, "train.lr=1e30", "train.warmup_steps=0", "train.grad_clip=0")
+    with pytest.raises(LmlabError, match="diverged"):
+        trainer_for(config, tmp_path / "run").fit()
+
+
+def interrupt_at(trainer, monkeypatch, at_step):
+    """Send SIGINT to ourselves from inside optimizer step ``at_step`` (1-based)."""
+    real_step = trainer._train_step
+
+    def step():
+        if trainer.step + 1 == at_step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step()
+
+    monkeypatch.setattr(trainer, "_train_step", step)
+
+
+def test_sigint_stops_and_checkpoints_the_current_step(tmp_path, corpus, monkeypatch):
+    trainer = trainer_for(tiny_config(corpus), tmp_path / "run")
+    interrupt_at(trainer, monkeypatch, 7)
+    handler = signal.getsignal(signal.SIGINT)
+    result = trainer.fit()
+    assert result.stop_reason == "interrupted"
+    assert result.step == 7  # the step in flight finishes, then the loop stops
+    assert result.checkpoint.name == "step-00000007"
+    ckpt.verify_checkpoint(result.checkpoint)
+    assert ckpt.load_snapshot(result.checkpoint).step == 7
+    assert result.last_eval is not None and result.last_eval["step"] == 7
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def final_parameters(trainer):
+    return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path, corpus, monkeypatch):
+    """Dropout (RNG state) and gradient accumulation (data position) both have to be restored."""
+    overrides = ("model.dropout=0.2", "train.grad_accum=2", "train.max_steps=14",
+                 "train.checkpoint_every=4", "train.eval_every=5")
+    straight = trainer_for(tiny_config(corpus, *overrides), tmp_path / "straight")
+    assert straight.fit().stop_reason == "max_steps"
+    expected = final_parameters(straight)
+
+    first = trainer_for(tiny_config(corpus, *overrides), tmp_path / "stopped")
+    interrupt_at(first, monkeypatch, 6)
+    assert first.fit().stop_reason == "interrupted"
+    monkeypatch.undo()
+
+    messages = []
+    second = trainer_for(tiny_config(corpus, *overrides), tmp_path / "stopped", resume=True, messages=messages)
+    assert second.step == 6 and any("resuming" in m for m in messages)
+    result = second.fit()
+    assert result.stop_reason == "max_steps" and result.step == 14
+    resumed = final_parameters(second)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+    # The run's log reads as one run: no step is logged twice.
+    steps = [(r["kind"], r["step"]) for r in train_records(tmp_path / "stopped")]
+    assert len(steps) == len(set(steps))
+
+
+def test_resume_changes_something_only_when_needed(tmp_path, corpus, monkeypatch):
+    """Guard for the test above: without restoring the RNG state, dropout makes the runs differ."""
+    overrides = ("model.dropout=0.2", "train.grad_accum=2", "train.max_steps=8", "train.checkpoint_every=100")
+    straight = trainer_for(tiny_config(corpus, *overrides), tmp_path / "a")
+    straight.fit()
+    first = trainer_for(tiny_config(corpus, *overrides), tmp_path / "b")
+    interrupt_at(first, monkeypatch, 3)
+    first.fit()
+    monkeypatch.undo()
+    monkeypatch.setattr(torch, "set_rng_state", lambda state: None)  # "forget" to restore the RNG
+    second = trainer_for(tiny_config(corpus, *overrides), tmp_path / "b", resume=True, messages=[])
+    second.fit()
+    assert any(not torch.equal(a, b) for a, b in zip(straight.model.parameters(), second.model.parameters()))
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, corpus):
+    config = tiny_config(corpus, "train.max_steps=5")
+    trainer = trainer_for(config, tmp_path / "run")
+    trainer.fit()
+    before = final_parameters(trainer)
+    again = trainer_for(tiny_config(corpus, "train.max_steps=5"), tmp_path / "run", resume=True, messages=[])
+    result = again.fit()
+    assert result.step == 5 and result.stop_reason == "max_steps"
+    for name, value in final_parameters(again).items():
+        assert torch.equal(value, before[name])
