@@ -18,7 +18,9 @@ from lmlab.interop.weights import Target, load_into  # noqa: E402
 
 N_HEAD, N_KV_HEAD, HEAD_DIM = 4, 2, 8
 TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
-TOKENS = ["<unk>", "<s>", "</s>", "▁a", "▁b", "a", "b", "▁"] + [f"<0x{byte:02X}>" for byte in range(256)]
+TOKENS = ["<unk>", "<s>", "</s>", "▁a", "▁b", "a", "b", "▁"] + [
+    f"<0x{byte:02X}>" for byte in range(256)
+]
 # Bytes per block of the K-quants (written as raw random blocks: gguf can only dequantise them).
 K_QUANT_BLOCK = {Q.Q4_K: 144, Q.Q6_K: 210}
 
@@ -105,7 +107,9 @@ def gguf_path(tmp_path_factory, originals) -> Path:
             writer.add_uint32(key, value)
     for name, qtype in STORED_AS.items():
         values = originals[name]
-        writer.add_tensor(name, quantize(values, qtype), raw_dtype=None if qtype in (Q.F32, Q.F16) else qtype)
+        writer.add_tensor(
+            name, quantize(values, qtype), raw_dtype=None if qtype in (Q.F32, Q.F16) else qtype
+        )
     rng = np.random.default_rng(0)
     for name, qtype in zip(["blk.0.attn_v.weight", "blk.0.attn_output.weight"], K_QUANT_BLOCK):
         rows, columns = originals[name].shape
@@ -128,7 +132,11 @@ def test_metadata_is_plain_python(file):
     assert file.architecture == "llama"
     assert file.arch_value("attention.head_count_kv") == N_KV_HEAD
     for key, value in METADATA.items():
-        assert file.metadata[key] == pytest.approx(value) if isinstance(value, float) else file.metadata[key] == value
+        assert (
+            file.metadata[key] == pytest.approx(value)
+            if isinstance(value, float)
+            else file.metadata[key] == value
+        )
     assert all(type(token) is str for token in file.metadata["tokenizer.ggml.tokens"])
     assert file.chat_template == TEMPLATE
     with pytest.raises(LmlabError, match="no metadata key 'llama.context_length'"):
@@ -145,7 +153,15 @@ def test_tensor_shapes_are_in_pytorch_order(file, originals):
 
 
 # Largest error of each type on standard-normal data (absolute, relative to the row's max).
-TOLERANCE = {Q.F32: 0.0, Q.F16: 2e-3, Q.BF16: 2e-2, Q.Q8_0: 1e-2, Q.Q4_0: 0.15, Q.Q4_1: 0.15, Q.Q5_1: 0.08}
+TOLERANCE = {
+    Q.F32: 0.0,
+    Q.F16: 2e-3,
+    Q.BF16: 2e-2,
+    Q.Q8_0: 1e-2,
+    Q.Q4_0: 0.15,
+    Q.Q4_1: 0.15,
+    Q.Q5_1: 0.08,
+}
 
 
 @pytest.mark.parametrize("name", list(STORED_AS))
@@ -157,7 +173,9 @@ def test_dequantised_tensors_match_the_originals(file, originals, name):
     assert ((read - values).abs() / scale).max().item() <= TOLERANCE[STORED_AS[name]]
 
 
-@pytest.mark.parametrize("name", ["blk.0.attn_v.weight", "blk.0.attn_output.weight", "blk.0.ffn_down.weight"])
+@pytest.mark.parametrize(
+    "name", ["blk.0.attn_v.weight", "blk.0.attn_output.weight", "blk.0.ffn_down.weight"]
+)
 def test_dequantised_tensors_match_the_gguf_reference(file, gguf_path, name):
     reader = gguf.GGUFReader(gguf_path)
     stored = next(tensor for tensor in reader.tensors if tensor.name == name)
@@ -210,7 +228,12 @@ def test_load_into_from_gguf_with_unpermuted_qk(file):
         "blk.0.attn_q.weight": Target("q", transform=lambda t: unpermute_qk(t, N_HEAD)),
         "blk.0.attn_k.weight": Target("k", transform=lambda t: unpermute_qk(t, N_KV_HEAD)),
     }
-    load_into(target, file, name_map, ignore=["token_embd.*", "output.*", "blk.0.ffn_*", "blk.0.attn_[nvo]*"])
+    load_into(
+        target,
+        file,
+        name_map,
+        ignore=["token_embd.*", "output.*", "blk.0.ffn_*", "blk.0.attn_[nvo]*"],
+    )
     torch.testing.assert_close(target["q"], HF_Q, rtol=1e-3, atol=1e-3)  # stored as F16
     torch.testing.assert_close(target["k"], HF_K, rtol=1e-2, atol=1e-2)  # stored as BF16
 

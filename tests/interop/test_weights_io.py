@@ -111,22 +111,37 @@ def test_load_into_a_model_with_transforms_ignores_and_fused_targets(tmp_path, s
     fill the halves of one fused target."""
     d = 32
     target = {
-        "q": torch.empty(d, d), "k": torch.empty(d, d), "v": torch.empty(d, d),
+        "q": torch.empty(d, d),
+        "k": torch.empty(d, d),
+        "v": torch.empty(d, d),
         "norms": torch.empty(2, d),
     }
     name_map = {
         "transformer.h.0.attn.c_attn.weight": [
-            Target(name, transform=lambda t, i=i: t[:, i * d:(i + 1) * d].t()) for i, name in enumerate("qkv")
+            Target(name, transform=lambda t, i=i: t[:, i * d : (i + 1) * d].t())
+            for i, name in enumerate("qkv")
         ],
         "transformer.h.0.ln_1.weight": Target("norms", index=0),
         "transformer.h.0.ln_2.weight": Target("norms", index=1),
     }
     save_file(state, str(tmp_path / "model.safetensors"))
     source = WeightSource.from_directory(tmp_path)
-    load_into(target, source, name_map, ignore=["transformer.h.1.*", "*.bias", "*.c_proj.*", "*.c_fc.*",
-                                                "transformer.w?e.weight", "transformer.ln_f.*", "lm_head.*"])
+    load_into(
+        target,
+        source,
+        name_map,
+        ignore=[
+            "transformer.h.1.*",
+            "*.bias",
+            "*.c_proj.*",
+            "*.c_fc.*",
+            "transformer.w?e.weight",
+            "transformer.ln_f.*",
+            "lm_head.*",
+        ],
+    )
     c_attn = state["transformer.h.0.attn.c_attn.weight"]
-    torch.testing.assert_close(target["k"], c_attn[:, d:2 * d].t())
+    torch.testing.assert_close(target["k"], c_attn[:, d : 2 * d].t())
     torch.testing.assert_close(target["norms"][1], state["transformer.h.0.ln_2.weight"])
 
 
@@ -142,14 +157,18 @@ def test_load_into_reports_unused_and_unfilled_names(tmp_path, state):
     assert "\n" not in message
     assert "checkpoint tensors never used: transformer.h.1." in message and "(+2 more)" in message
     assert "model tensors never filled: extra.weight;" in message
-    assert target["transformer.wte.weight"].isnan().all()  # nothing is read before the plan is checked
+    assert (
+        target["transformer.wte.weight"].isnan().all()
+    )  # nothing is read before the plan is checked
 
 
 def test_load_into_shape_mismatch_names_tensor_and_shapes(tmp_path, state):
     save_file(state, str(tmp_path / "model.safetensors"))
     target = empty_like(state)
     target["transformer.wpe.weight"] = torch.empty(8, 32)
-    with pytest.raises(LmlabError, match=r"'transformer.wpe.weight' has shape \(16, 32\).*expects \(8, 32\)"):
+    with pytest.raises(
+        LmlabError, match=r"'transformer.wpe.weight' has shape \(16, 32\).*expects \(8, 32\)"
+    ):
         load_into(target, WeightSource.from_directory(tmp_path), lambda name: name)
 
 
@@ -160,7 +179,12 @@ def test_load_into_rejects_unknown_target_and_double_fill(tmp_path, state):
         load_into(empty_like(state), source, lambda name: "nope")
     target = {"ln": torch.empty(32)}
     with pytest.raises(LmlabError, match="filled more than once: ln"):
-        load_into(target, source, lambda name: "ln" if name.endswith("ln_1.weight") else None, ignore=["*"])
+        load_into(
+            target,
+            source,
+            lambda name: "ln" if name.endswith("ln_1.weight") else None,
+            ignore=["*"],
+        )
 
 
 # ---------------------------------------------------------------- errors
@@ -169,7 +193,10 @@ def test_load_into_rejects_unknown_target_and_double_fill(tmp_path, state):
 def test_directory_and_file_errors(tmp_path, state):
     with pytest.raises(LmlabError, match="does not exist"):
         WeightSource.from_directory(tmp_path / "missing")
-    with pytest.raises(LmlabError, match="looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin"):
+    with pytest.raises(
+        LmlabError,
+        match="looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin",
+    ):
         WeightSource.from_directory(tmp_path)
     save_file(state, str(tmp_path / "model.safetensors"))
     data = (tmp_path / "model.safetensors").read_bytes()
@@ -184,7 +211,9 @@ def test_directory_and_file_errors(tmp_path, state):
 def test_index_errors(tmp_path, state):
     shard(state, tmp_path, 2, "safetensors")
     (tmp_path / "model-00002-of-00002.safetensors").unlink()
-    with pytest.raises(LmlabError, match="references missing shards model-00002-of-00002.safetensors"):
+    with pytest.raises(
+        LmlabError, match="references missing shards model-00002-of-00002.safetensors"
+    ):
         WeightSource.from_directory(tmp_path)
     (tmp_path / "model.safetensors.index.json").write_text('{"metadata": {}}')
     with pytest.raises(LmlabError, match="not a valid shard index"):
@@ -228,14 +257,44 @@ def test_read_hf_config_accepts_transformers_configs(tmp_path, config):
     "values, message",
     [
         ({"model_type": "mamba"}, "model_type 'mamba', which lmlab cannot load"),
-        ({"model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2}, "no 'n_positions'"),
-        ({"model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": True, "n_head": 2, "n_positions": 4},
-         "n_layer must be a positive integer, got True"),
-        ({"model_type": "gpt2", "vocab_size": 10, "n_embd": 10, "n_layer": 1, "n_head": 4, "n_positions": 4},
-         "n_embd=10 is not divisible by n_head=4"),
-        ({"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
-          "num_attention_heads": 4, "intermediate_size": 16, "num_key_value_heads": 3},
-         "num_attention_heads=4 is not divisible by num_key_value_heads=3"),
+        (
+            {"model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2},
+            "no 'n_positions'",
+        ),
+        (
+            {
+                "model_type": "gpt2",
+                "vocab_size": 10,
+                "n_embd": 8,
+                "n_layer": True,
+                "n_head": 2,
+                "n_positions": 4,
+            },
+            "n_layer must be a positive integer, got True",
+        ),
+        (
+            {
+                "model_type": "gpt2",
+                "vocab_size": 10,
+                "n_embd": 10,
+                "n_layer": 1,
+                "n_head": 4,
+                "n_positions": 4,
+            },
+            "n_embd=10 is not divisible by n_head=4",
+        ),
+        (
+            {
+                "model_type": "llama",
+                "vocab_size": 10,
+                "hidden_size": 8,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+                "intermediate_size": 16,
+                "num_key_value_heads": 3,
+            },
+            "num_attention_heads=4 is not divisible by num_key_value_heads=3",
+        ),
     ],
 )
 def test_read_hf_config_errors(tmp_path, values, message):
@@ -254,8 +313,7 @@ def test_read_hf_config_file_errors(tmp_path):
 
 # ---------------------------------------------------------------- peak memory
 
-MEASURE = textwrap.dedent(
-    """
+MEASURE = textwrap.dedent("""
     import json, re, sys
     import psutil, torch
     from lmlab.interop.weights import WeightSource, load_into
@@ -270,8 +328,7 @@ MEASURE = textwrap.dedent(
     allocated = psutil.Process().memory_info().rss
     load_into(target, source, lambda name: name)
     print(json.dumps({"weights": source.nbytes, "before": before, "allocated": allocated, "peak": peak_rss()}))
-    """
-)
+    """)
 
 
 def big_state(megabytes: int) -> dict[str, torch.Tensor]:
@@ -289,7 +346,9 @@ def big_state(megabytes: int) -> dict[str, torch.Tensor]:
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the peak RSS from /proc")
 @pytest.mark.parametrize("layout", ["single", "sharded"])
 @pytest.mark.parametrize("suffix", ["safetensors", "bin"])
-def test_peak_memory_while_loading_stays_under_one_and_a_half_times_the_weights(tmp_path, layout, suffix):
+def test_peak_memory_while_loading_stays_under_one_and_a_half_times_the_weights(
+    tmp_path, layout, suffix
+):
     state = big_state(160)
     if layout == "sharded":
         shard(state, tmp_path, 4, suffix)
@@ -299,9 +358,13 @@ def test_peak_memory_while_loading_stays_under_one_and_a_half_times_the_weights(
         torch.save(state, tmp_path / "pytorch_model.bin")
     del state
     file = find_weight_file(tmp_path)
-    result = subprocess.run([sys.executable, "-c", MEASURE, str(file)], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(file)], capture_output=True, text=True, check=True
+    )
     measured = json.loads(result.stdout)
     ratio = (measured["peak"] - measured["before"]) / measured["weights"]
-    print(f"{file.name}: peak RSS while loading = {ratio:.3f} × weights "
-          f"(beyond the model itself: {(measured['peak'] - measured['allocated']) / measured['weights']:.3f} ×)")
+    print(
+        f"{file.name}: peak RSS while loading = {ratio:.3f} × weights "
+        f"(beyond the model itself: {(measured['peak'] - measured['allocated']) / measured['weights']:.3f} ×)"
+    )
     assert ratio <= 1.5

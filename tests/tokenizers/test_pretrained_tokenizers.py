@@ -59,7 +59,19 @@ def lines() -> list[str]:
     if shared.is_file():
         return shared.read_text(encoding="utf-8")[:200_000].split("\n")
     rng = random.Random(0)
-    words = ["the", "king", "queen", "Romeo", "thou", "art", "wherefore", "lord", "speak", "night", "Café"]
+    words = [
+        "the",
+        "king",
+        "queen",
+        "Romeo",
+        "thou",
+        "art",
+        "wherefore",
+        "lord",
+        "speak",
+        "night",
+        "Café",
+    ]
     return [" ".join(rng.choice(words) for _ in range(12)) + "," for _ in range(5000)]
 
 
@@ -70,7 +82,9 @@ def assert_same_as_reference(tokenizer, reference, samples=SAMPLES) -> None:
         assert tokenizer.encode(text, add_special_tokens=True) == ids, text
         assert tokenizer.encode(text) == reference.encode(text, add_special_tokens=False), text
         assert tokenizer.decode(ids) == reference.decode(ids), text
-        assert tokenizer.decode(ids, skip_special_tokens=True) == reference.decode(ids, skip_special_tokens=True)
+        assert tokenizer.decode(ids, skip_special_tokens=True) == reference.decode(
+            ids, skip_special_tokens=True
+        )
 
 
 def write_json(path: Path, data) -> None:
@@ -83,7 +97,9 @@ def byte_level_bpe(lines: list[str], specials: list[str]) -> HFBackend:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=600,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     backend.train_from_iterator(lines, trainer)
     return backend
@@ -98,18 +114,27 @@ def wordpiece_vocab(lines) -> list[str]:
     backend.normalizer = normalizers.BertNormalizer(lowercase=False)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    backend.train_from_iterator(lines, trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials))
+    backend.train_from_iterator(
+        lines, trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials)
+    )
     return [token for token, _ in sorted(backend.get_vocab().items(), key=lambda item: item[1])]
 
 
 @pytest.mark.parametrize("lower", [True, False], ids=["uncased", "cased"])
 def test_wordpiece_vocab_txt_matches_bert_tokenizer(tmp_path, wordpiece_vocab, lower):
-    (tmp_path / "vocab.txt").write_text("".join(token + "\n" for token in wordpiece_vocab), encoding="utf-8")
-    write_json(tmp_path / "tokenizer_config.json", {"do_lower_case": lower, "tokenizer_class": "BertTokenizer"})
+    (tmp_path / "vocab.txt").write_text(
+        "".join(token + "\n" for token in wordpiece_vocab), encoding="utf-8"
+    )
+    write_json(
+        tmp_path / "tokenizer_config.json",
+        {"do_lower_case": lower, "tokenizer_class": "BertTokenizer"},
+    )
     tokenizer = load_pretrained_tokenizer(tmp_path)
     assert_same_as_reference(tokenizer, transformers.BertTokenizer.from_pretrained(str(tmp_path)))
     assert tokenizer.special_tokens["cls"] == wordpiece_vocab.index("[CLS]")
-    assert tokenizer.special_tokens["eos"] == wordpiece_vocab.index("[SEP]")  # lmlab: eos falls back to sep
+    assert tokenizer.special_tokens["eos"] == wordpiece_vocab.index(
+        "[SEP]"
+    )  # lmlab: eos falls back to sep
     assert tokenizer.chat_template is None
 
 
@@ -124,7 +149,9 @@ def test_wordpiece_vocab_txt_matches_bert_tokenizer(tmp_path, wordpiece_vocab, l
         ("roberta", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], transformers.RobertaTokenizer),
     ],
 )
-def test_byte_level_bpe_files_match_transformers(tmp_path, lines, family, specials, reference_class, add_prefix_space):
+def test_byte_level_bpe_files_match_transformers(
+    tmp_path, lines, family, specials, reference_class, add_prefix_space
+):
     byte_level_bpe(lines, specials).model.save(str(tmp_path))
     assert {path.name for path in tmp_path.iterdir()} == {"vocab.json", "merges.txt"}
     config = {"add_prefix_space": add_prefix_space, "tokenizer_class": reference_class.__name__}
@@ -148,19 +175,26 @@ def test_roberta_template_follows_the_model_type_without_a_tokenizer_class(tmp_p
 def chat_model_dir(tmp_path, lines) -> Path:
     backend = byte_level_bpe(lines, ["<|endoftext|>", "<s>", "</s>", "<|user|>", "<|assistant|>"])
     bos = backend.token_to_id("<s>")
-    backend.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", bos)]),
-    ])
+    backend.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", bos)]
+            ),
+        ]
+    )
     backend.save(str(tmp_path / "tokenizer.json"))
-    write_json(tmp_path / "tokenizer_config.json", {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": {"content": "</s>", "special": True, "__type": "AddedToken"},
-        "unk_token": None,
-        "pad_token": "<|endoftext|>",
-        "chat_template": CHAT_TEMPLATE,
-    })
+    write_json(
+        tmp_path / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": "<s>",
+            "eos_token": {"content": "</s>", "special": True, "__type": "AddedToken"},
+            "unk_token": None,
+            "pad_token": "<|endoftext|>",
+            "chat_template": CHAT_TEMPLATE,
+        },
+    )
     return tmp_path
 
 
@@ -179,29 +213,43 @@ def test_chat_template_renders_like_transformers(chat_model_dir, add_generation_
     expected = reference.apply_chat_template(
         MESSAGES, tokenize=False, add_generation_prompt=add_generation_prompt
     )
-    assert tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=add_generation_prompt) == expected
+    assert (
+        tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=add_generation_prompt)
+        == expected
+    )
     assert tokenizer.chat_template == CHAT_TEMPLATE
 
 
 def test_chat_template_jinja_file_and_save_load_round_trip(chat_model_dir, tmp_path_factory):
     config = json.loads((chat_model_dir / "tokenizer_config.json").read_text())
-    (chat_model_dir / "chat_template.jinja").write_text(config.pop("chat_template"), encoding="utf-8")
+    (chat_model_dir / "chat_template.jinja").write_text(
+        config.pop("chat_template"), encoding="utf-8"
+    )
     write_json(chat_model_dir / "tokenizer_config.json", config)
     tokenizer = load_pretrained_tokenizer(chat_model_dir)
     saved = tokenizer.save(tmp_path_factory.mktemp("saved")).parent
     restored = load_tokenizer(saved)
     assert restored.chat_template == CHAT_TEMPLATE
     assert restored.apply_chat_template(MESSAGES) == tokenizer.apply_chat_template(MESSAGES)
-    assert restored.encode(SAMPLES[1], add_special_tokens=True) == tokenizer.encode(SAMPLES[1], add_special_tokens=True)
+    assert restored.encode(SAMPLES[1], add_special_tokens=True) == tokenizer.encode(
+        SAMPLES[1], add_special_tokens=True
+    )
 
 
 def test_chat_template_features_and_errors():
-    template = "{{ messages | tojson }}{% if x is defined %}{{ raise_exception('bad: ' ~ x) }}{% endif %}"
-    assert render_chat_template(template, [{"role": "user", "content": "é"}]) == '[{"role": "user", "content": "é"}]'
+    template = (
+        "{{ messages | tojson }}{% if x is defined %}{{ raise_exception('bad: ' ~ x) }}{% endif %}"
+    )
+    assert (
+        render_chat_template(template, [{"role": "user", "content": "é"}])
+        == '[{"role": "user", "content": "é"}]'
+    )
     with pytest.raises(LmlabError, match="bad: 1"):
         render_chat_template(template, [], x=1)
     with pytest.raises(LmlabError, match="no chat template"):
-        PretrainedHFTokenizer(HFBackend(models.WordLevel({"a": 0}, unk_token="a"))).apply_chat_template(MESSAGES)
+        PretrainedHFTokenizer(
+            HFBackend(models.WordLevel({"a": 0}, unk_token="a"))
+        ).apply_chat_template(MESSAGES)
 
 
 def test_sandbox_blocks_unsafe_templates():
@@ -218,14 +266,24 @@ def spm_models(lines) -> dict[str, bytes]:
     sentencepiece = pytest.importorskip("sentencepiece")
     models_ = {}
     for kind, options in {
-        "bpe": dict(model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
-                    remove_extra_whitespaces=False, split_digits=True, pad_id=-1),
+        "bpe": dict(
+            model_type="bpe",
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            split_digits=True,
+            pad_id=-1,
+        ),
         "unigram": dict(model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1),
     }.items():
         buffer = io.BytesIO()
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=buffer, vocab_size=500,
-            character_coverage=1.0, minloglevel=2, **options,
+            sentence_iterator=iter(lines),
+            model_writer=buffer,
+            vocab_size=500,
+            character_coverage=1.0,
+            minloglevel=2,
+            **options,
         )
         models_[kind] = buffer.getvalue()
     return models_
@@ -244,7 +302,9 @@ def test_sentencepiece_bpe_matches_sentencepiece_and_llama_tokenizer(tmp_path, s
             assert tokenizer.decode(processor.encode(text)) == text
     # transformers does not add the dummy-prefix ▁ before a leading space (see SentencePieceTokenizer).
     samples = [text for text in SAMPLES if not text[:1].isspace()]
-    assert_same_as_reference(tokenizer, transformers.LlamaTokenizer.from_pretrained(str(tmp_path)), samples)
+    assert_same_as_reference(
+        tokenizer, transformers.LlamaTokenizer.from_pretrained(str(tmp_path)), samples
+    )
 
 
 def test_sentencepiece_unigram_matches_t5_tokenizer(tmp_path, spm_models):
@@ -252,19 +312,25 @@ def test_sentencepiece_unigram_matches_t5_tokenizer(tmp_path, spm_models):
     (tmp_path / "spiece.model").write_bytes(spm_models["unigram"])
     tokenizer = load_pretrained_tokenizer(tmp_path)
     assert tokenizer.roles == {"eos": "</s>", "unk": "<unk>", "pad": "<pad>"}
-    assert_same_as_reference(tokenizer, transformers.T5Tokenizer.from_pretrained(str(tmp_path), extra_ids=0))
+    assert_same_as_reference(
+        tokenizer, transformers.T5Tokenizer.from_pretrained(str(tmp_path), extra_ids=0)
+    )
 
 
 def test_sentencepiece_config_flags_and_round_trip(tmp_path, spm_models):
     (tmp_path / "tokenizer.model").write_bytes(spm_models["bpe"])
-    write_json(tmp_path / "tokenizer_config.json", {"add_bos_token": True, "add_eos_token": True,
-                                                    "chat_template": CHAT_TEMPLATE})
+    write_json(
+        tmp_path / "tokenizer_config.json",
+        {"add_bos_token": True, "add_eos_token": True, "chat_template": CHAT_TEMPLATE},
+    )
     tokenizer = load_pretrained_tokenizer(tmp_path)
     ids = tokenizer.encode("Hello there", add_special_tokens=True)
     assert (ids[0], ids[-1]) == (tokenizer.special_tokens["bos"], tokenizer.special_tokens["eos"])
     restored = load_tokenizer(tokenizer.save(tmp_path / "saved").parent)
     assert restored.kind == "sentencepiece"
-    assert restored.encode(SAMPLES[6], add_special_tokens=True) == tokenizer.encode(SAMPLES[6], add_special_tokens=True)
+    assert restored.encode(SAMPLES[6], add_special_tokens=True) == tokenizer.encode(
+        SAMPLES[6], add_special_tokens=True
+    )
     assert restored.apply_chat_template(MESSAGES).startswith("<s>[SYS]Be brief.[/SYS]\n<|user|>")
 
 
@@ -304,7 +370,12 @@ def llama_gguf_metadata(model: bytes) -> dict:
     ids = range(processor.get_piece_size())
 
     def token_type(i: int) -> int:
-        checks = [(processor.is_control, 3), (processor.is_unknown, 2), (processor.is_byte, 6), (processor.is_unused, 5)]
+        checks = [
+            (processor.is_control, 3),
+            (processor.is_unknown, 2),
+            (processor.is_byte, 6),
+            (processor.is_unused, 5),
+        ]
         return next((kind for check, kind in checks if check(i)), 1)
 
     return {
@@ -352,7 +423,9 @@ def test_gguf_tokenizer_matches_transformers_gguf_loader(tmp_path, gguf_metadata
     tokenizer = tokenizer_from_gguf_metadata(gguf_metadata)
     assert_same_as_reference(tokenizer, reference)
     for add_generation_prompt in (True, False):
-        assert tokenizer.apply_chat_template(MESSAGES, add_generation_prompt) == reference.apply_chat_template(
+        assert tokenizer.apply_chat_template(
+            MESSAGES, add_generation_prompt
+        ) == reference.apply_chat_template(
             MESSAGES, tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
@@ -364,7 +437,10 @@ def test_gguf_llama_tokenizer_matches_sentencepiece_on_text_without_leading_spac
     tokenizer = tokenizer_from_gguf_metadata(llama_gguf_metadata(spm_models["bpe"]))
     for text in SAMPLES:
         if "<" not in text and not text[:1].isspace():
-            assert tokenizer.encode(text, add_special_tokens=True) == [processor.bos_id(), *processor.encode(text)]
+            assert tokenizer.encode(text, add_special_tokens=True) == [
+                processor.bos_id(),
+                *processor.encode(text),
+            ]
 
 
 def test_merges_from_scores_orders_by_score_then_length():
@@ -375,10 +451,17 @@ def test_merges_from_scores_orders_by_score_then_length():
 
 def test_gguf_metadata_errors():
     with pytest.raises(LmlabError, match="'bert'"):
-        tokenizer_from_gguf_metadata({"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": ["a"]})
+        tokenizer_from_gguf_metadata(
+            {"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": ["a"]}
+        )
     with pytest.raises(LmlabError, match="pre-tokenizer 'mystery'"):
-        tokenizer_from_gguf_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a"],
-                                      "tokenizer.ggml.pre": "mystery"})
+        tokenizer_from_gguf_metadata(
+            {
+                "tokenizer.ggml.model": "gpt2",
+                "tokenizer.ggml.tokens": ["a"],
+                "tokenizer.ggml.pre": "mystery",
+            }
+        )
 
 
 # ---------------------------------------------------------------- errors
@@ -387,7 +470,9 @@ def test_gguf_metadata_errors():
 def test_directory_errors(tmp_path):
     with pytest.raises(LmlabError, match="does not exist"):
         load_pretrained_tokenizer(tmp_path / "missing")
-    with pytest.raises(LmlabError, match="looked for tokenizer.json, vocab.json\\+merges.txt, vocab.txt"):
+    with pytest.raises(
+        LmlabError, match="looked for tokenizer.json, vocab.json\\+merges.txt, vocab.txt"
+    ):
         load_pretrained_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(LmlabError, match="not a valid Hugging Face tokenizer file"):

@@ -37,7 +37,9 @@ class GGUFFile:
             raise LmlabError(f"GGUF file {path} does not exist; check the path")
         try:
             reader = GGUFReader(self.path)
-        except Exception as exc:  # the reader raises ValueError, IndexError, KeyError, ... on bad input
+        except (
+            Exception
+        ) as exc:  # the reader raises ValueError, IndexError, KeyError, ... on bad input
             raise LmlabError(
                 f"{self.path} is not a readable GGUF file ({type(exc).__name__}: {exc}); "
                 "it is truncated or not GGUF, re-download or re-convert it"
@@ -60,7 +62,9 @@ class GGUFFile:
         ``llama.block_count`` for a Llama file."""
         full = f"{self.architecture}.{key}"
         if full not in self.metadata:
-            raise LmlabError(f"{self.path.name} has no metadata key {full!r}; the file is incomplete")
+            raise LmlabError(
+                f"{self.path.name} has no metadata key {full!r}; the file is incomplete"
+            )
         return self.metadata[full]
 
     @property
@@ -106,7 +110,9 @@ class GGUFFile:
 
     def _tensor(self, name: str) -> ReaderTensor:
         if name not in self._tensors:
-            raise LmlabError(f"{self.path.name} has no tensor {name!r}; it has {shorten(self.names())}")
+            raise LmlabError(
+                f"{self.path.name} has no tensor {name!r}; it has {shorten(self.names())}"
+            )
         return self._tensors[name]
 
 
@@ -146,5 +152,6 @@ def unpermute_qk(weight: torch.Tensor, n_head: int) -> torch.Tensor:
             "of 2 × heads; check the head count"
         )
     rest = weight.shape[1:]
-    return weight.reshape(n_head, rows // n_head // 2, 2, *rest).transpose(1, 2).reshape(weight.shape)
-
+    return (
+        weight.reshape(n_head, rows // n_head // 2, 2, *rest).transpose(1, 2).reshape(weight.shape)
+    )

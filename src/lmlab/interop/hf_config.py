@@ -21,20 +21,53 @@ CONFIG_FILE = "config.json"
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "gpt2": ("vocab_size", "n_embd", "n_layer", "n_head", "n_positions"),
     "bert": (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-        "intermediate_size", "max_position_embeddings",
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
     ),
     "roberta": (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-        "intermediate_size", "max_position_embeddings",
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "max_position_embeddings",
     ),
-    "llama": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
-    "mistral": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
-    "qwen2": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
+    "llama": (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+    ),
+    "mistral": (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+    ),
+    "qwen2": (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+    ),
     "t5": ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"),
     "bart": (
-        "vocab_size", "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
-        "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "max_position_embeddings",
+        "vocab_size",
+        "d_model",
+        "encoder_layers",
+        "decoder_layers",
+        "encoder_attention_heads",
+        "decoder_attention_heads",
+        "encoder_ffn_dim",
+        "decoder_ffn_dim",
+        "max_position_embeddings",
     ),
 }
 SUPPORTED_MODEL_TYPES = tuple(REQUIRED_KEYS)
@@ -121,7 +154,9 @@ def _positive_int(config: HFConfig, key: str) -> int:
     """``config[key]`` checked to be an integer ≥ 1."""
     value = config.require(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LmlabError(f"{config.path}: {key} must be a positive integer, got {value!r}; fix the config")
+        raise LmlabError(
+            f"{config.path}: {key} must be a positive integer, got {value!r}; fix the config"
+        )
     return value
 
 

@@ -85,7 +85,9 @@ def find_weight_file(directory: str | Path) -> Path:
     """The weight file (or shard index) of a Hugging Face model directory, by priority."""
     folder = Path(directory)
     if not folder.is_dir():
-        raise LmlabError(f"model directory {directory} does not exist; pass a Hugging Face model directory")
+        raise LmlabError(
+            f"model directory {directory} does not exist; pass a Hugging Face model directory"
+        )
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
             return folder / name
@@ -99,7 +101,7 @@ class WeightSource:
     """The tensors of one Hugging Face checkpoint (single file or shards), read lazily.
 
     Build it with :meth:`from_directory` (or :meth:`from_file` for one ``.safetensors``/``.bin``
-    file or an index). ``get`` reads one tensor into fresh memory and keeps no file mapped, so
+    file or an index). ``get`` reads one tensor and keeps nothing else of the file in memory, so
     memory holds only the tensors the caller keeps.
     """
 
@@ -136,14 +138,13 @@ class WeightSource:
     def info(self, name: str) -> TensorInfo:
         """Shape and dtype of one tensor, without reading it."""
         if name not in self._infos:
-            raise LmlabError(f"the checkpoint has no tensor {name!r}; it has {shorten(self.names())}")
+            raise LmlabError(
+                f"the checkpoint has no tensor {name!r}; it has {shorten(self.names())}"
+            )
         return self._infos[name]
 
     def __contains__(self, name: object) -> bool:
         return name in self._infos
-
-    def __len__(self) -> int:
-        return len(self._infos)
 
     @property
     def nbytes(self) -> int:
@@ -151,7 +152,8 @@ class WeightSource:
         return sum(info.nbytes for info in self._infos.values())
 
     def get(self, name: str) -> torch.Tensor:
-        """Read one tensor (a fresh CPU tensor for safetensors, a mapped one for ``.bin``)."""
+        """Read one tensor (a fresh CPU tensor for safetensors; for ``.bin`` one backed by its own
+        mapping of the file, released with the tensor)."""
         info = self.info(name)
         if info.file.suffix == ".safetensors":
             return _read_safetensor(info.file, name)
@@ -243,7 +245,9 @@ def _load_bin(file: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(
         isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
     ):
-        raise LmlabError(f"{file} does not hold a flat dict of named tensors; convert it to safetensors")
+        raise LmlabError(
+            f"{file} does not hold a flat dict of named tensors; convert it to safetensors"
+        )
     return state
 
 
@@ -345,7 +349,9 @@ def _targets(name_map: NameMap, name: str) -> list[Target]:
     return [Target(item) if isinstance(item, str) else item for item in items]
 
 
-def _check_assignment(target: Mapping[str, torch.Tensor], info: TensorInfo, assignment: Target) -> None:
+def _check_assignment(
+    target: Mapping[str, torch.Tensor], info: TensorInfo, assignment: Target
+) -> None:
     """One assignment's target exists and its shape matches the transformed source's."""
     if assignment.name not in target:
         raise LmlabError(
@@ -373,7 +379,8 @@ def _check_coverage(
     if unused:
         problems.append(f"checkpoint tensors never used: {shorten(unused)}")
     unfilled = [
-        name for name, tensor in target.items()
+        name
+        for name, tensor in target.items()
         if filled.get(name, 0) < tensor.numel() and not _matches(name, allow_missing)
     ]
     if unfilled:
@@ -383,7 +390,8 @@ def _check_coverage(
         problems.append(f"model tensors filled more than once: {shorten(twice)}")
     if problems:
         raise LmlabError(
-            "; ".join(problems) + "; fix the name map or list known-unused names in ignore/allow_missing"
+            "; ".join(problems)
+            + "; fix the name map or list known-unused names in ignore/allow_missing"
         )
 
 

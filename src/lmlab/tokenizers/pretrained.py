@@ -28,6 +28,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex
 from tokenizers import Tokenizer as HFBackend
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
@@ -41,16 +44,31 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"
 MODEL_CONFIG_FILE = "config.json"
 VOCAB_JSON_FILE, MERGES_FILE, VOCAB_TXT_FILE = "vocab.json", "merges.txt", "vocab.txt"
 SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
-LOOKED_FOR = (HF_TOKENIZER_FILE, f"{VOCAB_JSON_FILE}+{MERGES_FILE}", VOCAB_TXT_FILE, *SENTENCEPIECE_FILES)
+LOOKED_FOR = (
+    HF_TOKENIZER_FILE,
+    f"{VOCAB_JSON_FILE}+{MERGES_FILE}",
+    VOCAB_TXT_FILE,
+    *SENTENCEPIECE_FILES,
+)
 ROLES = ("bos", "eos", "unk", "pad", "mask", "cls", "sep")
 
 # The special tokens each format's transformers class uses when the config names none.
 GPT2_ROLES = {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "unk": "<|endoftext|>"}
 ROBERTA_ROLES = {
-    "bos": "<s>", "eos": "</s>", "sep": "</s>", "cls": "<s>", "unk": "<unk>", "pad": "<pad>", "mask": "<mask>",
+    "bos": "<s>",
+    "eos": "</s>",
+    "sep": "</s>",
+    "cls": "<s>",
+    "unk": "<unk>",
+    "pad": "<pad>",
+    "mask": "<mask>",
 }
 BERT_ROLES = {"unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]", "mask": "[MASK]"}
-ROBERTA_STYLE = ("roberta", "bart", "longformer")  # byte-level BPE families wrapping texts as <s> X </s>
+ROBERTA_STYLE = (
+    "roberta",
+    "bart",
+    "longformer",
+)  # byte-level BPE families wrapping texts as <s> X </s>
 
 
 # ---------------------------------------------------------------- chat templates
@@ -67,17 +85,24 @@ def render_chat_template(
     ``variables`` (e.g. ``bos_token``, ``tools``) are visible to the template; templates may
     call ``raise_exception(message)`` and ``strftime_now(format)`` and use the ``tojson`` filter.
     """
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
-    def tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
-               separators: Any = None, sort_keys: bool = False) -> str:
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                          sort_keys=sort_keys)
+    def tojson(
+        value: Any,
+        ensure_ascii: bool = False,
+        indent: int | None = None,
+        separators: Any = None,
+        sort_keys: bool = False,
+    ) -> str:
+        return json.dumps(
+            value,
+            ensure_ascii=ensure_ascii,
+            indent=indent,
+            separators=separators,
+            sort_keys=sort_keys,
+        )
 
     environment = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
@@ -92,7 +117,9 @@ def render_chat_template(
             **variables,
         )
     except jinja2.TemplateError as exc:
-        raise LmlabError(f"the chat template failed: {first_line(exc)}; check the messages") from exc
+        raise LmlabError(
+            f"the chat template failed: {first_line(exc)}; check the messages"
+        ) from exc
 
 
 class ChatTemplateMixin:
@@ -102,13 +129,20 @@ class ChatTemplateMixin:
     roles: dict[str, str]
 
     def apply_chat_template(
-        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **variables: Any
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        **variables: Any,
     ) -> str:
         """The conversation rendered by the model's chat template (special tokens as strings)."""
         if self.chat_template is None:
-            raise LmlabError("this tokenizer has no chat template; load a chat model's tokenizer or set one")
+            raise LmlabError(
+                "this tokenizer has no chat template; load a chat model's tokenizer or set one"
+            )
         tokens = {f"{role}_token": token for role, token in self.roles.items()}
-        return render_chat_template(self.chat_template, messages, add_generation_prompt, **{**tokens, **variables})
+        return render_chat_template(
+            self.chat_template, messages, add_generation_prompt, **{**tokens, **variables}
+        )
 
 
 # ---------------------------------------------------------------- tokenizer kinds
@@ -119,7 +153,10 @@ class PretrainedHFTokenizer(ChatTemplateMixin, HFTokenizer):
     """A pretrained ``tokenizers`` pipeline with its special-token roles and chat template."""
 
     def __init__(
-        self, backend: HFBackend, roles: Mapping[str, str] | None = None, chat_template: str | None = None
+        self,
+        backend: HFBackend,
+        roles: Mapping[str, str] | None = None,
+        chat_template: str | None = None,
     ):
         super().__init__(backend, roles)
         self.chat_template = chat_template
@@ -169,15 +206,23 @@ class SentencePieceTokenizer(ChatTemplateMixin, Tokenizer):
         try:
             self.processor = _sentencepiece_module().SentencePieceProcessor(model_proto=model)
         except RuntimeError as exc:
-            raise LmlabError(f"not a valid SentencePiece model ({first_line(exc)}); re-download it") from exc
+            raise LmlabError(
+                f"not a valid SentencePiece model ({first_line(exc)}); re-download it"
+            ) from exc
         self.model = model
         self.roles = dict(self._default_roles() if roles is None else roles)
-        unknown = {role: token for role, token in self.roles.items() if self.token_to_id(token) is None}
+        unknown = {
+            role: token for role, token in self.roles.items() if self.token_to_id(token) is None
+        }
         if unknown:
-            raise LmlabError(f"special tokens {unknown} are not in the SentencePiece vocabulary; fix the roles")
+            raise LmlabError(
+                f"special tokens {unknown} are not in the SentencePiece vocabulary; fix the roles"
+            )
         for role, flag in (("bos", add_bos), ("eos", add_eos)):
             if flag and role not in self.roles:
-                raise LmlabError(f"add_{role} is set but the tokenizer has no {role} token; name one in the roles")
+                raise LmlabError(
+                    f"add_{role} is set but the tokenizer has no {role} token; name one in the roles"
+                )
         self.add_bos, self.add_eos = add_bos, add_eos
         self.chat_template = chat_template
         self._special_pattern = _alternation(set(self.roles.values()))
@@ -187,8 +232,12 @@ class SentencePieceTokenizer(ChatTemplateMixin, Tokenizer):
 
     def _default_roles(self) -> dict[str, str]:
         """The roles the model itself declares (its bos/eos/unk/pad pieces)."""
-        ids = {"bos": self.processor.bos_id(), "eos": self.processor.eos_id(),
-               "unk": self.processor.unk_id(), "pad": self.processor.pad_id()}
+        ids = {
+            "bos": self.processor.bos_id(),
+            "eos": self.processor.eos_id(),
+            "unk": self.processor.unk_id(),
+            "pad": self.processor.pad_id(),
+        }
         return {role: self.processor.id_to_piece(i) for role, i in ids.items() if i >= 0}
 
     @property
@@ -218,7 +267,7 @@ class SentencePieceTokenizer(ChatTemplateMixin, Tokenizer):
         space: a later part is encoded behind the unknown piece, whose ids are then dropped."""
         if first:
             return self.processor.encode(text)
-        return self.processor.encode(self._unk_piece + text)[self._unk_prefix_length:]
+        return self.processor.encode(self._unk_piece + text)[self._unk_prefix_length :]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Ids → text; special tokens are written out unless ``skip_special_tokens``."""
@@ -229,7 +278,10 @@ class SentencePieceTokenizer(ChatTemplateMixin, Tokenizer):
         parts, run = [], []
         for token_id in ids:
             if token_id in special:
-                parts += [self._decode_run(run, first=not parts), self.processor.id_to_piece(token_id)]
+                parts += [
+                    self._decode_run(run, first=not parts),
+                    self.processor.id_to_piece(token_id),
+                ]
                 run = []
             else:
                 run.append(token_id)
@@ -239,7 +291,12 @@ class SentencePieceTokenizer(ChatTemplateMixin, Tokenizer):
         """Text of ids holding no special token. SentencePiece drops the space of a leading ``▁``
         (the dummy prefix); after a special token that space is real text, so it is kept."""
         text = self.processor.decode(run)
-        if run and not first and self._dummy_prefix and self.processor.id_to_piece(run[0]).startswith("▁"):
+        if (
+            run
+            and not first
+            and self._dummy_prefix
+            and self.processor.id_to_piece(run[0]).startswith("▁")
+        ):
             text = " " + text
         return text
 
@@ -268,15 +325,22 @@ class SentencePieceTokenizer(ChatTemplateMixin, Tokenizer):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SentencePieceTokenizer":
-        return cls(base64.b64decode(data["model"]), data.get("roles"), data.get("add_bos", False),
-                   data.get("add_eos", False), data.get("chat_template"))
+        return cls(
+            base64.b64decode(data["model"]),
+            data.get("roles"),
+            data.get("add_bos", False),
+            data.get("add_eos", False),
+            data.get("chat_template"),
+        )
 
 
 def _alternation(tokens: set[str]) -> re.Pattern[str] | None:
     """A regex matching any of ``tokens`` (longest first), or None for no tokens."""
     if not tokens:
         return None
-    return re.compile("(" + "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)) + ")")
+    return re.compile(
+        "(" + "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)) + ")"
+    )
 
 
 def _split_on(pattern: re.Pattern[str] | None, text: str) -> list[str]:
@@ -326,7 +390,11 @@ def _chat_template(folder: Path, config: Mapping[str, Any]) -> str | None:
     else of ``chat_template.jinja``, else None."""
     template = config.get("chat_template")
     if isinstance(template, list):
-        named = {entry.get("name"): entry.get("template") for entry in template if isinstance(entry, dict)}
+        named = {
+            entry.get("name"): entry.get("template")
+            for entry in template
+            if isinstance(entry, dict)
+        }
         template = named.get("default")
     if template is None and (folder / CHAT_TEMPLATE_FILE).is_file():
         template = (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
@@ -356,15 +424,20 @@ def _roles(folder: Path, config: Mapping[str, Any], defaults: Mapping[str, str])
     return roles
 
 
-def _add_special_tokens(backend: HFBackend, roles: Mapping[str, str], config: Mapping[str, Any]) -> None:
+def _add_special_tokens(
+    backend: HFBackend, roles: Mapping[str, str], config: Mapping[str, Any]
+) -> None:
     """Register the config's added tokens and every role's token with the backend, as
     ``transformers`` does, so that they are matched whole in text (ids of known tokens are kept)."""
     existing = {token.content for token in backend.get_added_tokens_decoder().values()}
     declared = config.get("added_tokens_decoder") or {}
     added = [
         AddedToken(
-            entry["content"], special=entry.get("special", True), normalized=entry.get("normalized", False),
-            lstrip=entry.get("lstrip", False), rstrip=entry.get("rstrip", False),
+            entry["content"],
+            special=entry.get("special", True),
+            normalized=entry.get("normalized", False),
+            lstrip=entry.get("lstrip", False),
+            rstrip=entry.get("rstrip", False),
             single_word=entry.get("single_word", False),
         )
         for _, entry in sorted(declared.items(), key=lambda item: int(item[0]))
@@ -373,13 +446,16 @@ def _add_special_tokens(backend: HFBackend, roles: Mapping[str, str], config: Ma
     existing |= {token.content for token in added}
     added += [
         AddedToken(token, special=True, normalized=False)
-        for token in dict.fromkeys(roles.values()) if token not in existing
+        for token in dict.fromkeys(roles.values())
+        if token not in existing
     ]
     backend.add_tokens([token for token in added if not token.special])
     backend.add_special_tokens([token for token in added if token.special])
 
 
-def _bos_eos_template(backend: HFBackend, roles: Mapping[str, str], add_bos: bool, add_eos: bool) -> None:
+def _bos_eos_template(
+    backend: HFBackend, roles: Mapping[str, str], add_bos: bool, add_eos: bool
+) -> None:
     """A post-processor wrapping texts in bos/eos as asked (``add_bos_token``/``add_eos_token``)."""
     bos = roles.get("bos") if add_bos else None
     eos = roles.get("eos") if add_eos else None
@@ -390,7 +466,9 @@ def _bos_eos_template(backend: HFBackend, roles: Mapping[str, str], add_bos: boo
     backend.post_processor = processors.TemplateProcessing(
         single=" ".join(wrapped("$A", 0)),
         pair=" ".join(wrapped("$A", 0) + wrapped("$B", 1)),
-        special_tokens=[(token, backend.token_to_id(token)) for token in dict.fromkeys((bos, eos)) if token],
+        special_tokens=[
+            (token, backend.token_to_id(token)) for token in dict.fromkeys((bos, eos)) if token
+        ],
     )
 
 
@@ -398,10 +476,14 @@ def _load_backend(path: Path) -> HFBackend:
     try:
         return HFBackend.from_file(str(path))
     except Exception as exc:  # the library raises a bare Exception for malformed files
-        raise LmlabError(f"{path} is not a valid Hugging Face tokenizer file ({first_line(exc)})") from exc
+        raise LmlabError(
+            f"{path} is not a valid Hugging Face tokenizer file ({first_line(exc)})"
+        ) from exc
 
 
-def _from_tokenizer_json(folder: Path, config: Mapping[str, Any], chat_template: str | None) -> Tokenizer:
+def _from_tokenizer_json(
+    folder: Path, config: Mapping[str, Any], chat_template: str | None
+) -> Tokenizer:
     """A ``tokenizer.json`` pipeline as stored (its post-processor decides which special tokens
     encoding adds; like ``transformers``, the config's ``add_bos_token`` does not override it)."""
     backend = _load_backend(folder / HF_TOKENIZER_FILE)
@@ -418,18 +500,26 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
             continue
         pair = line.split(" ")
         if len(pair) != 2:
-            raise LmlabError(f"{path} line {number} is not a merge of two tokens: {line!r}; re-download it")
+            raise LmlabError(
+                f"{path} line {number} is not a merge of two tokens: {line!r}; re-download it"
+            )
         merges.append((pair[0], pair[1]))
     return merges
 
 
 def _is_roberta_style(folder: Path, config: Mapping[str, Any]) -> bool:
     """Whether a byte-level BPE wraps texts as ``<s> X </s>`` (RoBERTa, BART), by tokenizer class or model type."""
-    family = str(config.get("tokenizer_class") or _read_json(folder / MODEL_CONFIG_FILE).get("model_type") or "")
+    family = str(
+        config.get("tokenizer_class")
+        or _read_json(folder / MODEL_CONFIG_FILE).get("model_type")
+        or ""
+    )
     return family.lower().startswith(ROBERTA_STYLE)
 
 
-def _from_byte_level_bpe(folder: Path, config: Mapping[str, Any], chat_template: str | None) -> Tokenizer:
+def _from_byte_level_bpe(
+    folder: Path, config: Mapping[str, Any], chat_template: str | None
+) -> Tokenizer:
     """GPT-2/RoBERTa byte-level BPE from ``vocab.json`` + ``merges.txt``."""
     vocab = _read_json(folder / VOCAB_JSON_FILE)
     model = models.BPE(vocab=vocab, merges=_read_merges(folder / MERGES_FILE), fuse_unk=False)
@@ -442,11 +532,15 @@ def _from_byte_level_bpe(folder: Path, config: Mapping[str, Any], chat_template:
     _add_special_tokens(backend, roles, config)
     if roberta:
         backend.post_processor = processors.RobertaProcessing(
-            (roles["sep"], backend.token_to_id(roles["sep"])), (roles["cls"], backend.token_to_id(roles["cls"])),
-            trim_offsets=bool(config.get("trim_offsets", True)), add_prefix_space=add_prefix_space,
+            (roles["sep"], backend.token_to_id(roles["sep"])),
+            (roles["cls"], backend.token_to_id(roles["cls"])),
+            trim_offsets=bool(config.get("trim_offsets", True)),
+            add_prefix_space=add_prefix_space,
         )
     else:
-        _bos_eos_template(backend, roles, config.get("add_bos_token", False), config.get("add_eos_token", False))
+        _bos_eos_template(
+            backend, roles, config.get("add_bos_token", False), config.get("add_eos_token", False)
+        )
     return PretrainedHFTokenizer(backend, roles, chat_template)
 
 
@@ -458,10 +552,14 @@ def _read_vocab_txt(path: Path) -> dict[str, int]:
     return {token: index for index, token in enumerate(lines)}
 
 
-def _from_wordpiece(folder: Path, config: Mapping[str, Any], chat_template: str | None) -> Tokenizer:
+def _from_wordpiece(
+    folder: Path, config: Mapping[str, Any], chat_template: str | None
+) -> Tokenizer:
     """BERT's WordPiece from ``vocab.txt``, set up as ``transformers``' ``BertTokenizer``."""
     roles = _roles(folder, config, BERT_ROLES)
-    backend = HFBackend(models.WordPiece(_read_vocab_txt(folder / VOCAB_TXT_FILE), unk_token=roles["unk"]))
+    backend = HFBackend(
+        models.WordPiece(_read_vocab_txt(folder / VOCAB_TXT_FILE), unk_token=roles["unk"])
+    )
     backend.normalizer = normalizers.BertNormalizer(
         clean_text=True,
         handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
@@ -480,13 +578,18 @@ def _from_wordpiece(folder: Path, config: Mapping[str, Any], chat_template: str 
     return PretrainedHFTokenizer(backend, roles, chat_template)
 
 
-def _from_sentencepiece(path: Path, config: Mapping[str, Any], chat_template: str | None) -> Tokenizer:
+def _from_sentencepiece(
+    path: Path, config: Mapping[str, Any], chat_template: str | None
+) -> Tokenizer:
     """A SentencePiece model. bos/eos are added as ``add_bos_token``/``add_eos_token`` say; without
-    them, as ``transformers`` does, none for ``tokenizer.model`` and eos for T5's ``spiece.model``."""
+    them, as ``transformers`` does, none for ``tokenizer.model`` and eos for T5's ``spiece.model``.
+    """
     model = path.read_bytes()
     own_roles = SentencePieceTokenizer(model).roles
     roles = _roles(path.parent, config, own_roles)
-    t5_style = path.name == "spiece.model" or str(config.get("tokenizer_class", "")).startswith("T5")
+    t5_style = path.name == "spiece.model" or str(config.get("tokenizer_class", "")).startswith(
+        "T5"
+    )
     return SentencePieceTokenizer(
         model,
         roles,
@@ -499,10 +602,18 @@ def _from_sentencepiece(path: Path, config: Mapping[str, Any], chat_template: st
 # ---------------------------------------------------------------- GGUF metadata
 
 GGUF_KEY = "tokenizer.ggml."
-CONTROL_TOKEN, USER_DEFINED_TOKEN = 3, 4  # llama.cpp's token types (1 normal, 2 unknown, 5 unused, 6 byte)
+CONTROL_TOKEN, USER_DEFINED_TOKEN = (
+    3,
+    4,
+)  # llama.cpp's token types (1 normal, 2 unknown, 5 unused, 6 byte)
 GGUF_ROLE_KEYS = {
-    "bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "pad": "padding_token_id",
-    "mask": "mask_token_id", "sep": "seperator_token_id", "cls": "cls_token_id",
+    "bos": "bos_token_id",
+    "eos": "eos_token_id",
+    "unk": "unknown_token_id",
+    "pad": "padding_token_id",
+    "mask": "mask_token_id",
+    "sep": "seperator_token_id",
+    "cls": "cls_token_id",
 }
 _GPT2_SPLIT = None  # the ByteLevel pre-tokenizer's own regex
 _LLAMA3_SPLIT = (
@@ -515,9 +626,14 @@ _QWEN2_SPLIT = (
 )
 # llama.cpp's ``tokenizer.ggml.pre`` names → how byte-level BPE splits text before merging.
 GGUF_PRE_TOKENIZERS: dict[str, str | None] = {
-    "default": _GPT2_SPLIT, "gpt-2": _GPT2_SPLIT,
-    "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT, "smaug-bpe": _LLAMA3_SPLIT,
-    "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT,
+    "default": _GPT2_SPLIT,
+    "gpt-2": _GPT2_SPLIT,
+    "llama3": _LLAMA3_SPLIT,
+    "llama-v3": _LLAMA3_SPLIT,
+    "llama-bpe": _LLAMA3_SPLIT,
+    "smaug-bpe": _LLAMA3_SPLIT,
+    "qwen2": _QWEN2_SPLIT,
+    "deepseek-r1-qwen": _QWEN2_SPLIT,
 }
 
 
@@ -549,13 +665,18 @@ def tokenizer_from_gguf_metadata(meta: Mapping[str, Any]) -> Tokenizer:
     else:
         backend = _gguf_sentencepiece_bpe(meta, tokens)
     roles = {
-        role: tokens[meta[GGUF_KEY + key]] for role, key in GGUF_ROLE_KEYS.items()
+        role: tokens[meta[GGUF_KEY + key]]
+        for role, key in GGUF_ROLE_KEYS.items()
         if 0 <= meta.get(GGUF_KEY + key, -1) < len(tokens)
     }
     _add_gguf_tokens(backend, tokens, types, byte_level=kind == "gpt2")
     _add_special_tokens(backend, roles, {})
-    _bos_eos_template(backend, roles, bool(meta.get(GGUF_KEY + "add_bos_token", kind == "llama")),
-                      bool(meta.get(GGUF_KEY + "add_eos_token", False)))
+    _bos_eos_template(
+        backend,
+        roles,
+        bool(meta.get(GGUF_KEY + "add_bos_token", kind == "llama")),
+        bool(meta.get(GGUF_KEY + "add_eos_token", False)),
+    )
     return PretrainedHFTokenizer(backend, roles, meta.get("tokenizer.chat_template"))
 
 
@@ -564,14 +685,22 @@ def _byte_level_spelling(tokens: Sequence[str]) -> list[str]:
     alphabet = set(pre_tokenizers.ByteLevel.alphabet())
     spelling = _byte_to_unicode()
     return [
-        token if set(token) <= alphabet else "".join(spelling[byte] for byte in token.encode("utf-8"))
+        (
+            token
+            if set(token) <= alphabet
+            else "".join(spelling[byte] for byte in token.encode("utf-8"))
+        )
         for token in tokens
     ]
 
 
 def _byte_to_unicode() -> dict[int, str]:
     """GPT-2's byte → printable character table."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table, extra = {}, 0
     for byte in range(256):
         if byte in printable:
@@ -595,10 +724,12 @@ def _gguf_byte_level_bpe(meta: Mapping[str, Any], tokens: list[str]) -> HFBacken
     if split is None:
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
-        backend.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(split), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     backend.decoder = decoders.ByteLevel()
     return backend
 
@@ -608,8 +739,14 @@ def _gguf_sentencepiece_bpe(meta: Mapping[str, Any], tokens: list[str]) -> HFBac
     ``LlamaTokenizer``; merges are the stored ones or recovered from the scores."""
     stored = meta.get(GGUF_KEY + "merges")
     scores = meta.get(GGUF_KEY + "scores") or [float(-index) for index in range(len(tokens))]
-    merges = [tuple(merge.split(" ", 1)) for merge in stored] if stored else merges_from_scores(tokens, scores)
-    backend = HFBackend(models.BPE(vocab=_vocab(tokens), merges=merges, fuse_unk=True, byte_fallback=True))
+    merges = (
+        [tuple(merge.split(" ", 1)) for merge in stored]
+        if stored
+        else merges_from_scores(tokens, scores)
+    )
+    backend = HFBackend(
+        models.BPE(vocab=_vocab(tokens), merges=merges, fuse_unk=True, byte_fallback=True)
+    )
     prefix = bool(meta.get(GGUF_KEY + "add_space_prefix", True))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(
         replacement="▁", prepend_scheme="first" if prefix else "never", split=False
@@ -626,19 +763,25 @@ def _vocab(tokens: Sequence[str]) -> dict[str, int]:
 
 def merges_from_scores(tokens: Sequence[str], scores: Sequence[float]) -> list[tuple[str, str]]:
     """BPE merges implied by a SentencePiece vocabulary: every split of a token into two tokens,
-    best token score first (ties: longer left part, then longer right part, then vocabulary order)."""
+    best token score first (ties: longer left part, then longer right part, then vocabulary order).
+    """
     ids = _vocab(tokens)
     candidates = []
     for token, score in dict(zip(tokens, scores)).items():
-        pairs = [(token[:cut], token[cut:]) for cut in range(1, len(token))
-                 if token[:cut] in ids and token[cut:] in ids]
+        pairs = [
+            (token[:cut], token[cut:])
+            for cut in range(1, len(token))
+            if token[:cut] in ids and token[cut:] in ids
+        ]
         pairs.sort(key=lambda pair: (ids[pair[0]], ids[pair[1]]))
         candidates += [(score, pair) for pair in pairs]
     candidates.sort(key=lambda item: (item[0], len(item[1][0]), len(item[1][1])), reverse=True)
     return [pair for _, pair in candidates]
 
 
-def _add_gguf_tokens(backend: HFBackend, tokens: Sequence[str], types: Sequence[int], byte_level: bool) -> None:
+def _add_gguf_tokens(
+    backend: HFBackend, tokens: Sequence[str], types: Sequence[int], byte_level: bool
+) -> None:
     """Control tokens as special tokens and user-defined ones as added tokens, so text keeps them whole.
 
     In a byte-level vocabulary a control token outside the byte alphabet is a mislabel and is skipped.
@@ -649,7 +792,10 @@ def _add_gguf_tokens(backend: HFBackend, tokens: Sequence[str], types: Sequence[
         for token, kind in zip(tokens, types)
         if kind == CONTROL_TOKEN and (alphabet is None or set(token) <= alphabet)
     ]
-    user = [AddedToken(token, special=False, normalized=False)
-            for token, kind in zip(tokens, types) if kind == USER_DEFINED_TOKEN]
+    user = [
+        AddedToken(token, special=False, normalized=False)
+        for token, kind in zip(tokens, types)
+        if kind == USER_DEFINED_TOKEN
+    ]
     backend.add_special_tokens(control)
     backend.add_tokens(user)
