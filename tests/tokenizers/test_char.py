@@ -100,20 +100,12 @@ def test_decode_ids_past_the_vocabulary_is_an_error():
         tok.decode([0, 3, 1, 7])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in tokenizers/char.py: decode uses Python indexing, so -1 decodes to the last character",
-)
 def test_decode_negative_ids_is_an_error():
     tok = CharTokenizer.from_text("abc")
     with pytest.raises(LmlabError, match="outside the vocabulary"):
         tok.decode([0, -1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in tokenizers/char.py: U+FFFD in a corpus is dropped from the alphabet even when unk=False",
-)
 def test_corpus_containing_the_replacement_character_encodes():
     text = "ab" + UNK_TOKEN + "c"
     tok = CharTokenizer.from_text(text)

@@ -29,7 +29,7 @@ class CharTokenizer(Tokenizer):
         special_tokens: Mapping[str, str] | None = None,
         extra_tokens: Sequence[str] = (),
     ):
-        alphabet = sorted(set(chars) - {UNK_TOKEN})
+        alphabet = sorted(set(chars) - {UNK_TOKEN}) if unk else sorted(set(chars))
         if unk:
             alphabet.append(UNK_TOKEN)
         if not alphabet:
@@ -77,11 +77,10 @@ class CharTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         vocab = self._vocab
-        try:
-            return "".join(vocab[i] for i in ids)
-        except (IndexError, TypeError):
-            bad = [i for i in ids if not 0 <= i < len(vocab)]
-            raise LmlabError(f"ids {bad[:10]} are outside the vocabulary (size {len(vocab)})") from None
+        bad = [i for i in ids if not 0 <= i < len(vocab)]
+        if bad:
+            raise LmlabError(f"ids {bad[:10]} are outside the vocabulary (size {len(vocab)})")
+        return "".join(vocab[i] for i in ids)
 
     def token_to_id(self, token: str) -> int | None:
         return self._index.get(token)
@@ -91,7 +90,7 @@ class CharTokenizer(Tokenizer):
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "chars": "".join(c for c in self.chars if c != UNK_TOKEN),
+            "chars": "".join(c for c in self.chars if not (self.unk and c == UNK_TOKEN)),
             "unk": self.unk,
             "special_tokens": self.roles,
             "extra_tokens": self.extra_tokens,
