@@ -84,7 +84,7 @@ def test_chess_tokenizer_by_name(monkeypatch, capsys):
          "no corpus named /nowhere"),
         (["tokenizer", "frobnicate"], "", "invalid choice"),
         (["data", "prepare", "--tokenizer", "chess-pgn", "--data", "/nowhere.txt", "--out", "x"], "",
-         "no such file, directory or glob match"),
+         "no such file, directory or glob"),
     ],
 )
 def test_mistakes_exit_with_code_2(monkeypatch, capsys, argv, stdin, message):

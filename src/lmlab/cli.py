@@ -130,13 +130,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------- info
 def cmd_info(args: argparse.Namespace) -> int:
+    from lmlab.models import parameter_counts
     from lmlab.training.run import describe_model, load_run
 
     run = load_run(args.run_dir, _err)
     state = run.state
     info = {
         "checkpoint": str(run.checkpoint),
-        "model": describe_model(run.model, run.config.model),
+        "model": {**describe_model(run.model, run.config.model), "parameter_counts": parameter_counts(run.model)},
         "tokenizer": {"kind": run.tokenizer.kind, "vocab_size": run.tokenizer.vocab_size},
         "training": {"step": state.get("step"), "max_steps": run.config.train.max_steps,
                      "elapsed_s": state.get("elapsed_s"), "last_eval": state.get("last_eval")},
@@ -144,6 +145,45 @@ def cmd_info(args: argparse.Namespace) -> int:
     }
     print(json.dumps(info, indent=2))
     return 0
+
+
+# ----------------------------------------------------------------------------------- compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lmlab.training.compare import markdown_table, parse_grid, run_comparison, set_budget, write_tables
+    from lmlab.training.config import apply_overrides, load_config_file, load_preset
+    from lmlab.viz.curves import plot_validation_curves
+
+    config = load_config_file(args.config) if args.config else load_preset(args.preset or "shakespeare-char")
+    apply_overrides(config, [item for group in args.set for item in group])
+    if args.data is not None:
+        config.data.corpus = args.data
+    max_steps = None if args.max_steps is None else _positive(args.max_steps, "--max-steps")
+    max_time = None if args.max_time is None else _positive(args.max_time, "--max-time")
+    set_budget(config, max_steps, max_time)
+    results = run_comparison(config, parse_grid(args.grid), args.out, echo=_err, progress=not args.no_progress)
+    md_path, csv_path = write_tables(results, args.out)
+    plot = plot_validation_curves({r.name: r.curve for r in results}, Path(args.out) / "val_loss.png")
+    print(markdown_table(results), end="")
+    _err(f"wrote {md_path}, {csv_path} and {plot}")
+    return 0
+
+
+def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    cmp = sub.add_parser("compare", help="train variants with the same budget and seed; table and plot")
+    source = cmp.add_mutually_exclusive_group()
+    source.add_argument("--preset", help="the base config: a preset shipped with lmlab (default shakespeare-char)")
+    source.add_argument("--config", help="the base config: a YAML file with model/train/data sections")
+    cmp.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+                     help="values to compare, e.g. --grid model.position=learned,rope (repeat for a product)")
+    cmp.add_argument("--set", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                     help="override the base config for every variant")
+    cmp.add_argument("--data", help="corpus name or a file, directory or glob")
+    budget = cmp.add_mutually_exclusive_group()
+    budget.add_argument("--max-steps", type=int, help="optimizer steps per variant")
+    budget.add_argument("--max-time", type=float, help="seconds of training per variant")
+    cmp.add_argument("--out", required=True, help="directory for the runs, results.md/.csv and val_loss.png")
+    cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cmp.set_defaults(func=cmd_compare)
 
 
 # ----------------------------------------------------------------------------------- tokenizer
@@ -263,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="config, parameter count and training state of a run")
     info.add_argument("run_dir")
     info.set_defaults(func=cmd_info)
+    _add_compare_parser(sub)
 
     _add_tokenizer_parser(sub)
     _add_data_parser(sub)

@@ -100,10 +100,10 @@ class Rotary:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, T, D) → the same shape, rotated."""
         r = self.cos.size(-1)
-        x_rot, x_pass = x[..., :r], x[..., r:]
+        x_rot = x[..., :r]
         x1, x2 = x_rot.chunk(2, dim=-1)
         rotated = (x_rot * self.cos + torch.cat((-x2, x1), dim=-1) * self.sin).to(x.dtype)
-        return torch.cat((rotated, x_pass), dim=-1)
+        return rotated if r == x.size(-1) else torch.cat((rotated, x[..., r:]), dim=-1)
 
 
 class RotaryPositionalEncoding(PositionalEncoding):

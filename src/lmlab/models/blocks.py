@@ -4,6 +4,7 @@ registries that turn config names into layers (positions, feed-forwards, MoE).""
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable
 
 import torch
@@ -121,14 +122,15 @@ class TransformerStack(nn.Module):
     def __init__(self, config: ModelConfig, causal: bool, blocks: list[nn.Module], tok_emb: nn.Embedding | None = None):
         super().__init__()
         placement = PLACEMENTS[config.norm_placement]
+        norm = partial(build_norm, config.norm, config.d_model, config.bias)
         self.config = config
         self.causal = causal
         self.tok_emb = tok_emb if tok_emb is not None else nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = build_positional(config, causal)
-        self.emb_norm = build_norm(config.norm, config.d_model, config.bias) if placement.norm_embeddings else nn.Identity()
+        self.emb_norm = norm() if placement.norm_embeddings else nn.Identity()
         self.emb_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(blocks)
-        self.final_norm = build_norm(config.norm, config.d_model, config.bias) if placement.norm_output else nn.Identity()
+        self.final_norm = norm() if placement.norm_output else nn.Identity()
 
     def embed(self, ids: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         """ids: (B, T) at positions [start_pos, start_pos+T) → embeddings (B, T, C)."""

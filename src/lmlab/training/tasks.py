@@ -13,6 +13,7 @@ from torch import nn
 
 from lmlab.data.windows import check_enough_tokens, random_windows
 from lmlab.evaluation import evaluate_lm
+from lmlab.models import auxiliary_loss
 from lmlab.objectives import LMBatch, causal_lm_batch, causal_lm_loss
 
 
@@ -45,7 +46,8 @@ class CausalLMTask:
         return causal_lm_batch(windows)  # (B, T) inputs and labels
 
     def loss(self, model: nn.Module, batch: LMBatch) -> torch.Tensor:
-        return causal_lm_loss(model(batch.input_ids), batch)
+        """Next-token cross-entropy plus the model's MoE auxiliary losses (none when dense)."""
+        return causal_lm_loss(model(batch.input_ids), batch) + auxiliary_loss(model)
 
     def evaluate(self, model: nn.Module, num_batches: int, seed: int) -> dict[str, float]:
         """Validation metrics on ``num_batches`` random windows, the same ones at every call."""

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lmlab.errors import LmlabError
+from lmlab.models import expert_utilisation
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import RunConfig
 from lmlab.training.optim import build_optimizer, learning_rate
@@ -159,7 +160,8 @@ class Trainer:
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         if self.step % max(1, self.cfg.eval_every // 10) == 0 or self.step == 1:
             self._log({"kind": "train", "step": self.step, "loss": loss, "lr": lr,
-                       "tokens_per_s": tokens_per_s, "elapsed_s": self.elapsed})
+                       "tokens_per_s": tokens_per_s, "elapsed_s": self.elapsed,
+                       **expert_utilisation(self.model)})
         if self.cfg.eval_every > 0 and self.step % self.cfg.eval_every == 0:
             metrics = self._evaluate()
             if self.progress:
