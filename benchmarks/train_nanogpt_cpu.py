@@ -18,7 +18,6 @@ import statistics
 import tempfile
 import time
 
-from lmlab.data.windows import sequential_windows
 from lmlab.evaluation import evaluate_lm
 from lmlab.training.config import apply_overrides, load_preset
 from lmlab.training.run import make_trainer
@@ -55,7 +54,7 @@ def main() -> None:
     steady = trainer.step_seconds[WARMUP_STEPS_IGNORED:] or trainer.step_seconds
     ms_per_iter = 1000 * statistics.median(steady)
     tokens_per_s = trainer.task.tokens_per_batch * config.train.grad_accum / (ms_per_iter / 1000)
-    val = evaluate_lm(trainer.model, sequential_windows(trainer.task.val_tokens, 64, config.model.context_length))
+    val = evaluate_lm(trainer.model, trainer.task.val_tokens.sequential_windows(64, config.model.context_length))
     print(json.dumps({
         "preset": args.preset,
         "steps": trainer.step,

@@ -31,7 +31,6 @@ def _err(message: str) -> None:
 
 # ----------------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    from lmlab.generation import GenerationConfig, generate
     from lmlab.training.config import apply_overrides, load_config_file, load_preset
     from lmlab.training.run import make_trainer, resume_config
 
@@ -42,20 +41,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = load_config_file(args.config)
     else:
         config = load_preset(args.preset or "shakespeare-char")
-    apply_overrides(config, [item for group in args.set for item in group])
+    objective = [f"train.objective={args.objective}"] if args.objective else []
+    apply_overrides(config, objective + [item for group in args.set for item in group])
     _apply_train_flags(config, args)
     trainer, tokenizer = make_trainer(config, out, resume=args.resume, progress=not args.no_progress, echo=_err)
     result = trainer.fit()
     print(json.dumps({"run_dir": str(out), "step": result.step, "stop_reason": result.stop_reason,
                       **{f"val_{k}": v for k, v in (result.last_eval or {}).items() if k != "step"}}))
-    if config.train.sample_chars > 0 and result.stop_reason != "interrupted":
-        prompt = tokenizer.encode("\n") if tokenizer.token_to_id("\n") is not None else [0]
-        sample = GenerationConfig(max_new_tokens=config.train.sample_chars, strategy="sample",
-                                  temperature=0.8, top_k=50, seed=config.train.seed)
-        trainer.model.eval()
-        print("--- sample ---")
-        print(tokenizer.decode(generate(trainer.model, prompt, sample)))
+    if config.train.sample_chars > 0 and result.stop_reason != "interrupted" and config.model.backbone == "decoder":
+        _print_sample(trainer.model, tokenizer, config)
     return EXIT_INTERRUPTED if result.stop_reason == "interrupted" else 0
+
+
+def _print_sample(model, tokenizer, config) -> None:
+    """A short sample from a freshly trained decoder, starting after a newline."""
+    from lmlab.generation import GenerationConfig, generate
+
+    prompt = tokenizer.encode("\n") if tokenizer.token_to_id("\n") is not None else [0]
+    sample = GenerationConfig(max_new_tokens=config.train.sample_chars, strategy="sample",
+                              temperature=0.8, top_k=50, seed=config.train.seed)
+    model.eval()
+    print("--- sample ---")
+    print(tokenizer.decode(generate(model, prompt, sample)))
 
 
 def _apply_train_flags(config, args: argparse.Namespace) -> None:
@@ -110,20 +117,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from lmlab.data.corpora import load_corpus, split_train_val
-    from lmlab.data.windows import sequential_windows, token_tensor
-    from lmlab.evaluation import evaluate_lm
-    from lmlab.training.run import load_run
+    from lmlab.training.run import evaluate_run, load_run
 
     _positive(args.batch_size, "--batch-size")
     run = load_run(args.run_dir, _err)
-    text = load_corpus(args.data or run.config.data.corpus)
-    train_text, val_text = split_train_val(text, run.config.data.val_fraction)
-    tokens = token_tensor(run.tokenizer.encode(val_text if args.split == "val" else train_text))
-    window = run.config.model.context_length
-    metrics = evaluate_lm(run.model, sequential_windows(tokens, args.batch_size, window))
+    metrics = evaluate_run(run, args.data, args.split, args.batch_size)
     if metrics["tokens"] == 0:
-        raise LmlabError(f"the {args.split} split has fewer than 2 tokens; nothing to evaluate")
+        raise LmlabError(f"the {args.split} split is too short to evaluate; use more text")
     print(json.dumps({**metrics, "split": args.split, "checkpoint": str(run.checkpoint)}))
     return 0
 
@@ -277,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-time", type=float, help="stop after this many seconds of training")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
     train.add_argument("--seed", type=int, help="seed for initialisation, batches and dropout")
+    train.add_argument("--objective", help="causal-lm (default), prefix-lm, mlm, span-corruption, bart or ul2")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
@@ -307,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_tokenizer_parser(sub)
     _add_data_parser(sub)
+    _add_interop_parsers(sub)
     return parser
 
 
@@ -344,6 +346,123 @@ def _add_data_parser(sub: argparse._SubParsersAction) -> None:
     prepare.add_argument("--separator", choices=("eos", "none"), default="eos",
                          help="token written between documents (default: the tokenizer's eos)")
     prepare.set_defaults(func=cmd_data_prepare)
+
+
+# ----------------------------------------------------------------------------------- interop
+def cmd_convert(args: argparse.Namespace) -> int:
+    if args.to == "hf":
+        from lmlab.interop.export import export_hf
+        from lmlab.training.run import load_run
+
+        run = load_run(args.src, _err)
+        summary = export_hf(run.model, run.config.model, run.tokenizer, args.dst)
+        for note in summary["notes"]:
+            _err(f"note: {note}")
+        print(json.dumps(summary))
+        return 0
+    from lmlab.interop.pretrained import load_pretrained
+    from lmlab.tokenizers import tokenizer_to_json
+    from lmlab.training.checkpoint import list_checkpoints, save_checkpoint
+    from lmlab.training.config import RunConfig
+
+    dst = Path(args.dst)
+    if list_checkpoints(dst):
+        raise LmlabError(f"{dst} already holds a run; choose another destination")
+    loaded = load_pretrained(args.src)
+    if loaded.tokenizer is None:
+        raise LmlabError(f"{args.src} has no tokenizer files; copy the model's tokenizer there before converting")
+    state = {"config": RunConfig(model=loaded.model_config).to_dict(), "tokenizer": tokenizer_to_json(loaded.tokenizer),
+             "family": loaded.family, "source": str(args.src)}
+    checkpoint = save_checkpoint(dst, 0, loaded.model, None, state)
+    print(json.dumps({"run_dir": str(dst), "checkpoint": str(checkpoint), "family": loaded.family,
+                      "parameters": sum(p.numel() for p in loaded.model.parameters())}))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from lmlab.interop.embeddings import cosine_similarity_matrix, load_sentence_encoder
+
+    texts = list(args.text)
+    if args.file:
+        texts += [line.rstrip("\r\n") for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise LmlabError("nothing to embed; pass --text (repeatable) or --file")
+    encoder = load_sentence_encoder(args.model)
+    embeddings = encoder.encode(texts)
+    if args.similarity:
+        print(json.dumps({"similarity": cosine_similarity_matrix(embeddings).tolist()}))
+        return 0
+    for text, vector in zip(texts, embeddings.tolist()):
+        print(json.dumps({"text": text, "embedding": vector}, ensure_ascii=False))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from lmlab.generation import GenerationConfig, stream_tokens
+    from lmlab.training.run import load_run
+
+    run = load_run(args.model, _err)
+    tokenizer = run.tokenizer
+    if getattr(tokenizer, "chat_template", None) is None or run.config.model.backbone != "decoder":
+        raise LmlabError(f"{args.model} has no chat template (or is not a decoder); 'lmlab chat' needs a chat model")
+    eos = tokenizer.special_tokens.get("eos")
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    for line in sys.stdin:
+        user = line.rstrip("\r\n")
+        if not user.strip():
+            continue
+        messages.append({"role": "user", "content": user})
+        prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        prompt = tokenizer.encode(prompt_text)
+        config = GenerationConfig(max_new_tokens=args.max_new_tokens, strategy=args.strategy,
+                                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                  seed=args.seed, prompt_overflow="truncate")
+        reply_ids: list[int] = []
+        printed = ""
+        for token in stream_tokens(run.model, prompt, config):
+            if token == eos:
+                break
+            reply_ids.append(token)
+            text = tokenizer.decode(reply_ids, skip_special_tokens=True) if _decode_skips(tokenizer) else tokenizer.decode(reply_ids)
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages.append({"role": "assistant", "content": printed})
+    return 0
+
+
+def _decode_skips(tokenizer) -> bool:
+    import inspect
+
+    return "skip_special_tokens" in inspect.signature(tokenizer.decode).parameters
+
+
+def _add_interop_parsers(sub: argparse._SubParsersAction) -> None:
+    conv = sub.add_parser("convert", help="HF directory or GGUF file → lmlab run directory; or run → HF with --to hf")
+    conv.add_argument("src", help="a Hugging Face model directory or a .gguf file (or, with --to hf, an lmlab run)")
+    conv.add_argument("dst", help="the lmlab run directory to write (or, with --to hf, the HF directory)")
+    conv.add_argument("--to", choices=("lmlab", "hf"), default="lmlab", help="direction (default: to lmlab)")
+    conv.set_defaults(func=cmd_convert)
+
+    emb = sub.add_parser("embed", help="sentence embeddings (JSON lines) from an encoder directory")
+    emb.add_argument("model", help="a sentence-transformers or Hugging Face BERT/RoBERTa directory")
+    emb.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
+    emb.add_argument("--file", help="a file with one text per line")
+    emb.add_argument("--similarity", action="store_true", help="print the cosine-similarity matrix instead")
+    emb.set_defaults(func=cmd_embed)
+
+    chat = sub.add_parser("chat", help="chat with a model that has a chat template (user turns from stdin)")
+    chat.add_argument("model", help="an HF directory, a .gguf file or a run directory with a chat template")
+    chat.add_argument("--system", help="a system message")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--strategy", default="greedy", help="greedy or sample")
+    chat.add_argument("--temperature", type=float, default=1.0)
+    chat.add_argument("--top-k", type=int)
+    chat.add_argument("--top-p", type=float)
+    chat.add_argument("--seed", type=int)
+    chat.set_defaults(func=cmd_chat)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

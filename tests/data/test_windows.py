@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmlab.data.windows import check_enough_tokens, random_windows, sequential_windows, token_tensor
+from lmlab.data.windows import TokenSpan, random_windows, sequential_windows, split_span, token_tensor
 from lmlab.errors import LmlabError
 
 
@@ -81,10 +81,31 @@ def test_sequential_windows_are_in_order_and_full_first():
     assert chunks[2].tolist() == [[20, 21, 22]]
 
 
-def test_check_enough_tokens():
-    check_enough_tokens(token_tensor(list(range(9))), 8, "training")  # exactly one window fits
-    with pytest.raises(LmlabError) as info:
-        check_enough_tokens(token_tensor(list(range(8))), 8, "validation")
-    message = str(info.value)
-    assert "validation" in message and "8 tokens" in message and "9" in message
-    assert "context_length" in message and "\n" not in message
+def test_a_span_too_short_for_one_window_is_a_clear_error():
+    TokenSpan(token_tensor(list(range(9)))).check_window(8)  # exactly one window fits
+    with pytest.raises(LmlabError, match="validation split has 8 tokens"):
+        TokenSpan(token_tensor(list(range(8))), name="validation").check_window(8)
+
+
+class _Store:
+    """A token store that is not a tensor (like memory-mapped shards)."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def __len__(self):
+        return self.tokens.numel()
+
+    def window(self, start, length):
+        return self.tokens[start : start + length].long()
+
+
+def test_spans_of_a_store_give_the_same_windows_as_spans_of_a_tensor():
+    tokens = token_tensor(list(range(100)))
+    for store in (tokens, _Store(tokens)):
+        train, val = split_span(store, 0.2)
+        assert (len(train), len(val)) == (80, 20)
+        got = val.random_windows(4, 5, torch.Generator().manual_seed(3))
+        assert got.min() >= 80 and torch.equal(got[:, 1:] - got[:, :-1], torch.ones(4, 5, dtype=torch.long))
+        rows = torch.cat([w[:, 1:].reshape(-1) for w in val.sequential_windows(2, 6)])
+        assert torch.equal(rows, torch.arange(81, 100))  # every token after the first is a label once

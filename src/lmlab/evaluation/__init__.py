@@ -1,5 +1,5 @@
-"""Metrics: perplexity and accuracy of language models (BLEU/ROUGE and task metrics to come)."""
+"""Metrics: loss, perplexity and accuracy of language models on any objective's labels."""
 
-from lmlab.evaluation.perplexity import evaluate_lm
+from lmlab.evaluation.perplexity import decoder_forward, evaluate_batches, evaluate_lm
 
-__all__ = ["evaluate_lm"]
+__all__ = ["decoder_forward", "evaluate_batches", "evaluate_lm"]

@@ -1,36 +1,49 @@
-"""Loss, perplexity and next-token accuracy of a language model over token windows."""
+"""Loss, perplexity and accuracy of a model on the labels of any objective's batches."""
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.objectives import causal_lm_batch
+from lmlab.objectives import IGNORE_INDEX, LMBatch, causal_lm_batch
+
+Forward = Callable[[nn.Module, LMBatch], torch.Tensor]  # (model, batch) → logits aligned with labels
+
+
+def decoder_forward(model: nn.Module, batch: LMBatch) -> torch.Tensor:
+    """Logits of a decoder-only model (B, T, V)."""
+    return model(batch.input_ids)
 
 
 @torch.no_grad()
-def evaluate_lm(model: nn.Module, windows: Iterable[torch.Tensor]) -> dict[str, float]:
-    """Token-weighted mean loss, its perplexity, and top-1 accuracy over (b, T+1) windows.
+def evaluate_batches(model: nn.Module, batches: Iterable[LMBatch], forward: Forward = decoder_forward) -> dict[str, float]:
+    """Token-weighted mean loss over labelled positions, its perplexity, and top-1 accuracy.
 
-    Returns ``{"loss", "perplexity", "accuracy", "tokens"}``.
+    Returns ``{"loss", "perplexity", "accuracy", "tokens"}``; positions labelled IGNORE_INDEX
+    do not count.
     """
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
-    for window in windows:
-        batch = causal_lm_batch(window)
-        logits = model(batch.input_ids)  # (b, T, V)
+    for batch in batches:
+        logits = forward(model, batch)  # (B, T, V)
         flat_logits = logits.reshape(-1, logits.size(-1)).float()
         flat_labels = batch.labels.reshape(-1)
-        total_loss += F.cross_entropy(flat_logits, flat_labels, reduction="sum").item()
-        correct += (flat_logits.argmax(-1) == flat_labels).sum().item()
-        count += flat_labels.numel()
+        keep = flat_labels != IGNORE_INDEX
+        total_loss += F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum").item()
+        correct += (flat_logits.argmax(-1)[keep] == flat_labels[keep]).sum().item()
+        count += int(keep.sum())
     model.train(was_training)
     if count == 0:
         return {"loss": float("nan"), "perplexity": float("nan"), "accuracy": float("nan"), "tokens": 0}
     loss = total_loss / count
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "accuracy": correct / count, "tokens": count}
+
+
+def evaluate_lm(model: nn.Module, windows: Iterable[torch.Tensor]) -> dict[str, float]:
+    """Next-token metrics of a decoder-only model over (b, T+1) token windows."""
+    return evaluate_batches(model, (causal_lm_batch(window) for window in windows))

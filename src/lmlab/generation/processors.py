@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
 from lmlab.errors import LmlabError
@@ -42,3 +45,97 @@ def check_sampling_settings(temperature: float, top_k: int | None, top_p: float 
         raise LmlabError(f"top-k must be at least 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise LmlabError(f"top-p must be in (0, 1], got {top_p}")
+
+
+def min_p_filter(logits: torch.Tensor, min_p: float, min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """Min-p: drop tokens whose probability is below ``min_p`` × the top token's. logits: (B, V)."""
+    probs = logits.softmax(dim=-1)
+    remove = probs < min_p * probs.amax(dim=-1, keepdim=True)  # (B, V)
+    keep = torch.topk(probs, min(min_tokens_to_keep, probs.size(-1)), dim=-1).indices
+    remove.scatter_(-1, keep, False)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def repetition_penalty(logits: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty on every token already in ``ids`` (B, L): positive scores ÷ penalty,
+    negative × penalty. logits: (B, V)."""
+    seen = logits.gather(-1, ids)  # (B, L)
+    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
+    return logits.scatter(-1, ids, seen)
+
+
+def no_repeat_ngram_ban(logits: torch.Tensor, ids: torch.Tensor, n: int) -> torch.Tensor:
+    """Forbid every token that would repeat an n-gram already in its row of ``ids`` (B, L)."""
+    L = ids.size(1)
+    if L + 1 < n:
+        return logits
+    logits = logits.clone()
+    for row, seq in enumerate(ids.tolist()):
+        prefix = tuple(seq[L - n + 1:]) if n > 1 else ()
+        banned = [seq[i + n - 1] for i in range(L - n + 1) if tuple(seq[i:i + n - 1]) == prefix]
+        if banned:
+            logits[row, banned] = float("-inf")
+    return logits
+
+
+def suppress_tokens(logits: torch.Tensor, token_ids: list[int]) -> torch.Tensor:
+    """Make ``token_ids`` impossible (minimum new tokens: the EOS ids until enough are made)."""
+    logits = logits.clone()
+    logits[:, token_ids] = float("-inf")
+    return logits
+
+
+Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids (B, L), logits (B, V)) → logits
+
+
+@dataclass
+class LogitsPipeline:
+    """The processors a configuration asks for, in the reference order: repetition penalty,
+    n-gram blocking, minimum new tokens; then (sampling only) temperature, top-k, top-p, min-p."""
+
+    processors: list[Processor]
+
+    def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """ids: (B, L) every token so far (prompt included); logits: (B, V) float."""
+        for process in self.processors:
+            logits = process(ids, logits)
+        return logits
+
+    def __bool__(self) -> bool:
+        return bool(self.processors)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        sampling: bool,
+        prompt_len: int,
+        eos_ids: list[int],
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        min_new_tokens: int = 0,
+    ) -> "LogitsPipeline":
+        steps: list[Processor] = []
+        if repetition_penalty != 1.0:
+            steps.append(lambda ids, x: _repetition(x, ids, repetition_penalty))
+        if no_repeat_ngram_size > 0:
+            steps.append(lambda ids, x: no_repeat_ngram_ban(x, ids, no_repeat_ngram_size))
+        if min_new_tokens > 0 and eos_ids:
+            steps.append(lambda ids, x: suppress_tokens(x, eos_ids) if ids.size(1) - prompt_len < min_new_tokens else x)
+        if sampling:
+            if temperature != 1.0:
+                steps.append(lambda ids, x: apply_temperature(x, temperature))
+            if top_k is not None:
+                steps.append(lambda ids, x: top_k_filter(x, top_k))
+            if top_p is not None and top_p < 1.0:
+                steps.append(lambda ids, x: top_p_filter(x, top_p))
+            if min_p is not None:
+                steps.append(lambda ids, x: min_p_filter(x, min_p))
+        return cls(steps)
+
+
+_repetition = repetition_penalty

@@ -1,6 +1,7 @@
 """Move weights between lmlab and the Hugging Face / GGUF world: weight files, config.json, GGUF."""
 
 from lmlab.interop.gguf_file import GGUFFile, unpermute_qk
+from lmlab.interop.pretrained import LoadedPretrained, is_pretrained_path, load_hf, load_pretrained
 from lmlab.interop.hf_config import SUPPORTED_MODEL_TYPES, HFConfig, read_hf_config
 from lmlab.interop.weights import (
     WEIGHT_FILES,
@@ -15,6 +16,13 @@ from lmlab.interop.weights import (
 __all__ = [
     "GGUFFile",
     "HFConfig",
+    "LoadedPretrained",
+    "is_pretrained_path",
+    "load_hf",
+    "load_pretrained",
+    "load_gguf",
+    "export_hf",
+    "sentence_embeddings",
     "SUPPORTED_MODEL_TYPES",
     "Target",
     "TensorInfo",
@@ -26,3 +34,20 @@ __all__ = [
     "read_hf_config",
     "unpermute_qk",
 ]
+
+
+def __getattr__(name: str):
+    """Lazily expose the GGUF loader, the exporter and sentence embeddings."""
+    if name == "load_gguf":
+        from lmlab.interop.gguf_llama import load_gguf
+
+        return load_gguf
+    if name == "export_hf":
+        from lmlab.interop.export import export_hf
+
+        return export_hf
+    if name == "sentence_embeddings":
+        from lmlab.interop.embeddings import sentence_embeddings
+
+        return sentence_embeddings
+    raise AttributeError(name)

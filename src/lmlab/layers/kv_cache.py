@@ -40,6 +40,11 @@ class KVCache(nn.Module):
         self.values[:, :, start_pos:end] = v
         return self.keys[:, :, :end], self.values[:, :, :end]  # (B, H_kv, end, D) views
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Rows become rows ``index`` (B,) of before, in place (beam search keeps the best beams)."""
+        self.keys.copy_(self.keys.index_select(0, index))
+        self.values.copy_(self.values.index_select(0, index))
+
 
 class CrossAttentionCache:
     """Keys and values a cross-attention layer projected from the encoder output.

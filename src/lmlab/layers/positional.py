@@ -24,12 +24,15 @@ from torch import nn
 class PositionalEncoding(nn.Module):
     """No positional information at all (NoPE); the base of every other encoding."""
 
-    def embed(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
-        """Token embeddings x (B, T, C) of positions [start_pos, start_pos+T), with positions added."""
+    def embed(self, x: torch.Tensor, start_pos: int, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings x (B, T, C) of positions [start_pos, start_pos+T), with positions added.
+
+        position_ids: (B, T) explicit positions per row (left-padded batches), instead of start_pos.
+        """
         return x
 
-    def rotary(self, start_pos: int, length: int) -> "Rotary | None":
-        """The rotation for positions [start_pos, start_pos+length), or None."""
+    def rotary(self, start_pos: int, length: int, position_ids: torch.Tensor | None = None) -> "Rotary | None":
+        """The rotation for positions [start_pos, start_pos+length) (or ``position_ids`` (B, T)), or None."""
         return None
 
     def attention_bias(self, q_len: int, k_len: int) -> torch.Tensor | None:
@@ -45,8 +48,10 @@ class LearnedPositionalEmbedding(PositionalEncoding):
         self.weight = nn.Parameter(torch.empty(max_len, d_model))
         nn.init.normal_(self.weight, std=0.02)
 
-    def embed(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
-        """x (B, T, C) + the learned vectors of positions [start_pos, start_pos+T)."""
+    def embed(self, x: torch.Tensor, start_pos: int, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) + the learned vectors of positions [start_pos, start_pos+T) (or ``position_ids``)."""
+        if position_ids is not None:
+            return x + self.weight[position_ids]  # (B, T, C)
         end = start_pos + x.size(1)
         if end > self.weight.size(0):
             raise ValueError(f"learned positions cover {self.weight.size(0)} positions; got position {end - 1}")
@@ -76,10 +81,12 @@ class SinusoidalPositionalEncoding(PositionalEncoding):
         self.scale = math.sqrt(d_model)
         self.register_buffer("table", sinusoidal_table(0, max_len, d_model), persistent=False)
 
-    def embed(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
-        """x (B, T, C) · √C + sinusoids of positions [start_pos, start_pos+T)."""
+    def embed(self, x: torch.Tensor, start_pos: int, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) · √C + sinusoids of positions [start_pos, start_pos+T) (or ``position_ids``)."""
         T, C = x.size(1), x.size(2)
-        if start_pos + T <= self.table.size(0):
+        if position_ids is not None and int(position_ids.max()) < self.table.size(0):
+            table = self.table[position_ids]  # (B, T, C)
+        elif start_pos + T <= self.table.size(0):
             table = self.table[start_pos : start_pos + T]
         else:
             table = sinusoidal_table(start_pos, T, C).to(x.device)
@@ -94,8 +101,8 @@ class Rotary:
     """
 
     def __init__(self, cos: torch.Tensor, sin: torch.Tensor):
-        self.cos = cos  # (T, r)
-        self.sin = sin  # (T, r)
+        self.cos = cos  # (T, r), or (B, 1, T, r) for per-row positions
+        self.sin = sin  # (T, r), or (B, 1, T, r)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, T, D) → the same shape, rotated."""
@@ -131,8 +138,14 @@ class RotaryPositionalEncoding(PositionalEncoding):
         angle = torch.cat((angle, angle), dim=-1)  # (T, r)
         return angle.cos(), angle.sin()
 
-    def rotary(self, start_pos: int, length: int) -> Rotary:
-        """The rotation of positions [start_pos, start_pos+length)."""
+    def rotary(self, start_pos: int, length: int, position_ids: torch.Tensor | None = None) -> Rotary:
+        """The rotation of positions [start_pos, start_pos+length), or of ``position_ids`` (B, T) per row."""
+        if position_ids is not None:
+            if int(position_ids.max()) < self.cos.size(0):
+                return Rotary(self.cos[position_ids][:, None], self.sin[position_ids][:, None])  # (B, 1, T, r)
+            angle = position_ids[..., None].float() * self.inv_freq  # (B, T, r/2)
+            angle = torch.cat((angle, angle), dim=-1)[:, None]  # (B, 1, T, r)
+            return Rotary(angle.cos(), angle.sin())
         end = start_pos + length
         if end <= self.cos.size(0):
             return Rotary(self.cos[start_pos:end], self.sin[start_pos:end])

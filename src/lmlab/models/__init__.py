@@ -7,7 +7,7 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.models.config import ModelConfig, MoEConfig
 from lmlab.models.decoder import DecoderLM
-from lmlab.models.encoder import EncoderClassifier, EncoderMLM
+from lmlab.models.encoder import EncoderClassifier, EncoderMLM, EncoderModel
 from lmlab.models.encoder_decoder import EncoderDecoderLM
 from lmlab.models.rnn import GRULM, GRUSeq2Seq
 from lmlab.models.stats import auxiliary_loss, count_parameters, expert_utilisation, parameter_counts
@@ -16,6 +16,7 @@ MODELS: dict[tuple[str, str, str], type[nn.Module]] = {
     ("transformer", "decoder", "lm"): DecoderLM,
     ("transformer", "encoder", "lm"): EncoderMLM,
     ("transformer", "encoder", "classifier"): EncoderClassifier,
+    ("transformer", "encoder", "none"): EncoderModel,
     ("transformer", "encoder-decoder", "lm"): EncoderDecoderLM,
     ("gru", "decoder", "lm"): GRULM,
     ("gru", "encoder-decoder", "lm"): GRUSeq2Seq,
@@ -40,6 +41,7 @@ __all__ = [
     "EncoderClassifier",
     "EncoderDecoderLM",
     "EncoderMLM",
+    "EncoderModel",
     "GRULM",
     "GRUSeq2Seq",
     "ModelConfig",

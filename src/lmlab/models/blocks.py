@@ -62,9 +62,9 @@ class TransformerBlock(nn.Module):
     def __init__(self, config: ModelConfig, index: int):
         super().__init__()
         self.residual = PLACEMENTS[config.norm_placement].residual
-        self.attn_norm = build_norm(config.norm, config.d_model, config.bias)
+        self.attn_norm = build_norm(config.norm, config.d_model, config.bias, config.norm_eps)
         self.attn = MultiHeadAttention(config.d_model, config.n_head, config.n_kv_heads, config.bias, config.dropout)
-        self.ffn_norm = build_norm(config.norm, config.d_model, config.bias)
+        self.ffn_norm = build_norm(config.norm, config.d_model, config.bias, config.norm_eps)
         self.ffn = build_block_ffn(config, index)
 
     def forward(
@@ -85,7 +85,7 @@ class CrossAttentionBlock(TransformerBlock):
 
     def __init__(self, config: ModelConfig, index: int):
         super().__init__(config, index)
-        self.cross_norm = build_norm(config.norm, config.d_model, config.bias)
+        self.cross_norm = build_norm(config.norm, config.d_model, config.bias, config.norm_eps)
         self.cross_attn = CrossAttention(config.d_model, config.n_head, config.n_kv_heads, config.bias, config.dropout)
 
     def forward(
@@ -122,7 +122,7 @@ class TransformerStack(nn.Module):
     def __init__(self, config: ModelConfig, causal: bool, blocks: list[nn.Module], tok_emb: nn.Embedding | None = None):
         super().__init__()
         placement = PLACEMENTS[config.norm_placement]
-        norm = partial(build_norm, config.norm, config.d_model, config.bias)
+        norm = partial(build_norm, config.norm, config.d_model, config.bias, config.norm_eps)
         self.config = config
         self.causal = causal
         self.tok_emb = tok_emb if tok_emb is not None else nn.Embedding(config.vocab_size, config.d_model)
@@ -132,9 +132,9 @@ class TransformerStack(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = norm() if placement.norm_output else nn.Identity()
 
-    def embed(self, ids: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
-        """ids: (B, T) at positions [start_pos, start_pos+T) → embeddings (B, T, C)."""
-        x = self.pos_emb.embed(self.tok_emb(ids), start_pos)  # (B, T, C)
+    def embed(self, ids: torch.Tensor, start_pos: int = 0, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """ids: (B, T) at positions [start_pos, start_pos+T) (or ``position_ids`` (B, T)) → embeddings (B, T, C)."""
+        x = self.pos_emb.embed(self.tok_emb(ids), start_pos, position_ids)  # (B, T, C)
         return self.emb_dropout(self.emb_norm(x))
 
     def self_attention_mask(

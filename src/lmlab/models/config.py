@@ -59,7 +59,7 @@ class ModelConfig:
 
     arch: str = choice("transformer", ("transformer", "gru"))
     backbone: str = choice("decoder", BACKBONES)
-    head: str = choice("lm", ("lm", "classifier"))  # classifier: encoder sequence classification
+    head: str = choice("lm", ("lm", "classifier", "none"))  # classifier: encoder sequence classification; none: encoder hidden states
     vocab_size: int = 0
     n_layer: int = 6  # per stack (the encoder and the decoder each have n_layer)
     n_head: int = 6
@@ -76,12 +76,15 @@ class ModelConfig:
     t5_max_distance: int = 128
     norm: str = choice("layernorm", NORMS)
     norm_placement: str = choice("pre", tuple(PLACEMENTS))
+    norm_eps: float = 1e-5  # epsilon of every norm (BERT 1e-12, T5 1e-6, Llama rms_norm_eps)
     ffn: str = choice("gelu", FFN_KINDS)
     moe: MoEConfig = field(default_factory=MoEConfig)
     tie_embeddings: bool = True  # LM head shares the (decoder's) token embedding
     share_embeddings: bool = True  # encoder-decoder: one token embedding for both stacks
     num_labels: int = 2  # classifier head: number of classes
-    pooling: str = choice("cls", ("cls", "mean"))  # classifier head: first token or mean over tokens
+    # classifier head: first token, mean over tokens, or first token → dense → tanh (BERT pooler / RoBERTa head)
+    pooling: str = choice("cls", ("cls", "mean", "cls-dense-tanh"))
+    head_bias: bool = False  # encoder-decoder LM head has a bias (BART final_logits_bias)
     rnn_hidden: int = 1024  # GRU baseline: hidden size (d_model is its embedding size)
 
     @property

@@ -21,6 +21,11 @@ class DecoderCache(nn.Module):
     def max_len(self) -> int:
         return self.layers[0].max_len
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Rows become rows ``index`` of before, in every layer, in place (beam search)."""
+        for layer in self.layers:
+            layer.reorder(index)
+
 
 class DecoderBackbone(TransformerStack):
     """Token + position embeddings, a stack of causal blocks, a final norm; returns hidden states."""
@@ -35,16 +40,19 @@ class DecoderBackbone(TransformerStack):
         start_pos: int = 0,
         attention_mask: torch.Tensor | None = None,
         prefix_lengths: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """ids: (B, T) at positions [start_pos, start_pos+T) → hidden states (B, T, C).
 
         attention_mask: (B, start_pos+T) bool, False at padding (over every position so far).
         prefix_lengths: (B,) the first P positions attend bidirectionally (prefix LM).
+        position_ids: (B, T) the positions the encodings use, per row (left padding); the cache
+            slots are still [start_pos, start_pos+T).
         """
         T = ids.size(1)
-        x = self.embed(ids, start_pos)  # (B, T, C)
+        x = self.embed(ids, start_pos, position_ids)  # (B, T, C)
         mask = self.self_attention_mask(T, start_pos + T, attention_mask, prefix_lengths)
-        rotary = self.pos_emb.rotary(start_pos, T)
+        rotary = self.pos_emb.rotary(start_pos, T, position_ids)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, rotary, cache.layers[i] if cache is not None else None, start_pos)
         return self.final_norm(x)
@@ -81,9 +89,10 @@ class DecoderLM(nn.Module):
         *,
         attention_mask: torch.Tensor | None = None,
         prefix_lengths: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """ids: (B, T) → logits (B, T, V)."""
-        return self.lm_head(self.backbone(ids, cache, start_pos, attention_mask, prefix_lengths))
+        return self.lm_head(self.backbone(ids, cache, start_pos, attention_mask, prefix_lengths, position_ids))
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> DecoderCache:
         """An empty static KV cache for ``batch_size`` sequences of up to ``max_len`` positions."""

@@ -38,7 +38,7 @@ class EncoderMLM(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = EncoderBackbone(config)
-        self.mlm_head = MLMHead(config.d_model, config.vocab_size, config.norm)
+        self.mlm_head = MLMHead(config.d_model, config.vocab_size, config.norm, config.norm_eps)
         if config.tie_embeddings:
             self.mlm_head.decoder.weight = self.backbone.tok_emb.weight
         init_weights(self, config.n_layer)
@@ -73,3 +73,22 @@ class EncoderClassifier(nn.Module):
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """ids: (B, T) → class logits (B, num_labels)."""
         return self.classifier(self.backbone(ids, attention_mask), attention_mask)
+
+
+class EncoderModel(nn.Module):
+    """A bare encoder (``head="none"``): ``model(ids, attention_mask=None)`` returns the hidden
+    states (B, T, C), e.g. for sentence embeddings. Same parameter names as :class:`EncoderMLM`'s backbone."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = EncoderBackbone(config)
+        init_weights(self, config.n_layer)
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.context_length
+
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """ids: (B, T) → hidden states (B, T, C)."""
+        return self.backbone(ids, attention_mask)

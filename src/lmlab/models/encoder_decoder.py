@@ -24,6 +24,12 @@ class EncoderDecoderCache(nn.Module):
     def max_len(self) -> int:
         return self.layers[0].self_attn.max_len
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Rows become rows ``index`` of before, in place (beam search). The encoder keys/values
+        are left alone: beams of one input share them, and beams never move between inputs."""
+        for layer in self.layers:
+            layer.self_attn.reorder(index)
+
 
 class CrossDecoderBackbone(TransformerStack):
     """The decoder stack: causal self-attention and cross-attention in every block."""
@@ -76,7 +82,7 @@ class EncoderDecoderLM(nn.Module):
         self.config = config
         self.encoder = EncoderBackbone(config)
         self.decoder = CrossDecoderBackbone(config, self.encoder.tok_emb if config.share_embeddings else None)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.head_bias)
         if config.tie_embeddings:
             self.lm_head.weight = self.decoder.tok_emb.weight
         init_weights(self, config.n_layer)

@@ -12,10 +12,10 @@ from lmlab.layers.norms import build_norm
 class MLMHead(nn.Module):
     """BERT's masked-LM head: dense → GELU → norm → vocabulary projection (with a bias)."""
 
-    def __init__(self, d_model: int, vocab_size: int, norm: str = "layernorm"):
+    def __init__(self, d_model: int, vocab_size: int, norm: str = "layernorm", eps: float = 1e-5):
         super().__init__()
         self.dense = nn.Linear(d_model, d_model)
-        self.norm = build_norm(norm, d_model)
+        self.norm = build_norm(norm, d_model, eps=eps)
         self.decoder = nn.Linear(d_model, vocab_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,8 @@ def mean_over_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor | None) 
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
-POOLING = {"cls": first_token, "mean": mean_over_tokens}
+POOLING = {"cls": first_token, "mean": mean_over_tokens, "cls-dense-tanh": first_token}
+DENSE_TANH_POOLING = ("cls-dense-tanh",)  # pooled vector → dense → tanh (BERT's pooler, RoBERTa's head)
 
 
 class ClassificationHead(nn.Module):
@@ -45,9 +46,10 @@ class ClassificationHead(nn.Module):
     def __init__(self, d_model: int, num_labels: int, pooling: str = "cls", dropout: float = 0.1):
         super().__init__()
         self.pool = POOLING[pooling]
+        self.pooler = nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh()) if pooling in DENSE_TANH_POOLING else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(d_model, num_labels)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """hidden: (B, T, C) → class logits (B, num_labels)."""
-        return self.classifier(self.dropout(self.pool(hidden, attention_mask)))
+        return self.classifier(self.dropout(self.pooler(self.pool(hidden, attention_mask))))

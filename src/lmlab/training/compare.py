@@ -21,7 +21,6 @@ from typing import Callable
 
 import torch
 
-from lmlab.data.windows import random_windows
 from lmlab.errors import LmlabError
 from lmlab.evaluation import evaluate_lm
 from lmlab.models import parameter_counts
@@ -145,14 +144,14 @@ def long_context_loss(trainer: Trainer) -> float | None:
     run that long (learned positions, recurrent models) or the split is too short."""
     model_config = trainer.config.model
     length = 2 * model_config.context_length
-    val_tokens = getattr(trainer.task, "val_tokens", None)  # causal-LM tasks only
+    val_tokens = trainer.task.val_tokens
     if model_config.arch != "transformer" or model_config.position == "learned":
         return None
-    if val_tokens is None or val_tokens.numel() <= length:
+    if trainer.config.train.objective != "causal-lm" or len(val_tokens) <= length:
         return None
     train = trainer.config.train
     generator = torch.Generator().manual_seed(train.seed)
-    windows = (random_windows(val_tokens, train.batch_size, length, generator) for _ in range(train.eval_batches))
+    windows = (val_tokens.random_windows(train.batch_size, length, generator) for _ in range(train.eval_batches))
     return evaluate_lm(trainer.model, windows)["loss"]
 
 

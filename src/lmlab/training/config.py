@@ -20,13 +20,14 @@ import yaml
 
 from lmlab.errors import LmlabError
 from lmlab.models.config import ModelConfig, choice
+from lmlab.training.tasks import OBJECTIVES
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, budgets, evaluation and checkpointing."""
 
-    objective: str = choice("causal-lm", ("causal-lm",))
+    objective: str = choice("causal-lm", tuple(OBJECTIVES))
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 1e-3
@@ -51,7 +52,8 @@ class TrainConfig:
 class DataConfig:
     """Where the text comes from and how it is split."""
 
-    corpus: str = "shakespeare"
+    corpus: str = "shakespeare"  # a corpus name, file, directory or glob, or a shard directory
+    tokenizer: str = "char"  # char (built from the corpus), chess-pgn, or a tokenizer directory
     val_fraction: float = 0.1
     unk: bool = False  # map unseen characters to an unknown token instead of failing
 

@@ -11,13 +11,16 @@ import torch
 from torch import nn
 
 from lmlab.data.corpora import load_corpus, split_train_val
-from lmlab.data.windows import token_tensor
+from lmlab.data.shards import INDEX_FILE as SHARD_INDEX
+from lmlab.data.shards import ShardedTokens
+from lmlab.data.windows import TokenSpan, split_span, token_tensor
 from lmlab.errors import LmlabError
 from lmlab.models import ModelConfig, build_model
 from lmlab.tokenizers import CharTokenizer, Tokenizer, tokenizer_from_json, tokenizer_to_json
+from lmlab.tokenizers.named import resolve_tokenizer
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import RunConfig
-from lmlab.training.tasks import CausalLMTask
+from lmlab.training.tasks import ObjectiveTask, check_objective, tokens_needed
 from lmlab.training.trainer import Trainer
 
 
@@ -32,13 +35,37 @@ class LoadedRun:
     checkpoint: Path
 
 
-def corpus_splits(config: RunConfig, tokenizer: Tokenizer | None = None) -> tuple[Tokenizer, torch.Tensor, torch.Tensor]:
-    """Read the corpus, build (or reuse) the tokenizer, and tokenise the train/val split."""
+def token_splits(config: RunConfig, tokenizer: Tokenizer | None = None) -> tuple[Tokenizer, TokenSpan, TokenSpan]:
+    """The run's tokenizer and its training and validation token spans.
+
+    ``data.corpus`` is a corpus (name, file, directory, glob) split 90/10 by text, or a directory of
+    token shards from ``lmlab data prepare`` (memory-mapped, so larger than RAM is fine) split by
+    tokens. The tokenizer is the one given (a resumed run's), the shards', or a new one; it is
+    checked against the objective before any text is encoded.
+    """
+    if (Path(config.data.corpus) / SHARD_INDEX).is_file():
+        store = ShardedTokens.open(config.data.corpus)
+        tokenizer = _checked(config, tokenizer or store.tokenizer())
+        train, val = split_span(store, config.data.val_fraction)
+        return tokenizer, train, val
     text = load_corpus(config.data.corpus)
-    if tokenizer is None:
-        tokenizer = CharTokenizer.from_text(text, unk=config.data.unk)
+    tokenizer = _checked(config, tokenizer or build_tokenizer(config, text))
     train_text, val_text = split_train_val(text, config.data.val_fraction)
-    return tokenizer, token_tensor(tokenizer.encode(train_text)), token_tensor(tokenizer.encode(val_text))
+    train = TokenSpan(token_tensor(tokenizer.encode(train_text)), name="training")
+    return tokenizer, train, TokenSpan(token_tensor(tokenizer.encode(val_text)), name="validation")
+
+
+def _checked(config: RunConfig, tokenizer: Tokenizer) -> Tokenizer:
+    check_objective(config.train.objective, _backbone_of(config), tokenizer, config.model.context_length)
+    return tokenizer
+
+
+def build_tokenizer(config: RunConfig, text: str) -> Tokenizer:
+    """A character vocabulary of ``text`` (with the objective's special tokens), or a named one."""
+    if config.data.tokenizer != "char":
+        return resolve_tokenizer(config.data.tokenizer)
+    roles, extra = tokens_needed(config.train.objective, config.model.context_length)
+    return CharTokenizer.from_text(text, unk=config.data.unk, special_tokens=roles, extra_tokens=extra)
 
 
 def make_trainer(
@@ -54,11 +81,12 @@ def make_trainer(
     start = _resume_point(out_dir, echo) if resume else None
     _refuse_to_overwrite(out_dir, resume)
     tokenizer = _stored_tokenizer(start) if start else None
-    tokenizer, train_tokens, val_tokens = corpus_splits(config, tokenizer)
+    tokenizer, train_tokens, val_tokens = token_splits(config, tokenizer)
     config.model.vocab_size = tokenizer.vocab_size
+    window = config.model.context_length
     torch.manual_seed(config.train.seed)
     model = build_model(config.model)
-    task = CausalLMTask(train_tokens, val_tokens, config.train.batch_size, config.model.context_length)
+    task = ObjectiveTask(config.train.objective, tokenizer, train_tokens, val_tokens, config.train.batch_size, window)
     extra = {"tokenizer": tokenizer_to_json(tokenizer)}
     trainer = Trainer(config, model, task, out_dir, extra_state=extra, progress=progress, echo=echo)
     ckpt.remove_partial_checkpoints(out_dir)
@@ -74,10 +102,15 @@ def resume_config(out_dir: str | Path, echo: Callable[[str], None] = print) -> R
 
 
 def load_run(path: str | Path, echo: Callable[[str], None] = print) -> LoadedRun:
-    """Load a run directory (its newest good checkpoint) or one checkpoint directory."""
+    """Load a run directory (its newest good checkpoint) or one checkpoint directory — or a
+    pretrained model: a Hugging Face model directory or a GGUF file (see :func:`load_pretrained_run`)."""
     path = Path(path)
     if not path.exists():
         raise LmlabError(f"{path} does not exist; pass a run directory written by 'lmlab train'")
+    from lmlab.interop.pretrained import is_pretrained_path
+
+    if is_pretrained_path(path):
+        return load_pretrained_run(path)
     if (path / ckpt.MANIFEST).is_file():
         ckpt.verify_checkpoint(path)
         checkpoint = path
@@ -96,10 +129,41 @@ def load_run(path: str | Path, echo: Callable[[str], None] = print) -> LoadedRun
     return LoadedRun(model, _stored_tokenizer(checkpoint), config, state, checkpoint)
 
 
+def load_pretrained_run(path: str | Path) -> LoadedRun:
+    """A Hugging Face model directory or GGUF file as a :class:`LoadedRun`: its config is a
+    default :class:`RunConfig` whose model section is the converted model config."""
+    from lmlab.interop.pretrained import load_pretrained
+
+    loaded = load_pretrained(path)
+    if loaded.tokenizer is None:
+        raise LmlabError(
+            f"{path} has no tokenizer files (tokenizer.json, vocab.json+merges.txt, vocab.txt, "
+            "tokenizer.model, ...); copy the model's tokenizer there"
+        )
+    config = RunConfig(model=loaded.model_config)
+    state = {"step": 0, "family": loaded.family, "source": str(loaded.source)}
+    return LoadedRun(loaded.model, loaded.tokenizer, config, state, Path(path))
+
+
 def describe_model(model: nn.Module, config: ModelConfig) -> dict[str, Any]:
     """Parameter counts for ``lmlab info``."""
     total = sum(p.numel() for p in model.parameters())
     return {"parameters": total, "arch": config.arch, "backbone": config.backbone}
+
+
+def evaluate_run(run: LoadedRun, corpus: str | None, split: str, batch_size: int) -> dict[str, float]:
+    """The run's objective metrics over every window of a split of ``corpus`` (default: its own)."""
+    config = run.config
+    if corpus is not None:
+        config.data.corpus = corpus
+    _, train, val = token_splits(config, run.tokenizer)
+    task = ObjectiveTask(config.train.objective, run.tokenizer, train, val, batch_size, config.model.context_length)
+    return task.evaluate_span(run.model, val if split == "val" else train, batch_size, seed=config.train.seed)
+
+
+def _backbone_of(config: RunConfig) -> str:
+    """The backbone an objective sees (a GRU LM is a decoder)."""
+    return "decoder" if config.model.arch == "gru" and config.model.backbone == "decoder" else config.model.backbone
 
 
 def _stored_tokenizer(checkpoint: Path) -> Tokenizer:
@@ -122,4 +186,4 @@ def _refuse_to_overwrite(out_dir: Path, resume: bool) -> None:
             f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
 
-__all__ = ["LoadedRun", "corpus_splits", "describe_model", "load_run", "make_trainer", "resume_config"]
+__all__ = ["LoadedRun", "token_splits", "describe_model", "load_pretrained_run", "load_run", "make_trainer", "resume_config"]

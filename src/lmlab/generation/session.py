@@ -1,0 +1,123 @@
+"""Decoding sessions: a model plus its static KV cache for a batch of rows.
+
+A session knows how to ``prefill`` the prompt and how to ``step`` one token per row, and can
+``reorder`` its rows (beam search). The strategies (greedy, sampling, beam) only talk to this
+interface, so the same loop drives decoder-only and encoder-decoder models.
+
+The cache is preallocated once for the whole generation; every step writes one position in place.
+A left-padded batch carries a boolean key mask over every cache slot (built once; each step uses a
+view of it) and per-row positions (``attention_mask.cumsum(-1) - 1``, like the reference).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmlab.errors import LmlabError
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths → ids (B, L) padded on the left and mask (B, L), True at tokens."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise LmlabError("every prompt needs at least one token")
+    L = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), L, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, L - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, L - len(prompt):] = True
+    return ids.to(device), mask.to(device)
+
+
+def check_length(model: nn.Module, total: int) -> None:
+    """A static cache holds at most the model's context."""
+    max_positions = getattr(model, "max_positions", None)
+    if max_positions is not None and total > max_positions:
+        raise LmlabError(
+            f"prompt plus new tokens is {total} positions but the model's context holds {max_positions}; "
+            "lower --max-new-tokens or shorten the prompt"
+        )
+
+
+class DecoderSession:
+    """A decoder-only model decoding ``ids`` (B, L) (left-padded when ``mask`` has False entries)
+    for up to ``max_new_tokens`` more positions."""
+
+    def __init__(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, max_new_tokens: int):
+        B, L = ids.shape
+        check_length(model, L + max_new_tokens)
+        self.model = model
+        self.ids = ids
+        self.cache = model.new_cache(B, L + max_new_tokens)
+        self.position = 0  # the next cache slot
+        self.mask: torch.Tensor | None = None  # (B, L + max_new) bool, True at real tokens
+        self.positions: torch.Tensor | None = None  # (B, 1) the next token's position per row
+        if mask is not None and not bool(mask.all()):
+            self.mask = torch.ones(B, L + max_new_tokens, dtype=torch.bool, device=ids.device)
+            self.mask[:, :L] = mask
+            self.positions = mask.long().sum(-1, keepdim=True)  # (B, 1)
+
+    def prefill(self) -> torch.Tensor:
+        """Run the prompt; logits of its last position (B, V)."""
+        L = self.ids.size(1)
+        self.position = L
+        if self.mask is None:
+            return self.model(self.ids, self.cache, 0)[:, -1]
+        prompt_mask = self.mask[:, :L]
+        position_ids = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+        return self.model(self.ids, self.cache, 0, attention_mask=prompt_mask, position_ids=position_ids)[:, -1]
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (B,); logits for the next (B, V)."""
+        pos = self.position
+        self.position = pos + 1
+        if self.mask is None:
+            return self.model(token[:, None], self.cache, pos)[:, -1]
+        logits = self.model(token[:, None], self.cache, pos, attention_mask=self.mask[:, :pos + 1],
+                            position_ids=self.positions)[:, -1]
+        self.positions += 1
+        return logits
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Rows become rows ``index`` (B,) of before."""
+        self.cache.reorder(index)
+        if self.mask is not None:
+            self.mask = self.mask.index_select(0, index)
+            self.positions = self.positions.index_select(0, index)
+
+
+class Seq2SeqSession:
+    """An encoder-decoder model: the encoder runs once on ``input_ids`` (B, S); each of its rows is
+    decoded ``copies`` times (beams, returned sequences) from ``decoder_ids`` (B·copies, L). The
+    cross-attention keys/values are computed at the first step and cached."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        input_mask: torch.Tensor | None,
+        decoder_ids: torch.Tensor,
+        max_new_tokens: int,
+        copies: int = 1,
+    ):
+        check_length(model, decoder_ids.size(1) + max_new_tokens)
+        self.model = model
+        memory = model.encode(input_ids, input_mask)  # (B, S, C)
+        self.memory = memory.repeat_interleave(copies, dim=0)  # (B·copies, S, C)
+        self.memory_mask = input_mask.repeat_interleave(copies, dim=0) if input_mask is not None else None
+        self.ids = decoder_ids
+        self.cache = model.new_cache(decoder_ids.size(0), decoder_ids.size(1) + max_new_tokens)
+        self.position = 0
+
+    def prefill(self) -> torch.Tensor:
+        self.position = self.ids.size(1)
+        return self.model.decode(self.ids, self.memory, self.memory_mask, self.cache, 0)[:, -1]
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        pos = self.position
+        self.position = pos + 1
+        return self.model.decode(token[:, None], self.memory, self.memory_mask, self.cache, pos)[:, -1]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.cache.reorder(index)  # beams never leave their input, so memory stays as it is

@@ -1,0 +1,104 @@
+"""BART → lmlab encoder-decoder: learned positions (stored with an offset of 2, sliced off),
+post-LayerNorm blocks, ``layernorm_embedding`` (lmlab's post-norm embedding norm), GELU, tied head
+with ``final_logits_bias`` (the head's bias). ``scale_embedding`` is folded into the embedding (the
+head then keeps an untied, unscaled copy)."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from lmlab.interop.hf_config import HFConfig
+from lmlab.interop.mapping import RuleMap, activation, fill_tensors, qkv_slices, require_equal, to
+from lmlab.interop.weights import Target, TensorSource, load_into
+from lmlab.models import ModelConfig, build_model
+
+PREFIXES = ("model.",)
+POSITION_OFFSET = 2
+
+
+def model_config(hf: HFConfig, has_logits_bias: bool) -> ModelConfig:
+    """The lmlab config of a BART ``config.json``."""
+    where = str(hf.path)
+    n_layer = require_equal({k: hf.require(k) for k in ("encoder_layers", "decoder_layers")}, where, "equal encoder and decoder depths")
+    n_head = require_equal({k: hf.require(k) for k in ("encoder_attention_heads", "decoder_attention_heads")}, where, "equal head counts")
+    d_ff = require_equal({k: hf.require(k) for k in ("encoder_ffn_dim", "decoder_ffn_dim")}, where, "equal feed-forward widths")
+    scaled = bool(hf.get("scale_embedding", False))
+    return ModelConfig(
+        backbone="encoder-decoder",
+        vocab_size=hf.require("vocab_size"),
+        n_layer=n_layer,
+        n_head=n_head,
+        d_model=hf.require("d_model"),
+        d_ff=d_ff,
+        context_length=hf.require("max_position_embeddings"),
+        dropout=float(hf.get("dropout", 0.1)),
+        bias=True,
+        position="learned",
+        norm="layernorm",
+        norm_placement="post",
+        norm_eps=1e-5,
+        ffn=activation(hf.get("activation_function", "gelu"), where),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)) and not scaled,
+        share_embeddings=True,
+        head_bias=has_logits_bias,
+    )
+
+
+def name_map(config: ModelConfig, hf_tied: bool, scaled: bool) -> RuleMap:
+    """BART tensor names → lmlab names."""
+    d = config.d_model
+    slices = qkv_slices(d, d)
+    w = r"\.(weight|bias)"
+    scale = math.sqrt(d)
+    shared = [Target("encoder.tok_emb.weight", (lambda t: t * scale) if scaled else None)]
+    if hf_tied and scaled:
+        shared.append(Target("lm_head.weight"))
+
+    def part(stack: str, which: str):
+        return lambda m: Target(f"{stack}.blocks.{m.group(1)}.attn.qkv.{m.group(2)}", None, slices[which])
+
+    def kv(which: slice):
+        return lambda m: Target(f"decoder.blocks.{m.group(1)}.cross_attn.kv_proj.{m.group(2)}", None, which)
+
+    rules = [
+        (r"shared\.weight", lambda m: shared),
+        (r"(encoder|decoder)\.embed_positions\.weight", to("{0}.pos_emb.weight", lambda t: t[POSITION_OFFSET:])),
+        (r"(encoder|decoder)\.layernorm_embedding" + w, to("{0}.emb_norm.{1}")),
+        (r"final_logits_bias", to("lm_head.bias", lambda t: t.reshape(-1))),
+    ]
+    for stack in ("encoder", "decoder"):
+        p, b = rf"{stack}\.layers\.(\d+)\.", stack + ".blocks.{0}."
+        rules += [
+            (p + r"self_attn\.q_proj" + w, part(stack, "q")),
+            (p + r"self_attn\.k_proj" + w, part(stack, "k")),
+            (p + r"self_attn\.v_proj" + w, part(stack, "v")),
+            (p + r"self_attn\.out_proj" + w, to(b + "attn.out_proj.{1}")),
+            (p + r"self_attn_layer_norm" + w, to(b + "attn_norm.{1}")),
+            (p + r"fc1" + w, to(b + "ffn.up.{1}")),
+            (p + r"fc2" + w, to(b + "ffn.down.{1}")),
+            (p + r"final_layer_norm" + w, to(b + "ffn_norm.{1}")),
+        ]
+    p, b = r"decoder\.layers\.(\d+)\.", "decoder.blocks.{0}."
+    rules += [
+        (p + r"encoder_attn\.q_proj" + w, to(b + "cross_attn.q_proj.{1}")),
+        (p + r"encoder_attn\.k_proj" + w, kv(slice(0, d))),
+        (p + r"encoder_attn\.v_proj" + w, kv(slice(d, 2 * d))),
+        (p + r"encoder_attn\.out_proj" + w, to(b + "cross_attn.out_proj.{1}")),
+        (p + r"encoder_attn_layer_norm" + w, to(b + "cross_norm.{1}")),
+    ]
+    if not hf_tied:
+        rules.append((r"lm_head\.weight", to("lm_head.weight")))
+    return RuleMap(rules, PREFIXES)
+
+
+def load(hf: HFConfig, source: TensorSource) -> tuple[nn.Module, ModelConfig]:
+    """Build the lmlab model of a BART checkpoint and stream its weights in."""
+    names = source.names()
+    config = model_config(hf, "final_logits_bias" in names)
+    hf_tied = bool(hf.get("tie_word_embeddings", True))
+    model = build_model(config)
+    ignore = ["*encoder.embed_tokens.weight", "*decoder.embed_tokens.weight"] + (["lm_head.weight"] if hf_tied else [])
+    load_into(fill_tensors(model), source, name_map(config, hf_tied, bool(hf.get("scale_embedding", False))), ignore=ignore)
+    return model, config

@@ -1,0 +1,141 @@
+"""BERT and RoBERTa → lmlab encoder (post-LayerNorm, learned positions, GELU).
+
+The head is read off the checkpoint: an MLM head (``cls.predictions`` / ``lm_head``) gives
+:class:`~lmlab.models.EncoderMLM`; a classifier gives :class:`~lmlab.models.EncoderClassifier`
+with ``pooling="cls-dense-tanh"`` (BERT's pooler, RoBERTa's classification head); neither gives a
+bare :class:`~lmlab.models.EncoderModel` (hidden states; a bare model's pooler is not used). The
+``bert.``/``roberta.`` prefix is optional (sentence-transformers store a bare ``BertModel``).
+
+Token-type embeddings: lmlab encoders take no token types, so type 0's vector (what transformers
+adds when no ``token_type_ids`` are given) is added to every position embedding. RoBERTa numbers
+positions from ``padding_idx + 1``: the table's first ``padding_idx + 1`` rows are sliced off,
+which gives the same positions for unpadded and right-padded inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmlab.errors import LmlabError
+from lmlab.interop.hf_config import HFConfig
+from lmlab.interop.mapping import RuleMap, activation, fill_tensors, qkv_slices, strip_prefix, to
+from lmlab.interop.weights import Target, TensorSource, load_into
+from lmlab.models import ModelConfig, build_model
+
+TOKEN_TYPES = "embeddings.token_type_embeddings.weight"
+
+
+def prefixes(model_type: str) -> tuple[str, ...]:
+    return (f"{model_type}.",)
+
+
+def head_of(names: list[str], model_type: str) -> str:
+    """``lm``, ``classifier`` or ``none``, from the tensors the checkpoint holds."""
+    if any(n.startswith(("cls.predictions.", "lm_head.")) for n in names):
+        return "lm"
+    if any(n.startswith("classifier.") for n in names):
+        return "classifier"
+    return "none"
+
+
+def position_offset(hf: HFConfig) -> int:
+    """Rows of the position table before position 0 (RoBERTa: padding_idx + 1)."""
+    return hf.get("pad_token_id", 1) + 1 if hf.model_type == "roberta" else 0
+
+
+def model_config(hf: HFConfig, source: TensorSource) -> ModelConfig:
+    """The lmlab config of a BERT/RoBERTa ``config.json`` and checkpoint."""
+    names = source.names()
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise LmlabError(f"{hf.path}: position_embedding_type {hf.get('position_embedding_type')!r} is not supported")
+    head = head_of(names, hf.model_type)
+    num_labels = 2
+    if head == "classifier":
+        weight = "classifier.out_proj.weight" if "classifier.out_proj.weight" in names else "classifier.weight"
+        num_labels = source.info(weight).shape[0]
+    return ModelConfig(
+        backbone="encoder",
+        head=head,
+        vocab_size=hf.require("vocab_size"),
+        n_layer=hf.require("num_hidden_layers"),
+        n_head=hf.require("num_attention_heads"),
+        d_model=hf.require("hidden_size"),
+        d_ff=hf.require("intermediate_size"),
+        context_length=hf.require("max_position_embeddings") - position_offset(hf),
+        dropout=float(hf.get("hidden_dropout_prob", 0.1)),
+        bias=True,
+        position="learned",
+        norm="layernorm",
+        norm_placement="post",
+        norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+        ffn=activation(hf.get("hidden_act", "gelu"), str(hf.path)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        num_labels=num_labels,
+        pooling="cls-dense-tanh",
+    )
+
+
+def name_map(config: ModelConfig, hf: HFConfig, names: list[str]) -> RuleMap:
+    """BERT/RoBERTa tensor names → lmlab names."""
+    d = config.d_model
+    slices = qkv_slices(d, d)
+    w = r"\.(weight|bias)"
+    offset = position_offset(hf)
+
+    def part(which: str):
+        return lambda m: Target(f"backbone.blocks.{m.group(1)}.attn.qkv.{m.group(2)}", None, slices[which])
+
+    p, b = r"encoder\.layer\.(\d+)\.", "backbone.blocks.{0}."
+    rules = [
+        (r"embeddings\.word_embeddings\.weight", to("backbone.tok_emb.weight")),
+        (r"embeddings\.position_embeddings\.weight", to("backbone.pos_emb.weight", (lambda t: t[offset:]) if offset else None)),
+        (r"embeddings\.LayerNorm" + w, to("backbone.emb_norm.{0}")),
+        (p + r"attention\.self\.query" + w, part("q")),
+        (p + r"attention\.self\.key" + w, part("k")),
+        (p + r"attention\.self\.value" + w, part("v")),
+        (p + r"attention\.output\.dense" + w, to(b + "attn.out_proj.{1}")),
+        (p + r"attention\.output\.LayerNorm" + w, to(b + "attn_norm.{1}")),
+        (p + r"intermediate\.dense" + w, to(b + "ffn.up.{1}")),
+        (p + r"output\.dense" + w, to(b + "ffn.down.{1}")),
+        (p + r"output\.LayerNorm" + w, to(b + "ffn_norm.{1}")),
+    ]
+    if config.head == "lm":
+        bias_names = ("cls.predictions.bias", "lm_head.bias")
+        has_bias = any(n in names for n in bias_names)
+        rules += [
+            (r"(?:cls\.predictions\.transform|lm_head)\.dense" + w, to("mlm_head.dense.{0}")),
+            (r"(?:cls\.predictions\.transform\.LayerNorm|lm_head\.layer_norm)" + w, to("mlm_head.norm.{0}")),
+            (r"(?:cls\.predictions|lm_head)\.bias", to("mlm_head.decoder.bias")),
+        ]
+        if not has_bias:
+            rules.append((r"(?:cls\.predictions|lm_head)\.decoder\.bias", to("mlm_head.decoder.bias")))
+        if not config.tie_embeddings:
+            rules.append((r"(?:cls\.predictions|lm_head)\.decoder\.weight", to("mlm_head.decoder.weight")))
+    elif config.head == "classifier":
+        rules += [
+            (r"(?:pooler\.dense|classifier\.dense)" + w, to("classifier.pooler.0.{0}")),
+            (r"(?:classifier|classifier\.out_proj)" + w, to("classifier.classifier.{0}")),
+        ]
+    return RuleMap(rules, prefixes(hf.model_type))
+
+
+def load(hf: HFConfig, source: TensorSource) -> tuple[nn.Module, ModelConfig]:
+    """Build the lmlab model of a BERT/RoBERTa checkpoint and stream its weights in."""
+    names = source.names()
+    config = model_config(hf, source)
+    model = build_model(config)
+    ignore = ["*embeddings.position_ids", "*embeddings.token_type_ids", "*" + TOKEN_TYPES,
+              "cls.seq_relationship.*"]
+    if config.head == "lm":
+        ignore += ["*predictions.decoder.bias", "lm_head.decoder.bias"]
+        if config.tie_embeddings:
+            ignore += ["cls.predictions.decoder.weight", "lm_head.decoder.weight"]
+    if config.head != "classifier":
+        ignore += ["*pooler.dense.*"]
+    load_into(fill_tensors(model), source, name_map(config, hf, names), ignore=ignore)
+    types = [n for n in names if strip_prefix(n, prefixes(hf.model_type)) == TOKEN_TYPES]
+    if types:
+        with torch.no_grad():
+            model.backbone.pos_emb.weight += source.get(types[0])[0].to(model.backbone.pos_emb.weight.dtype)
+    return model, config

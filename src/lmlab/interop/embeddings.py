@@ -1,0 +1,133 @@
+"""Sentence embeddings from encoder directories in the sentence-transformers layout.
+
+``modules.json`` lists the pipeline: a Transformer module (the Hugging Face model, in the
+directory itself or a subfolder), a Pooling module (``1_Pooling/config.json``: mean, cls or max
+over the real tokens) and optionally a Normalize module (unit length). A plain Hugging Face encoder
+directory without ``modules.json`` is mean-pooled, not normalised.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab.errors import LmlabError
+from lmlab.interop.pretrained import LoadedPretrained, load_hf
+from lmlab.tokenizers import Tokenizer
+
+MODULES_FILE = "modules.json"
+POOLING_MODES = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+}
+
+
+@dataclass
+class SentenceEncoder:
+    """An encoder, its tokenizer and how to turn hidden states into one vector per text."""
+
+    loaded: LoadedPretrained
+    pooling: str = "mean"  # cls, mean or max
+    normalize: bool = False
+
+    @property
+    def model(self) -> nn.Module:
+        return self.loaded.model
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.loaded.tokenizer
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N, C) embeddings of ``texts`` (with the tokenizer's special tokens, e.g. [CLS] … [SEP])."""
+        if self.tokenizer is None:
+            raise LmlabError(f"{self.loaded.source} has no tokenizer files; cannot embed text")
+        limit = self.loaded.model_config.context_length
+        rows = [self.tokenizer.encode(text, add_special_tokens=True)[:limit] for text in texts]
+        pad = self.tokenizer.special_tokens.get("pad", 0)
+        width = max(len(row) for row in rows)
+        ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
+        mask = torch.tensor([[True] * len(row) + [False] * (width - len(row)) for row in rows])
+        hidden = self.model(ids, attention_mask=mask)  # (N, T, C)
+        return pool(hidden, mask, self.pooling, self.normalize)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str, normalize: bool) -> torch.Tensor:
+    """(N, T, C) hidden states → (N, C) by ``mode`` over the real positions; unit length if asked."""
+    weights = mask.to(hidden.dtype)[:, :, None]  # (N, T, 1)
+    if mode == "cls":
+        pooled = hidden[:, 0]
+    elif mode == "mean":
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    elif mode == "max":
+        pooled = hidden.masked_fill(~mask[:, :, None], torch.finfo(hidden.dtype).min).amax(dim=1)
+    else:
+        raise LmlabError(f"unknown pooling {mode!r}; choose cls, mean or max")
+    return F.normalize(pooled, p=2, dim=-1) if normalize else pooled
+
+
+def load_sentence_encoder(directory: str | Path) -> SentenceEncoder:
+    """The sentence encoder of a sentence-transformers (or plain Hugging Face encoder) directory."""
+    folder = Path(directory)
+    modules = _read_modules(folder)
+    model_dir, pooling, normalize = folder, "mean", False
+    for module in modules:
+        kind = str(module.get("type", ""))
+        where = folder / str(module.get("path", ""))
+        if kind.endswith("Transformer"):
+            model_dir = where
+        elif kind.endswith("Pooling"):
+            pooling = _pooling_mode(where / "config.json")
+        elif kind.endswith("Normalize"):
+            normalize = True
+        else:
+            raise LmlabError(f"{folder / MODULES_FILE}: module type {kind!r} is not supported by lmlab")
+    loaded = load_hf(model_dir)
+    if loaded.model_config.backbone != "encoder":
+        raise LmlabError(f"{directory} is a {loaded.family} model, not an encoder; sentence embeddings need BERT/RoBERTa")
+    return SentenceEncoder(loaded, pooling, normalize)
+
+
+def sentence_embeddings(directory: str | Path, texts: Sequence[str]) -> torch.Tensor:
+    """(N, C) sentence embeddings of ``texts`` with the encoder in ``directory``."""
+    return load_sentence_encoder(directory).encode(texts)
+
+
+def cosine_similarity_matrix(embeddings: torch.Tensor) -> torch.Tensor:
+    """(N, N) cosine similarities of (N, C) embeddings."""
+    unit = F.normalize(embeddings, p=2, dim=-1)
+    return unit @ unit.T
+
+
+def _read_modules(folder: Path) -> list[dict]:
+    file = folder / MODULES_FILE
+    if not file.is_file():
+        return []
+    try:
+        modules = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LmlabError(f"{file} is not valid JSON ({exc}); fix or re-download it") from exc
+    if not isinstance(modules, list):
+        raise LmlabError(f"{file} does not hold a list of modules; fix or re-download it")
+    return sorted(modules, key=lambda m: m.get("idx", 0))
+
+
+def _pooling_mode(file: Path) -> str:
+    if not file.is_file():
+        raise LmlabError(f"no pooling config {file}; the sentence-transformers directory is incomplete")
+    config = json.loads(file.read_text(encoding="utf-8"))
+    modes = [mode for key, mode in POOLING_MODES.items() if config.get(key)]
+    unsupported = [k for k, v in config.items() if k.startswith("pooling_mode") and v and k not in POOLING_MODES]
+    if len(modes) != 1 or unsupported:
+        raise LmlabError(
+            f"{file}: lmlab supports exactly one of {', '.join(POOLING_MODES)}; got {modes + unsupported}"
+        )
+    return modes[0]

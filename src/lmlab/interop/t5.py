@@ -1,0 +1,124 @@
+"""T5 (v1.0: ReLU, tied head; v1.1: gated-GELU "gelu_new", untied head) → lmlab encoder-decoder.
+
+T5 differs from lmlab's attention in two ways, both folded into the weights at load time:
+- no 1/√d scaling of attention scores: the query weights are multiplied by √d_kv;
+- with tied embeddings the decoder output is scaled by d_model^-0.5 before the head: the head is
+  loaded untied, as the embedding × d_model^-0.5.
+T5's layer norm (no mean, no bias) is RMSNorm; the relative bias lives in the first layer and is
+shared — lmlab's stack-level T5 bias.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from lmlab.errors import LmlabError
+from lmlab.interop.hf_config import HFConfig
+from lmlab.interop.mapping import RuleMap, fill_tensors, qkv_slices, require_equal, to
+from lmlab.interop.weights import Target, TensorSource, load_into
+from lmlab.models import ModelConfig, build_model
+
+DEFAULT_CONTEXT = 512
+FFN = {"relu": "relu", "gated-gelu": "geglu-tanh", "gated-relu": "reglu", "gated-silu": "swiglu"}
+
+
+def model_config(hf: HFConfig) -> ModelConfig:
+    """The lmlab config of a T5 ``config.json``."""
+    n_layer = require_equal(
+        {"num_layers": hf.require("num_layers"), "num_decoder_layers": hf.get("num_decoder_layers") or hf.require("num_layers")},
+        str(hf.path), "as many decoder as encoder layers",
+    )
+    d_model, d_kv, n_head = hf.require("d_model"), hf.require("d_kv"), hf.require("num_heads")
+    if d_kv * n_head != d_model:
+        raise LmlabError(
+            f"{hf.path}: d_kv × num_heads ({d_kv}×{n_head}) ≠ d_model ({d_model}) is not supported by lmlab"
+        )
+    proj = hf.get("feed_forward_proj", "relu")
+    if proj not in FFN:
+        raise LmlabError(f"{hf.path}: feed_forward_proj {proj!r} is not supported; lmlab knows {', '.join(FFN)}")
+    return ModelConfig(
+        backbone="encoder-decoder",
+        vocab_size=hf.require("vocab_size"),
+        n_layer=n_layer,
+        n_head=n_head,
+        d_model=d_model,
+        d_ff=hf.require("d_ff"),
+        context_length=hf.get("n_positions") or DEFAULT_CONTEXT,
+        dropout=float(hf.get("dropout_rate", 0.1)),
+        bias=False,
+        position="t5",
+        t5_num_buckets=hf.get("relative_attention_num_buckets", 32),
+        t5_max_distance=hf.get("relative_attention_max_distance", 128),
+        norm="rmsnorm",
+        norm_placement="pre",
+        norm_eps=float(hf.get("layer_norm_epsilon", 1e-6)),
+        ffn=FFN[proj],
+        tie_embeddings=False,  # the tied head's rescaling is folded into an untied copy
+        share_embeddings=True,
+    )
+
+
+def name_map(config: ModelConfig, head_from_shared: bool, scale_head: bool) -> RuleMap:
+    """T5 tensor names → lmlab names. The head is ``lm_head.weight`` or (``head_from_shared``) the
+    shared embedding; ``scale_head`` folds the decoder-output scaling d_model^-0.5 into it."""
+    inner = config.d_model
+    slices = qkv_slices(inner, inner)
+    q_scale = math.sqrt(config.head_dim)
+
+    def qkv(stack: str, which: str):
+        transform = (lambda t: t * q_scale) if which == "q" else None
+        return lambda m: Target(f"{stack}.blocks.{m.group(1)}.attn.qkv.weight", transform, slices[which])
+
+    def ffn(stack: str, sub: str):
+        names = {"wi": "up", "wi_0": "gate", "wi_1": "up", "wo": "down"}
+        return lambda m: Target(f"{stack}.blocks.{m.group(1)}.ffn.{names[m.group(2)]}.weight")
+
+    head_scale = (lambda t: t * config.d_model ** -0.5) if scale_head else None
+    shared = [Target("encoder.tok_emb.weight")]
+    if head_from_shared:
+        shared.append(Target("lm_head.weight", head_scale))
+    rules = [
+        (r"shared\.weight", lambda m: shared),
+        (r"(encoder|decoder)\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
+         to("{0}.pos_emb.relative_bias.weight")),
+        (r"(encoder|decoder)\.final_layer_norm\.weight", to("{0}.final_norm.weight")),
+    ]
+    for stack, ffn_layer in (("encoder", 1), ("decoder", 2)):
+        p = rf"{stack}\.block\.(\d+)\.layer\."
+        b = stack + ".blocks.{0}."
+        rules += [
+            (p + r"0\.SelfAttention\.q\.weight", qkv(stack, "q")),
+            (p + r"0\.SelfAttention\.k\.weight", qkv(stack, "k")),
+            (p + r"0\.SelfAttention\.v\.weight", qkv(stack, "v")),
+            (p + r"0\.SelfAttention\.o\.weight", to(b + "attn.out_proj.weight")),
+            (p + r"0\.layer_norm\.weight", to(b + "attn_norm.weight")),
+            (p + rf"{ffn_layer}\.DenseReluDense\.(wi|wi_0|wi_1|wo)\.weight", ffn(stack, "")),
+            (p + rf"{ffn_layer}\.layer_norm\.weight", to(b + "ffn_norm.weight")),
+        ]
+    p, b = r"decoder\.block\.(\d+)\.layer\.1\.", "decoder.blocks.{0}."
+    rules += [
+        (p + r"EncDecAttention\.q\.weight", to(b + "cross_attn.q_proj.weight", lambda t: t * q_scale)),
+        (p + r"EncDecAttention\.k\.weight", lambda m: Target(b.format(m.group(1)) + "cross_attn.kv_proj.weight", None, slice(0, inner))),
+        (p + r"EncDecAttention\.v\.weight", lambda m: Target(b.format(m.group(1)) + "cross_attn.kv_proj.weight", None, slice(inner, 2 * inner))),
+        (p + r"EncDecAttention\.o\.weight", to(b + "cross_attn.out_proj.weight")),
+        (p + r"layer_norm\.weight", to(b + "cross_norm.weight")),
+    ]
+    if not head_from_shared:
+        rules.append((r"lm_head\.weight", to("lm_head.weight", head_scale)))
+    return RuleMap(rules)
+
+
+def load(hf: HFConfig, source: TensorSource) -> tuple[nn.Module, ModelConfig]:
+    """Build the lmlab model of a T5 checkpoint and stream its weights in.
+
+    Decoder outputs are scaled by d_model^-0.5 when ``scale_decoder_outputs`` (transformers 5) or,
+    in older configs, ``tie_word_embeddings`` says so."""
+    config = model_config(hf)
+    head_from_shared = "lm_head.weight" not in source.names()
+    scale_head = bool(hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True)))
+    model = build_model(config)
+    ignore = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+    load_into(fill_tensors(model), source, name_map(config, head_from_shared, scale_head), ignore=ignore)
+    return model, config
