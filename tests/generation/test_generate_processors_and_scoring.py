@@ -126,7 +126,7 @@ def test_padded_rows_equal_their_unpadded_runs(model):
 
 def test_encoder_decoder_cached_equals_uncached():
     torch.manual_seed(0)
-    config = ModelConfig(arch="encoder-decoder", vocab_size=VOCAB, n_layer=2, n_head=4, d_model=32,
+    config = ModelConfig(backbone="encoder-decoder", vocab_size=VOCAB, n_layer=2, n_head=4, d_model=32,
                          context_length=32, dropout=0.0)
     model = build_model(config).eval()
     inputs = [[3, 4, 5, 6], [7, 8]]
@@ -139,7 +139,7 @@ def test_encoder_decoder_cached_equals_uncached():
         with torch.inference_mode():
             memory = model.encode(ids, mask).repeat_interleave(copies, 0)
             start = torch.ones(2 * copies, 1, dtype=torch.long)
-            session = UncachedSession(model, start, None, (memory, mask.repeat_interleave(copies, 0)))
+            session = UncachedSession(model, start, torch.ones_like(start, dtype=torch.bool), (memory, mask.repeat_interleave(copies, 0)))
             assert _run(session, start, gen, 0, 2).sequences == cached
 
 
