@@ -234,7 +234,7 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path, run_dir):
         (["--top-p", "1.5"], ["top-p"]),
         (["--temperature", "0"], ["temperature"]),
         (["--top-k", "0"], ["top-k"]),
-        (["--strategy", "beam"], ["greedy", "sample"]),
+        (["--strategy", "beam-me-up"], ["greedy", "sample", "beam"]),
         (["--max-new-tokens", "-3"], ["max-new-tokens"]),
         (["--prompt", "to be ✈"], ["'✈'"]),
         (["--prompt", "to be or not to be"], ["--truncate-prompt"]),

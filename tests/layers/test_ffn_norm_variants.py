@@ -15,7 +15,7 @@ ACTIVATION_REFERENCES = {
     "selu": lambda x: 1.0507009873554805 * torch.where(x > 0, x, 1.6732632423543772 * (torch.exp(x) - 1)),
     "silu": lambda x: x / (1 + torch.exp(-x)),
 }
-GLU_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}
+GLU_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu", "geglu-tanh": "gelu-tanh", "reglu": "relu"}
 
 
 def linear64(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:

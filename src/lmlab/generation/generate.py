@@ -97,10 +97,12 @@ def choose_next_token(
     """
     if pipeline is None:
         pipeline = config.pipeline(0 if ids is None else ids.size(1))
-    if pipeline:
-        logits = pipeline(ids if ids is not None else logits.new_zeros(logits.size(0), 0, dtype=torch.long), logits.float())
+    if ids is None:
+        ids = torch.zeros(logits.size(0), 0, dtype=torch.long, device=logits.device)
     if config.strategy == "sample":
-        return torch.multinomial(logits.float().softmax(dim=-1), 1, generator=generator).squeeze(-1)
+        return pipeline.sample(ids, logits.float(), generator)
+    if pipeline:
+        logits = pipeline(ids, logits.float())
     return logits.argmax(dim=-1)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -91,18 +91,42 @@ Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids (B, L),
 @dataclass
 class LogitsPipeline:
     """The processors a configuration asks for, in the reference order: repetition penalty,
-    n-gram blocking, minimum new tokens; then (sampling only) temperature, top-k, top-p, min-p."""
+    n-gram blocking, minimum new tokens; then (sampling only) the warpers temperature, top-k,
+    top-p, min-p.
+
+    With ``shortlist``, top-k is not a mask over the whole vocabulary: :meth:`sample` takes the
+    ``top_k`` best scores first and runs the other warpers on those k only (the same distribution,
+    far less work per step).
+    """
 
     processors: list[Processor]
+    warpers: list[Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=list)
+    top_k: int | None = None  # the shortlist size, when top-k is done by :meth:`sample`
 
     def __call__(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """ids: (B, L) every token so far (prompt included); logits: (B, V) float."""
+        """ids: (B, L) every token so far (prompt included); logits: (B, V) float → processed (B, V)."""
         for process in self.processors:
             logits = process(ids, logits)
+        if self.top_k is not None:
+            logits = top_k_filter(logits, self.top_k)
+        for warp in self.warpers:
+            logits = warp(logits)
         return logits
 
     def __bool__(self) -> bool:
-        return bool(self.processors)
+        return bool(self.processors or self.warpers or self.top_k is not None)
+
+    def sample(self, ids: torch.Tensor, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """One token per row (B,) drawn from the processed distribution."""
+        if self.top_k is None or self.top_k >= logits.size(-1):
+            return torch.multinomial(self(ids, logits).softmax(dim=-1), 1, generator=generator).squeeze(-1)
+        for process in self.processors:
+            logits = process(ids, logits)
+        values, index = torch.topk(logits, self.top_k, dim=-1)  # (B, k), best first
+        for warp in self.warpers:
+            values = warp(values)
+        pick = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)  # (B, 1)
+        return index.gather(-1, pick).squeeze(-1)
 
     @classmethod
     def build(
@@ -126,16 +150,16 @@ class LogitsPipeline:
             steps.append(lambda ids, x: no_repeat_ngram_ban(x, ids, no_repeat_ngram_size))
         if min_new_tokens > 0 and eos_ids:
             steps.append(lambda ids, x: suppress_tokens(x, eos_ids) if ids.size(1) - prompt_len < min_new_tokens else x)
-        if sampling:
-            if temperature != 1.0:
-                steps.append(lambda ids, x: apply_temperature(x, temperature))
-            if top_k is not None:
-                steps.append(lambda ids, x: top_k_filter(x, top_k))
-            if top_p is not None and top_p < 1.0:
-                steps.append(lambda ids, x: top_p_filter(x, top_p))
-            if min_p is not None:
-                steps.append(lambda ids, x: min_p_filter(x, min_p))
-        return cls(steps)
+        warpers: list[Callable[[torch.Tensor], torch.Tensor]] = []
+        if not sampling:
+            return cls(steps)
+        if top_p is not None and top_p < 1.0:
+            warpers.append(lambda x: top_p_filter(x, top_p))
+        if min_p is not None:
+            warpers.append(lambda x: min_p_filter(x, min_p))
+        if temperature != 1.0:  # temperature comes first; top-k's choice does not depend on it
+            warpers.insert(0, lambda x: apply_temperature(x, temperature))
+        return cls(steps, warpers, top_k)
 
 
 _repetition = repetition_penalty
