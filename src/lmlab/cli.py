@@ -92,7 +92,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from lmlab.generation import GenerationConfig, generate_batch, generate_seq2seq
     from lmlab.generation.generate import fit_prompt
     from lmlab.generation.scoring import format_alternatives, score_continuation, top_alternatives
-    from lmlab.generation.streaming import stream_text
+    import torch
+
+    from lmlab.generation import stream_tokens
+    from lmlab.generation.streaming import TextStreamer
     from lmlab.training.run import load_run
 
     if args.show_alternatives is not None and args.show_alternatives < 1:
@@ -100,6 +103,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = _batch_prompts(args.batch_file) if args.batch_file else [args.prompt]
     run = load_run(args.run_dir, _err)
     tokenizer, model = run.tokenizer, run.model
+    if args.dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
     eos = tokenizer.special_tokens.get("eos")
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens, strategy=args.strategy, temperature=args.temperature,
@@ -129,14 +134,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 0
     if single:
         sys.stdout.write(prompts[0])
-        new_text = ""
-        for piece in stream_text(model, tokenizer.decode, encoded[0], config):
-            sys.stdout.write(piece)
+        streamer = TextStreamer(tokenizer.decode, config.stop)
+        for token in stream_tokens(model, encoded[0], config):
+            sys.stdout.write(streamer.push(token))
             sys.stdout.flush()
-            new_text += piece
-        sys.stdout.write("\n")
-        if args.score:
-            _print_score(score_continuation(model, encoded[0], tokenizer.encode(new_text) or [eos or 0]))
+            if streamer.stopped:
+                break
+        sys.stdout.write(streamer.flush() + "\n")
+        prompt_ids = fit_prompt(encoded[0], max_positions, config.prompt_overflow)
+        if args.score and streamer.ids and len(prompt_ids) + len(streamer.ids) <= (max_positions or 10**9):
+            _print_score(score_continuation(model, prompt_ids, streamer.ids))
+        elif args.score:
+            _err("lmlab: note: no log-probability: nothing was generated, or it ran past the model's context")
         return 0
     if seq2seq:
         start = _decoder_start(args.run_dir, tokenizer)
@@ -396,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--show-alternatives", type=int, metavar="N",
                      help="print the greedy per-step table of the N most likely tokens instead")
     gen.add_argument("--score", action="store_true", help="also print each sequence's log-probability")
+    gen.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                     help="weights and KV cache in this type (bfloat16: half the memory traffic)")
     gen.add_argument("--seed", type=int, help="makes sampling reproducible")
     gen.add_argument("--truncate-prompt", action="store_true",
                      help="keep the end of a prompt longer than the context instead of failing")

@@ -52,7 +52,7 @@ def test_batch_file_and_stream(model_dir, tmp_path):
     assert code == 0, err
     assert [line for line in out.splitlines() if line.startswith("===")] == [
         "=== prompt 1 ===", "=== prompt 2 ===", "=== prompt 3 ==="]
-    code, out, err = run("generate", model_dir, "--prompt", "w1 w2", "--stream", "--strategy", "sample",
+    code, out, err = run("generate", model_dir, "--prompt", "w1 w2", "--stream", "--strategy", "sample", "--dtype", "bfloat16",
                          "--top-k", 5, "--min-p", 0.05, "--seed", 0, "--max-new-tokens", 5, "--score")
     assert code == 0, err
     assert out.startswith("w1 w2") and "log-probability:" in out

@@ -15,11 +15,10 @@ from transformers.generation.logits_process import (
 from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig, generate_batch, generate_seq2seq, min_p_filter, no_repeat_ngram_ban
 from lmlab.generation import repetition_penalty
-from lmlab.generation.beam import beam_search
-from lmlab.generation.generate import _run, decode_steps
+from lmlab.generation.generate import _run
 from lmlab.generation.processors import LogitsPipeline
 from lmlab.generation.scoring import format_alternatives, score_continuation, top_alternatives
-from lmlab.generation.session import DecoderSession, Seq2SeqSession, left_pad
+from lmlab.generation.session import left_pad
 from lmlab.generation.streaming import TextStreamer, stream_text
 from lmlab.models import ModelConfig, build_model
 
@@ -214,3 +213,33 @@ def test_impossible_beam_and_penalty_settings(model, settings, words):
 def test_too_long_for_the_context_is_an_error(model):
     with pytest.raises(LmlabError, match="context"):
         generate_batch(model, [[1, 2]], GenerationConfig(max_new_tokens=40))
+
+
+@pytest.mark.parametrize("backbone", ["decoder", "encoder-decoder"])
+def test_gru_models_decode_greedy_and_beam(backbone):
+    torch.manual_seed(0)
+    gru = build_model(ModelConfig(arch="gru", backbone=backbone, vocab_size=VOCAB, n_layer=1, d_model=16,
+                                  rnn_hidden=24, context_length=32, dropout=0.0)).eval()
+    for settings in (dict(), dict(strategy="beam", num_beams=3, num_return_sequences=2)):
+        config = GenerationConfig(max_new_tokens=6, **settings)
+        if backbone == "decoder":
+            out = generate_batch(gru, [[1, 2, 3], [4, 5, 6]], config).sequences
+        else:
+            out = generate_seq2seq(gru, [[1, 2, 3], [4, 5, 6]], config, decoder_start_id=1).sequences
+        assert len(out) == 2 * config.num_return_sequences and all(len(s) == 6 for s in out)
+    if backbone == "decoder":
+        history = [1, 2, 3]
+        with torch.no_grad():
+            for _ in range(6):
+                history.append(int(gru(torch.tensor([history]))[0, -1].argmax()))
+        assert generate_batch(gru, [[1, 2, 3]], GenerationConfig(max_new_tokens=6)).sequences[0] == history[3:]
+
+
+def test_bfloat16_weights_generate(model):
+    import copy
+
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    for settings in (dict(), dict(strategy="beam", num_beams=2), dict(strategy="sample", top_k=5, seed=0)):
+        out = generate_batch(half, PROMPTS, GenerationConfig(max_new_tokens=6, **settings)).sequences
+        assert len(out) == 3 and all(len(s) == 6 for s in out)
+    assert score_continuation(half, [1, 2], [3]).logprob < 0

@@ -111,6 +111,12 @@ def _rewrite_config(folder, **changes):
     (folder / "config.json").write_text(json.dumps(config))
 
 
+def _add_tensor(folder, name):
+    tensors = load_file(folder / "model.safetensors")
+    tensors[name] = torch.zeros(3)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
 def _drop_tensor(folder, name):
     tensors = load_file(folder / "model.safetensors")
     del tensors[name]
@@ -124,6 +130,7 @@ BAD = {
         lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:5000]),
         "truncated or corrupt"),
     "mismatched shapes": (lambda f: _rewrite_config(f, n_embd=32, n_head=4), "has shape"),
+    "unused tensor": (lambda f: _add_tensor(f, "transformer.h.0.adapter.weight"), "never used: transformer.h.0.adapter.weight"),
     "missing tensor": (lambda f: _drop_tensor(f, "transformer.h.1.mlp.c_fc.weight"), "never filled: backbone.blocks.1.ffn.up.weight"),
 }
 

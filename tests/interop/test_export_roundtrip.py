@@ -67,3 +67,17 @@ def test_models_without_hf_equivalent_are_refused(tmp_path):
     config = ModelConfig(**BASE, position="alibi")
     with pytest.raises(LmlabError, match="cannot export this model"):
         export_hf(build_model(config), config, None, tmp_path)
+
+
+@pytest.mark.parametrize("head,cls_name", [("lm", "BertForMaskedLM"), ("none", "BertModel")])
+def test_encoder_exports_as_bert(tmp_path, head, cls_name):
+    torch.manual_seed(0)
+    config = ModelConfig(**BASE, backbone="encoder", head=head, norm_placement="post", norm_eps=1e-12)
+    model = perturbed(build_model(config))
+    assert export_hf(model, config, TOKENIZER, tmp_path)["format"] == "bert"
+    ref = getattr(transformers, cls_name).from_pretrained(tmp_path).eval()
+    ids, mask = padded_batch(config.vocab_size, [16, 9, 12], low=0)
+    with torch.no_grad():
+        out = ref(input_ids=ids, attention_mask=mask.long())
+        theirs = out.logits if head == "lm" else out.last_hidden_state
+        assert max_diff(model(ids, attention_mask=mask), theirs, mask) <= TOL

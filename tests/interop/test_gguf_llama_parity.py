@@ -115,3 +115,29 @@ def test_gguf_tokenizer_and_chat_template(written):
     assert loaded.tokenizer.encode("a b", add_special_tokens=True) == [1, 3, 4]
     rendered = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
     assert rendered == "<|user|>hi<|assistant|>"
+
+
+def test_cli_accepts_a_gguf_file(written, capsys):
+    from lmlab.cli import main
+    from lmlab.training.run import load_run
+
+    path, ref = written
+    run = load_run(path)
+    assert run.state["family"] == "gguf-llama" and run.config.model.position == "rope"
+    assert main(["info", str(path)]) == 0
+    assert '"backbone": "decoder"' in capsys.readouterr().out
+    assert main(["generate", str(path), "--prompt", "a b", "--strategy", "greedy", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("a b")
+
+
+def test_convert_gguf_to_a_run_directory(written, tmp_path):
+    from lmlab.cli import main
+    from lmlab.training.run import load_run
+
+    path, ref = written
+    assert main(["convert", str(path), str(tmp_path / "run")]) == 0
+    run = load_run(tmp_path / "run")
+    assert run.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}]) == "<|user|>hi<|assistant|>"
+    ids, mask = padded_batch(VOCAB, [6, 6])
+    with torch.no_grad():
+        assert max_diff(run.model(ids), ref(ids).logits) <= TOL

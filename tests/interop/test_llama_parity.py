@@ -40,3 +40,14 @@ def test_llama_sharded_bin(tmp_path):
     ids, _ = padded_batch(99, [6, 6])
     with torch.no_grad():
         assert max_diff(loaded.model(ids), ref(ids).logits) <= TOL
+
+
+def test_llama_explicit_head_dim(tmp_path):
+    ref = tiny_llama(head_dim=32)  # heads × head_dim ≠ hidden_size
+    ref.save_pretrained(tmp_path)
+    loaded = load_hf(tmp_path)
+    assert loaded.model_config.head_dim == 32
+    ids, mask = padded_batch(99, [7, 4])
+    with torch.no_grad():
+        theirs = ref(ids, attention_mask=mask.long()).logits
+        assert max_diff(loaded.model(ids, attention_mask=mask), theirs, mask) <= TOL

@@ -22,7 +22,8 @@ def tiny_t5(**overrides):
 @pytest.mark.parametrize("variant", [
     {"feed_forward_proj": "relu"},
     {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False},
-], ids=["v1.0", "v1.1"])
+    {"feed_forward_proj": "gated-gelu", "d_kv": 8},  # heads × d_kv ≠ d_model, as in flan-t5-small
+], ids=["v1.0", "v1.1", "v1.1-narrow-heads"])
 def test_t5_logits_match(tmp_path, variant):
     ref = tiny_t5(**variant)
     ref.save_pretrained(tmp_path)

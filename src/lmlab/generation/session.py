@@ -11,6 +11,8 @@ view of it) and per-row positions (``attention_mask.cumsum(-1) - 1``, like the r
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -40,6 +42,17 @@ def check_length(model: nn.Module, total: int) -> None:
         )
 
 
+def reorder_cache(cache, index: torch.Tensor, length: int | None = None) -> None:
+    """Rows of a KV cache (``reorder``, its first ``length`` positions) or of a GRU's hidden state
+    (B on dim 1) become rows ``index``; nothing moves when ``index`` is the identity."""
+    if bool((index == torch.arange(index.numel(), device=index.device)).all()):
+        return
+    if hasattr(cache, "reorder"):
+        cache.reorder(index, length)
+    elif getattr(cache, "hidden", None) is not None:
+        cache.hidden = cache.hidden.index_select(1, index)
+
+
 class DecoderSession:
     """A decoder-only model decoding ``ids`` (B, L) (left-padded when ``mask`` has False entries)
     for up to ``max_new_tokens`` more positions."""
@@ -54,6 +67,8 @@ class DecoderSession:
         self.mask: torch.Tensor | None = None  # (B, L + max_new) bool, True at real tokens
         self.positions: torch.Tensor | None = None  # (B, 1) the next token's position per row
         if mask is not None and not bool(mask.all()):
+            if "attention_mask" not in inspect.signature(model.forward).parameters:
+                raise LmlabError(f"{type(model).__name__} takes no padding; give prompts of one length")
             self.mask = torch.ones(B, L + max_new_tokens, dtype=torch.bool, device=ids.device)
             self.mask[:, :L] = mask
             self.positions = mask.long().sum(-1, keepdim=True)  # (B, 1)
@@ -81,7 +96,7 @@ class DecoderSession:
 
     def reorder(self, index: torch.Tensor) -> None:
         """Rows become rows ``index`` (B,) of before."""
-        self.cache.reorder(index)
+        reorder_cache(self.cache, index, self.position)
         if self.mask is not None:
             self.mask = self.mask.index_select(0, index)
             self.positions = self.positions.index_select(0, index)
@@ -103,21 +118,27 @@ class Seq2SeqSession:
     ):
         check_length(model, decoder_ids.size(1) + max_new_tokens)
         self.model = model
-        memory = model.encode(input_ids, input_mask)  # (B, S, C)
-        self.memory = memory.repeat_interleave(copies, dim=0)  # (B·copies, S, C)
+        self.rnn = "attention_mask" not in inspect.signature(model.decode).parameters  # GRU: memory is a state
+        memory = model.encode(input_ids, input_mask)  # (B, S, C); a GRU's (n_layer, B, H)
+        self.memory = memory.repeat_interleave(copies, dim=1 if self.rnn else 0)  # one per row
         self.memory_mask = input_mask.repeat_interleave(copies, dim=0) if input_mask is not None else None
         self.ids = decoder_ids
         self.cache = model.new_cache(decoder_ids.size(0), decoder_ids.size(1) + max_new_tokens)
         self.position = 0
 
+    def _decode(self, ids: torch.Tensor, pos: int) -> torch.Tensor:
+        if self.rnn:
+            return self.model.decode(ids, self.memory, cache=self.cache, start_pos=pos)[:, -1]
+        return self.model.decode(ids, self.memory, attention_mask=self.memory_mask, cache=self.cache, start_pos=pos)[:, -1]
+
     def prefill(self) -> torch.Tensor:
         self.position = self.ids.size(1)
-        return self.model.decode(self.ids, self.memory, self.memory_mask, self.cache, 0)[:, -1]
+        return self._decode(self.ids, 0)
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         pos = self.position
         self.position = pos + 1
-        return self.model.decode(token[:, None], self.memory, self.memory_mask, self.cache, pos)[:, -1]
+        return self._decode(token[:, None], pos)
 
     def reorder(self, index: torch.Tensor) -> None:
-        self.cache.reorder(index)  # beams never leave their input, so memory stays as it is
+        reorder_cache(self.cache, index, self.position)  # beams never leave their input, so memory stays as it is

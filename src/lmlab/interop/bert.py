@@ -50,6 +50,8 @@ def model_config(hf: HFConfig, source: TensorSource) -> ModelConfig:
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise LmlabError(f"{hf.path}: position_embedding_type {hf.get('position_embedding_type')!r} is not supported")
     head = head_of(names, hf.model_type)
+    if head == "lm" and hf.get("hidden_act", "gelu") != "gelu":
+        raise LmlabError(f"{hf.path}: an MLM head with hidden_act {hf.get('hidden_act')!r} is not supported (only gelu)")
     num_labels = 2
     if head == "classifier":
         weight = "classifier.out_proj.weight" if "classifier.out_proj.weight" in names else "classifier.weight"
@@ -139,3 +141,77 @@ def load(hf: HFConfig, source: TensorSource) -> tuple[nn.Module, ModelConfig]:
         with torch.no_grad():
             model.backbone.pos_emb.weight += source.get(types[0])[0].to(model.backbone.pos_emb.weight.dtype)
     return model, config
+
+
+# ---------------------------------------------------------------- export
+
+
+def check_exportable(config: ModelConfig) -> None:
+    """Raise unless the encoder has a BERT equivalent (BertForMaskedLM / BertModel)."""
+    wanted = {
+        "backbone": "encoder", "position": "learned", "norm": "layernorm", "norm_placement": "post", "bias": True,
+    }
+    bad = [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
+    if config.head not in ("lm", "none"):
+        bad.append(f"head={config.head!r}")
+    if config.ffn not in ("gelu", "gelu-tanh", "relu", "silu") or (config.head == "lm" and config.ffn != "gelu"):
+        bad.append(f"ffn={config.ffn!r}")  # BERT's MLM head uses hidden_act, lmlab's exact GELU
+    if (config.n_kv_heads or config.n_head) != config.n_head or config.head_size not in (None, config.d_model // config.n_head):
+        bad.append("grouped or resized heads")
+    if config.moe.num_experts:
+        bad.append("moe")
+    if bad:
+        raise LmlabError(f"this model has no BERT equivalent ({', '.join(bad)})")
+
+
+def export_config(config: ModelConfig) -> dict:
+    """``config.json`` of the BERT model equivalent to an lmlab encoder (one token type, all zero)."""
+    from lmlab.interop.mapping import LMLAB_TO_HF_ACTIVATION
+
+    return {
+        "model_type": "bert",
+        "architectures": ["BertForMaskedLM" if config.head == "lm" else "BertModel"],
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "intermediate_size": config.ffn_width,
+        "hidden_act": LMLAB_TO_HF_ACTIVATION[config.ffn],
+        "max_position_embeddings": config.context_length,
+        "type_vocab_size": 1,
+        "layer_norm_eps": config.norm_eps,
+        "hidden_dropout_prob": config.dropout,
+        "attention_probs_dropout_prob": config.dropout,
+        "tie_word_embeddings": config.tie_embeddings,
+        "position_embedding_type": "absolute",
+    }
+
+
+def export_tensors(model: nn.Module, config: ModelConfig) -> dict:
+    """The Hugging Face BERT state dict of an lmlab encoder."""
+    sd = model.state_dict()
+    prefix = "bert." if config.head == "lm" else ""
+    slices = qkv_slices(config.d_model, config.d_model)
+    out = {
+        prefix + "embeddings.word_embeddings.weight": sd["backbone.tok_emb.weight"],
+        prefix + "embeddings.position_embeddings.weight": sd["backbone.pos_emb.weight"],
+        prefix + "embeddings.token_type_embeddings.weight": torch.zeros(1, config.d_model),
+        prefix + "embeddings.LayerNorm.weight": sd["backbone.emb_norm.weight"],
+        prefix + "embeddings.LayerNorm.bias": sd["backbone.emb_norm.bias"],
+    }
+    for i in range(config.n_layer):
+        src, dst = f"backbone.blocks.{i}.", f"{prefix}encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            for part, name in (("q", "query"), ("k", "key"), ("v", "value")):
+                out[f"{dst}attention.self.{name}.{kind}"] = sd[f"{src}attn.qkv.{kind}"][slices[part]]
+            for ours, theirs in (("attn.out_proj", "attention.output.dense"), ("attn_norm", "attention.output.LayerNorm"),
+                                 ("ffn.up", "intermediate.dense"), ("ffn.down", "output.dense"), ("ffn_norm", "output.LayerNorm")):
+                out[f"{dst}{theirs}.{kind}"] = sd[f"{src}{ours}.{kind}"]
+    if config.head == "lm":
+        for kind in ("weight", "bias"):
+            out[f"cls.predictions.transform.dense.{kind}"] = sd[f"mlm_head.dense.{kind}"]
+            out[f"cls.predictions.transform.LayerNorm.{kind}"] = sd[f"mlm_head.norm.{kind}"]
+        out["cls.predictions.bias"] = sd["mlm_head.decoder.bias"]
+        if not config.tie_embeddings:
+            out["cls.predictions.decoder.weight"] = sd["mlm_head.decoder.weight"]
+    return out

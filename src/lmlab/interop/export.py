@@ -2,7 +2,8 @@
 logits: ``config.json``, ``model.safetensors`` and the tokenizer files.
 
 Formats: a decoder with learned positions, pre-LayerNorm and a plain activation (lmlab's default)
-→ GPT-2; a decoder with RoPE, RMSNorm and SwiGLU → Llama. Tokenizers: a ``tokenizers``-backed one
+→ GPT-2; a decoder with RoPE, RMSNorm and SwiGLU → Llama; a post-LayerNorm encoder with learned
+positions (MLM head or none) → BERT (one all-zero token type). Tokenizers: a ``tokenizers``-backed one
 is saved as its ``tokenizer.json``; a character tokenizer becomes a WordLevel ``tokenizer.json``
 over its alphabet, split into single characters and decoded by concatenation (special tokens are
 added tokens; without ``unk`` an unknown character is an error in transformers too). Other
@@ -20,11 +21,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.interop import gpt2, llama
+from lmlab.interop import bert, gpt2, llama
 from lmlab.models import ModelConfig
 from lmlab.tokenizers import CharTokenizer, Tokenizer
 
-FORMATS = {"gpt2": gpt2, "llama": llama}
+FORMATS = {"gpt2": gpt2, "llama": llama, "bert": bert}
 
 
 def export_format(config: ModelConfig) -> str:
@@ -38,7 +39,7 @@ def export_format(config: ModelConfig) -> str:
             errors.append(str(exc))
     raise LmlabError(
         "cannot export this model to Hugging Face: " + "; ".join(errors)
-        + " (export supports GPT-2-shaped and Llama-shaped decoders)"
+        + " (export supports GPT-2-shaped and Llama-shaped decoders and BERT-shaped encoders)"
     )
 
 
@@ -51,7 +52,7 @@ def export_hf(model: nn.Module, model_config: ModelConfig, tokenizer: Tokenizer 
     out.mkdir(parents=True, exist_ok=True)
     config = family.export_config(model_config)
     config.update(_special_ids(tokenizer))
-    config["torch_dtype"] = "float32"
+    config["dtype"] = "float32"
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous().clone() for name, t in family.export_tensors(model, model_config).items()}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})

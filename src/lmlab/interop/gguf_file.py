@@ -12,6 +12,7 @@ kernel; :func:`unpermute_qk` restores the Hugging Face layout.
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -51,6 +52,7 @@ class GGUFFile:
             if not name.startswith(_INTERNAL_PREFIX)
         }
         self._tensors: dict[str, ReaderTensor] = {tensor.name: tensor for tensor in reader.tensors}
+        self._map = getattr(reader.data, "_mmap", None)  # the file mapping, to release pages read
 
     @property
     def architecture(self) -> str | None:
@@ -101,7 +103,21 @@ class GGUFFile:
             ) from exc
         # F32 data is a view of the read-only file map: copy it; dequantised data is already fresh.
         array = np.require(values, dtype=np.float32, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+        self._release(tensor)
         return torch.from_numpy(array.reshape(_torch_shape(tensor)))
+
+    def _release(self, tensor: ReaderTensor) -> None:
+        """Drop the mapped pages of a tensor just read from this process's resident memory (they
+        stay in the page cache), so loading a model holds the model plus about one tensor, not
+        the model plus the whole file."""
+        if self._map is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = int(tensor.data_offset) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(int(tensor.data_offset) + int(tensor.n_bytes), len(self._map))
+        try:
+            self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):  # not fatal: only memory use is at stake
+            pass
 
     def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, float32 tensor) for every tensor, one at a time."""

@@ -30,8 +30,6 @@ def model_config(hf: HFConfig) -> ModelConfig:
     """The lmlab config of a Llama ``config.json``."""
     d_model, n_head = hf.require("hidden_size"), hf.require("num_attention_heads")
     head_dim = hf.get("head_dim") or d_model // n_head
-    if head_dim * n_head != d_model:
-        raise LmlabError(f"{hf.path}: head_dim × heads ≠ hidden_size is not supported by lmlab")
     if hf.get("hidden_act", "silu") != "silu":
         raise LmlabError(f"{hf.path}: Llama hidden_act {hf.get('hidden_act')!r} is not supported (only silu)")
     attention_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
@@ -48,6 +46,7 @@ def model_config(hf: HFConfig) -> ModelConfig:
         n_head=n_head,
         n_kv_heads=hf.get("num_key_value_heads") or n_head,
         d_model=d_model,
+        head_size=None if head_dim * n_head == d_model else head_dim,
         d_ff=hf.require("intermediate_size"),
         context_length=context,
         dropout=float(hf.get("attention_dropout", 0.0)),

@@ -31,10 +31,6 @@ def model_config(hf: HFConfig) -> ModelConfig:
         str(hf.path), "as many decoder as encoder layers",
     )
     d_model, d_kv, n_head = hf.require("d_model"), hf.require("d_kv"), hf.require("num_heads")
-    if d_kv * n_head != d_model:
-        raise LmlabError(
-            f"{hf.path}: d_kv × num_heads ({d_kv}×{n_head}) ≠ d_model ({d_model}) is not supported by lmlab"
-        )
     proj = hf.get("feed_forward_proj", "relu")
     if proj not in FFN:
         raise LmlabError(f"{hf.path}: feed_forward_proj {proj!r} is not supported; lmlab knows {', '.join(FFN)}")
@@ -44,6 +40,7 @@ def model_config(hf: HFConfig) -> ModelConfig:
         n_layer=n_layer,
         n_head=n_head,
         d_model=d_model,
+        head_size=None if d_kv * n_head == d_model else d_kv,
         d_ff=hf.require("d_ff"),
         context_length=hf.get("n_positions") or DEFAULT_CONTEXT,
         dropout=float(hf.get("dropout_rate", 0.1)),
@@ -63,7 +60,7 @@ def model_config(hf: HFConfig) -> ModelConfig:
 def name_map(config: ModelConfig, head_from_shared: bool, scale_head: bool) -> RuleMap:
     """T5 tensor names → lmlab names. The head is ``lm_head.weight`` or (``head_from_shared``) the
     shared embedding; ``scale_head`` folds the decoder-output scaling d_model^-0.5 into it."""
-    inner = config.d_model
+    inner = config.n_head * config.head_dim
     slices = qkv_slices(inner, inner)
     q_scale = math.sqrt(config.head_dim)
 

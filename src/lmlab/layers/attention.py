@@ -38,18 +38,20 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: AttentionMask) -> 
 class Attention(nn.Module):
     """What self- and cross-attention share: head layout, output projection, the attend step."""
 
-    def __init__(self, d_model: int, n_head: int, n_kv_heads: int | None, bias: bool, dropout: float):
+    def __init__(
+        self, d_model: int, n_head: int, n_kv_heads: int | None, bias: bool, dropout: float, head_dim: int | None = None
+    ):
         super().__init__()
         n_kv_heads = n_kv_heads or n_head
-        if d_model % n_head or n_head % n_kv_heads:
+        if (head_dim is None and d_model % n_head) or n_head % n_kv_heads:
             raise ValueError(
                 f"d_model ({d_model}) must be divisible by n_head ({n_head}), "
                 f"and n_head by n_kv_heads ({n_kv_heads})"
             )
         self.n_head = n_head
         self.n_kv_heads = n_kv_heads
-        self.head_dim = d_model // n_head
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.head_dim = head_dim or d_model // n_head  # an explicit head size need not divide d_model (T5)
+        self.out_proj = nn.Linear(n_head * self.head_dim, d_model, bias=bias)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
         self.keep_weights = False
@@ -89,8 +91,9 @@ class MultiHeadAttention(Attention):
         n_kv_heads: int | None = None,
         bias: bool = True,
         dropout: float = 0.0,
+        head_dim: int | None = None,
     ):
-        super().__init__(d_model, n_head, n_kv_heads, bias, dropout)
+        super().__init__(d_model, n_head, n_kv_heads, bias, dropout, head_dim)
         self.qkv = nn.Linear(d_model, (n_head + 2 * self.n_kv_heads) * self.head_dim, bias=bias)
 
     def forward(
@@ -131,9 +134,10 @@ class CrossAttention(Attention):
         n_kv_heads: int | None = None,
         bias: bool = True,
         dropout: float = 0.0,
+        head_dim: int | None = None,
     ):
-        super().__init__(d_model, n_head, n_kv_heads, bias, dropout)
-        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        super().__init__(d_model, n_head, n_kv_heads, bias, dropout, head_dim)
+        self.q_proj = nn.Linear(d_model, n_head * self.head_dim, bias=bias)
         self.kv_proj = nn.Linear(d_model, 2 * self.n_kv_heads * self.head_dim, bias=bias)
 
     def forward(

@@ -13,7 +13,7 @@ ACTIVATIONS = {
     "selu": F.selu,
     "silu": F.silu,
 }
-GATED = {"swiglu": "silu", "geglu": "gelu", "geglu-tanh": "gelu-tanh", "reglu": "relu"}  # Shazeer (2020): act(xW) * xV
+GATED = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu", "geglu-tanh": "gelu-tanh"}  # Shazeer (2020): act(xW) * xV
 FFN_KINDS = tuple(ACTIVATIONS) + tuple(GATED)
 
 

@@ -40,10 +40,12 @@ class KVCache(nn.Module):
         self.values[:, :, start_pos:end] = v
         return self.keys[:, :, :end], self.values[:, :, :end]  # (B, H_kv, end, D) views
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Rows become rows ``index`` (B,) of before, in place (beam search keeps the best beams)."""
-        self.keys.copy_(self.keys.index_select(0, index))
-        self.values.copy_(self.values.index_select(0, index))
+    def reorder(self, index: torch.Tensor, length: int | None = None) -> None:
+        """Rows become rows ``index`` (B,) of before, in place (beam search keeps the best beams);
+        only the first ``length`` positions (default: all) are moved."""
+        keys, values = self.keys[:, :, :length], self.values[:, :, :length]
+        keys.copy_(keys.index_select(0, index))
+        values.copy_(values.index_select(0, index))
 
 
 class CrossAttentionCache:

@@ -63,7 +63,7 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.residual = PLACEMENTS[config.norm_placement].residual
         self.attn_norm = build_norm(config.norm, config.d_model, config.bias, config.norm_eps)
-        self.attn = MultiHeadAttention(config.d_model, config.n_head, config.n_kv_heads, config.bias, config.dropout)
+        self.attn = MultiHeadAttention(config.d_model, config.n_head, config.n_kv_heads, config.bias, config.dropout, config.head_size)
         self.ffn_norm = build_norm(config.norm, config.d_model, config.bias, config.norm_eps)
         self.ffn = build_block_ffn(config, index)
 
@@ -86,7 +86,7 @@ class CrossAttentionBlock(TransformerBlock):
     def __init__(self, config: ModelConfig, index: int):
         super().__init__(config, index)
         self.cross_norm = build_norm(config.norm, config.d_model, config.bias, config.norm_eps)
-        self.cross_attn = CrossAttention(config.d_model, config.n_head, config.n_kv_heads, config.bias, config.dropout)
+        self.cross_attn = CrossAttention(config.d_model, config.n_head, config.n_kv_heads, config.bias, config.dropout, config.head_size)
 
     def forward(
         self,

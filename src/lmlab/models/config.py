@@ -66,6 +66,7 @@ class ModelConfig:
     n_kv_heads: int | None = None  # None: as many as n_head; fewer gives grouped-query attention
     d_model: int = 384
     d_ff: int | None = None  # None: 4 × d_model
+    head_size: int | None = None  # None: d_model // n_head; set, heads need not split d_model (T5 v1.1 d_kv)
     context_length: int = 256
     dropout: float = 0.1
     bias: bool = True
@@ -93,7 +94,7 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.head_size or self.d_model // self.n_head
 
     def validate(self) -> None:
         """Raise :class:`LmlabError` for values that cannot build a model."""
@@ -108,7 +109,9 @@ class ModelConfig:
             self.moe.validate()
 
     def _validate_heads(self) -> None:
-        if self.d_model % self.n_head:
+        if self.head_size is not None and self.head_size < 1:
+            raise LmlabError(f"model.head_size must be a positive integer, got {self.head_size}")
+        if self.head_size is None and self.d_model % self.n_head:
             raise LmlabError(
                 f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})"
             )

@@ -21,10 +21,11 @@ class DecoderCache(nn.Module):
     def max_len(self) -> int:
         return self.layers[0].max_len
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Rows become rows ``index`` of before, in every layer, in place (beam search)."""
+    def reorder(self, index: torch.Tensor, length: int | None = None) -> None:
+        """Rows become rows ``index`` of before, in every layer, in place (beam search); only the
+        first ``length`` positions (default: all)."""
         for layer in self.layers:
-            layer.reorder(index)
+            layer.reorder(index, length)
 
 
 class DecoderBackbone(TransformerStack):

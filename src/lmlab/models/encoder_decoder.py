@@ -24,11 +24,11 @@ class EncoderDecoderCache(nn.Module):
     def max_len(self) -> int:
         return self.layers[0].self_attn.max_len
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor, length: int | None = None) -> None:
         """Rows become rows ``index`` of before, in place (beam search). The encoder keys/values
         are left alone: beams of one input share them, and beams never move between inputs."""
         for layer in self.layers:
-            layer.self_attn.reorder(index)
+            layer.self_attn.reorder(index, length)
 
 
 class CrossDecoderBackbone(TransformerStack):
