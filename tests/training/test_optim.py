@@ -130,3 +130,11 @@ def test_schedule_without_warmup():
     assert learning_rate(0, cfg) == 1.0
     assert learning_rate(5, cfg) == pytest.approx(0.5)
     assert learning_rate(10, cfg) == 0.0
+
+
+def test_a_time_budget_ends_the_decay_but_warmup_counts_steps():
+    cfg = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=10, max_steps=100_000)
+    assert learning_rate(4, cfg, time_fraction=0.5) == pytest.approx(5 / 11)  # still warming up
+    assert learning_rate(20, cfg, time_fraction=0.5) == pytest.approx(0.5)  # half the time: half-way down
+    assert learning_rate(20, cfg, time_fraction=1.0) == 0.0
+    assert learning_rate(20, cfg, time_fraction=0.0) == pytest.approx(1.0, abs=1e-6)  # steps still count

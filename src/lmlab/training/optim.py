@@ -43,14 +43,18 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
 
 
-def learning_rate(progress_steps: float, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr``, then cosine decay to ``min_lr`` at ``max_steps``.
+def learning_rate(step: float, cfg: TrainConfig, time_fraction: float | None = None) -> float:
+    """Linear warm-up over ``warmup_steps`` steps to ``lr``, then cosine decay to ``min_lr``.
 
-    ``progress_steps`` is the step count (possibly fractional when a time budget drives it).
+    The decay ends at ``max_steps``; with a time budget, ``time_fraction`` (the share of
+    ``max_time`` spent) ends it too, whichever comes first, so a time-limited run anneals fully.
+    Warm-up always counts optimizer steps.
     """
-    if progress_steps < cfg.warmup_steps:
-        return cfg.lr * (progress_steps + 1) / (cfg.warmup_steps + 1)
-    if progress_steps >= cfg.max_steps:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
+    fraction = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    if time_fraction is not None:
+        fraction = max(fraction, time_fraction)
+    if fraction >= 1:
         return cfg.min_lr
-    fraction = (progress_steps - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * fraction)) * (cfg.lr - cfg.min_lr)

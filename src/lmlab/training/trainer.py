@@ -123,7 +123,7 @@ class Trainer:
 
     def _train_step(self) -> tuple[float, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, lr)."""
-        lr = learning_rate(self._schedule_position(), self.cfg)
+        lr = learning_rate(self.step, self.cfg, self._time_fraction())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = 0.0
@@ -146,12 +146,9 @@ class Trainer:
         index = self.step * self.cfg.grad_accum + micro
         return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + index)
 
-    def _schedule_position(self) -> float:
-        """Steps into the schedule; with a time budget, whichever budget is further along."""
-        if self.cfg.max_time is None:
-            return float(self.step)
-        by_time = self.elapsed / self.cfg.max_time * self.cfg.max_steps
-        return max(float(self.step), by_time)
+    def _time_fraction(self) -> float | None:
+        """Share of the time budget spent so far (None without one)."""
+        return None if self.cfg.max_time is None else self.elapsed / self.cfg.max_time
 
     def _after_step(self, bar: tqdm, loss: float, lr: float, seconds: float) -> None:
         self.step_seconds.append(seconds)
