@@ -11,7 +11,8 @@ Cases: greedy-b1 (batch 1, 16-token prompt, 128 new tokens), sample-b1 (top-k 50
 temperature 0.8), beam4-b1 (4 beams, 64 new tokens; "tokens" are decoding steps), greedy-b8
 (batch 8). The floor is what memory bandwidth allows: every step reads all weights once, so
 floor = batch × bandwidth / weight bytes (bandwidth: the best of a large sum and an LM-head-sized
-matrix-vector product, measured here). Then
+matrix-vector product, measured here, or ``--bandwidth-gbps``; on a busy shared machine the
+measurement can come out low, and a fraction above 1 means exactly that). Then
 lmlab's tokens/s at 64, 256 and 1024 new tokens against a loop without a cache, to show linear
 rather than quadratic cost (the uncached loop only up to ``--nocache-max``, it is quadratic).
 ``--dtype bfloat16`` (or ``both``) adds bfloat16 rows; ``--device cuda`` runs on a GPU.
@@ -147,6 +148,8 @@ def naive_greedy(model, ids: torch.Tensor, n: int) -> None:
 
 def scaling(ours, device: str, lengths: list[int], nocache_max: int) -> None:
     ids = prompts(1, ours.config.vocab_size).to(device)
+    run_lmlab(ours, ids, GenerationConfig(max_new_tokens=4))  # warm up (first touch of the weights)
+    naive_greedy(ours, ids, 2)
     for n in lengths:
         config = GenerationConfig(max_new_tokens=n, strategy="greedy")
         t = timed(lambda: run_lmlab(ours, ids, config), device, 1)
