@@ -1,16 +1,22 @@
 """BART → lmlab encoder-decoder: learned positions (stored with an offset of 2, sliced off),
 post-LayerNorm blocks, ``layernorm_embedding`` (lmlab's post-norm embedding norm), GELU, tied head
 with ``final_logits_bias`` (the head's bias). ``scale_embedding`` is folded into the embedding (the
-head then keeps an untied, unscaled copy)."""
+head then keeps an untied, unscaled copy).
+
+Export inverts this: an lmlab post-LayerNorm encoder-decoder with learned positions and shared
+embeddings → ``BartForConditionalGeneration`` (no ``scale_embedding``, 2 zero position rows in
+front, the head's bias or zeros as ``final_logits_bias``)."""
 
 from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
+from lmlab.errors import LmlabError
 from lmlab.interop.hf_config import HFConfig
-from lmlab.interop.mapping import RuleMap, activation, fill_tensors, qkv_slices, require_equal, to
+from lmlab.interop.mapping import LMLAB_TO_HF_ACTIVATION, RuleMap, activation, fill_tensors, qkv_slices, require_equal, to
 from lmlab.interop.weights import Target, TensorSource, load_into
 from lmlab.models import ModelConfig, build_model
 
@@ -102,3 +108,90 @@ def load(hf: HFConfig, source: TensorSource) -> tuple[nn.Module, ModelConfig]:
     ignore = ["*encoder.embed_tokens.weight", "*decoder.embed_tokens.weight"] + (["lm_head.weight"] if hf_tied else [])
     load_into(fill_tensors(model), source, name_map(config, hf_tied, bool(hf.get("scale_embedding", False))), ignore=ignore)
     return model, config
+
+
+# ---------------------------------------------------------------- export
+
+BART_NORM_EPS = 1e-5  # BART's LayerNorms use torch's default epsilon; the config cannot change it
+
+
+def check_exportable(config: ModelConfig) -> None:
+    """Raise unless the encoder-decoder has a BART equivalent (BartForConditionalGeneration)."""
+    wanted = {
+        "arch": "transformer", "backbone": "encoder-decoder", "position": "learned", "norm": "layernorm",
+        "norm_placement": "post", "bias": True, "share_embeddings": True,
+    }
+    bad = [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
+    if config.ffn not in LMLAB_TO_HF_ACTIVATION:
+        bad.append(f"ffn={config.ffn!r}")
+    if (config.n_kv_heads or config.n_head) != config.n_head or config.head_size not in (None, config.d_model // config.n_head):
+        bad.append("grouped or resized heads")
+    if config.norm_eps != BART_NORM_EPS:
+        bad.append(f"norm_eps={config.norm_eps!r} (BART uses {BART_NORM_EPS})")
+    if config.moe.num_experts:
+        bad.append("moe")
+    if bad:
+        raise LmlabError(f"this model has no BART equivalent ({', '.join(bad)})")
+
+
+def export_config(config: ModelConfig) -> dict:
+    """``config.json`` of the BART model equivalent to an lmlab encoder-decoder (no embedding scaling:
+    lmlab's embedding is what BART's ``shared`` holds)."""
+    return {
+        "model_type": "bart",
+        "architectures": ["BartForConditionalGeneration"],
+        "vocab_size": config.vocab_size,
+        "d_model": config.d_model,
+        "encoder_layers": config.n_layer,
+        "decoder_layers": config.n_layer,
+        "encoder_attention_heads": config.n_head,
+        "decoder_attention_heads": config.n_head,
+        "encoder_ffn_dim": config.ffn_width,
+        "decoder_ffn_dim": config.ffn_width,
+        "activation_function": LMLAB_TO_HF_ACTIVATION[config.ffn],
+        "max_position_embeddings": config.context_length,
+        "dropout": config.dropout,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+        "encoder_layerdrop": 0.0,
+        "decoder_layerdrop": 0.0,
+        "scale_embedding": False,
+        "tie_word_embeddings": config.tie_embeddings,
+        "is_encoder_decoder": True,
+    }
+
+
+def export_tensors(model: nn.Module, config: ModelConfig) -> dict:
+    """The Hugging Face BART state dict of an lmlab encoder-decoder: positions get BART's 2 unused
+    leading rows (zeros), the head's bias (or zeros) becomes ``final_logits_bias``."""
+    sd = model.state_dict()
+    d = config.d_model
+    slices = qkv_slices(d, d)
+    out = {"model.shared.weight": sd["encoder.tok_emb.weight"]}
+    for stack in ("encoder", "decoder"):
+        # transformers ties these to ``shared`` only when the head is tied too: write them always
+        out[f"model.{stack}.embed_tokens.weight"] = sd["encoder.tok_emb.weight"]
+        pos = sd[f"{stack}.pos_emb.weight"]
+        out[f"model.{stack}.embed_positions.weight"] = torch.cat([pos.new_zeros(POSITION_OFFSET, d), pos])
+        for kind in ("weight", "bias"):
+            out[f"model.{stack}.layernorm_embedding.{kind}"] = sd[f"{stack}.emb_norm.{kind}"]
+        for i in range(config.n_layer):
+            src, dst = f"{stack}.blocks.{i}.", f"model.{stack}.layers.{i}."
+            for kind in ("weight", "bias"):
+                for part in "qkv":
+                    out[f"{dst}self_attn.{part}_proj.{kind}"] = sd[f"{src}attn.qkv.{kind}"][slices[part]]
+                for ours, theirs in (("attn.out_proj", "self_attn.out_proj"), ("attn_norm", "self_attn_layer_norm"),
+                                     ("ffn.up", "fc1"), ("ffn.down", "fc2"), ("ffn_norm", "final_layer_norm")):
+                    out[f"{dst}{theirs}.{kind}"] = sd[f"{src}{ours}.{kind}"]
+                if stack == "decoder":
+                    kv = sd[f"{src}cross_attn.kv_proj.{kind}"]
+                    out[f"{dst}encoder_attn.k_proj.{kind}"] = kv[:d]
+                    out[f"{dst}encoder_attn.v_proj.{kind}"] = kv[d:]
+                    for ours, theirs in (("cross_attn.q_proj", "encoder_attn.q_proj"), ("cross_attn.out_proj", "encoder_attn.out_proj"),
+                                         ("cross_norm", "encoder_attn_layer_norm")):
+                        out[f"{dst}{theirs}.{kind}"] = sd[f"{src}{ours}.{kind}"]
+    bias = sd.get("lm_head.bias")
+    out["final_logits_bias"] = (bias if bias is not None else torch.zeros(config.vocab_size)).reshape(1, -1)
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    return out

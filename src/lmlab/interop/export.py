@@ -3,7 +3,9 @@ logits: ``config.json``, ``model.safetensors`` and the tokenizer files.
 
 Formats: a decoder with learned positions, pre-LayerNorm and a plain activation (lmlab's default)
 → GPT-2; a decoder with RoPE, RMSNorm and SwiGLU → Llama; a post-LayerNorm encoder with learned
-positions (MLM head or none) → BERT (one all-zero token type). Tokenizers: a ``tokenizers``-backed one
+positions (MLM head or none) → BERT (one all-zero token type); a post-LayerNorm encoder-decoder with
+learned positions → BART; a pre-RMSNorm, bias-free encoder-decoder with T5 relative positions → T5.
+Tokenizers: a ``tokenizers``-backed one
 is saved as its ``tokenizer.json``; a character tokenizer becomes a WordLevel ``tokenizer.json``
 over its alphabet, split into single characters and decoded by concatenation (special tokens are
 added tokens; without ``unk`` an unknown character is an error in transformers too). Other
@@ -21,17 +23,23 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.interop import bert, gpt2, llama
+from lmlab.interop import bart, bert, gpt2, llama, t5
 from lmlab.models import ModelConfig
 from lmlab.tokenizers import CharTokenizer, Tokenizer
 
-FORMATS = {"gpt2": gpt2, "llama": llama, "bert": bert}
+FORMATS = {"gpt2": gpt2, "llama": llama, "bert": bert, "bart": bart, "t5": t5}
+BACKBONES = {"gpt2": "decoder", "llama": "decoder", "bert": "encoder", "bart": "encoder-decoder", "t5": "encoder-decoder"}
+# The tokenizer role an encoder-decoder's decoder starts from: BART (and lmlab's denoising) start
+# from EOS, T5 (and lmlab's span corruption) from PAD.
+DECODER_START_ROLE = {"bart": "eos", "t5": "pad"}
 
 
 def export_format(config: ModelConfig) -> str:
     """The Hugging Face model type an lmlab config is written as; an error if there is none."""
     errors = []
-    for name, family in FORMATS.items():
+    candidates = [name for name, backbone in BACKBONES.items() if backbone == config.backbone] or list(FORMATS)
+    for name in candidates:
+        family = FORMATS[name]
         try:
             family.check_exportable(config)
             return name
@@ -39,7 +47,8 @@ def export_format(config: ModelConfig) -> str:
             errors.append(str(exc))
     raise LmlabError(
         "cannot export this model to Hugging Face: " + "; ".join(errors)
-        + " (export supports GPT-2-shaped and Llama-shaped decoders and BERT-shaped encoders)"
+        + " (export supports GPT-2-shaped and Llama-shaped decoders, BERT-shaped encoders and"
+        " BART-shaped or T5-shaped encoder-decoders)"
     )
 
 
@@ -52,6 +61,9 @@ def export_hf(model: nn.Module, model_config: ModelConfig, tokenizer: Tokenizer 
     out.mkdir(parents=True, exist_ok=True)
     config = family.export_config(model_config)
     config.update(_special_ids(tokenizer))
+    start_role = DECODER_START_ROLE.get(kind)
+    if start_role and tokenizer is not None and start_role in tokenizer.special_tokens:
+        config["decoder_start_token_id"] = tokenizer.special_tokens[start_role]
     config["dtype"] = "float32"
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous().clone() for name, t in family.export_tensors(model, model_config).items()}

@@ -6,6 +6,10 @@ T5 differs from lmlab's attention in two ways, both folded into the weights at l
   loaded untied, as the embedding × d_model^-0.5.
 T5's layer norm (no mean, no bias) is RMSNorm; the relative bias lives in the first layer and is
 shared — lmlab's stack-level T5 bias.
+
+Export inverts this: an lmlab pre-RMSNorm, bias-free encoder-decoder with T5 relative positions and
+shared embeddings → ``T5ForConditionalGeneration`` with the query weights divided by √d_kv and the
+head written as ``lm_head.weight`` with ``tie_word_embeddings: false`` (no output scaling).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from lmlab.models import ModelConfig, build_model
 
 DEFAULT_CONTEXT = 512
 FFN = {"relu": "relu", "gated-gelu": "geglu-tanh", "gated-relu": "reglu", "gated-silu": "swiglu"}
+GATED = ("geglu-tanh", "reglu", "swiglu")
 
 
 def model_config(hf: HFConfig) -> ModelConfig:
@@ -119,3 +124,82 @@ def load(hf: HFConfig, source: TensorSource) -> tuple[nn.Module, ModelConfig]:
     ignore = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
     load_into(fill_tensors(model), source, name_map(config, head_from_shared, scale_head), ignore=ignore)
     return model, config
+
+
+# ---------------------------------------------------------------- export
+
+LMLAB_TO_T5_FFN = {ours: theirs for theirs, ours in FFN.items()}
+
+
+def check_exportable(config: ModelConfig) -> None:
+    """Raise unless the encoder-decoder has a T5 equivalent (T5ForConditionalGeneration)."""
+    wanted = {
+        "arch": "transformer", "backbone": "encoder-decoder", "position": "t5", "norm": "rmsnorm",
+        "norm_placement": "pre", "bias": False, "share_embeddings": True, "head_bias": False,
+    }
+    bad = [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
+    if config.ffn not in LMLAB_TO_T5_FFN:
+        bad.append(f"ffn={config.ffn!r}")
+    if (config.n_kv_heads or config.n_head) != config.n_head:
+        bad.append(f"n_kv_heads={config.n_kv_heads}")
+    if config.moe.num_experts:
+        bad.append("moe")
+    if bad:
+        raise LmlabError(f"this model has no T5 equivalent ({', '.join(bad)})")
+
+
+def export_config(config: ModelConfig) -> dict:
+    """``config.json`` of the T5 model equivalent to an lmlab encoder-decoder (untied head, so T5
+    does not scale the decoder output)."""
+    return {
+        "model_type": "t5",
+        "architectures": ["T5ForConditionalGeneration"],
+        "vocab_size": config.vocab_size,
+        "d_model": config.d_model,
+        "d_kv": config.head_dim,
+        "d_ff": config.ffn_width,
+        "num_layers": config.n_layer,
+        "num_decoder_layers": config.n_layer,
+        "num_heads": config.n_head,
+        "relative_attention_num_buckets": config.t5_num_buckets,
+        "relative_attention_max_distance": config.t5_max_distance,
+        "n_positions": config.context_length,
+        "dropout_rate": config.dropout,
+        "layer_norm_epsilon": config.norm_eps,
+        "feed_forward_proj": LMLAB_TO_T5_FFN[config.ffn],
+        "tie_word_embeddings": False,
+        "scale_decoder_outputs": False,
+        "is_encoder_decoder": True,
+    }
+
+
+def export_tensors(model: nn.Module, config: ModelConfig) -> dict:
+    """The Hugging Face T5 state dict of an lmlab encoder-decoder."""
+    sd = model.state_dict()
+    inner = config.n_head * config.head_dim
+    slices = qkv_slices(inner, inner)
+    q_scale = 1.0 / math.sqrt(config.head_dim)  # T5 does not scale attention scores
+    ffn_names = {"up": "wi_1", "gate": "wi_0", "down": "wo"} if config.ffn in GATED else {"up": "wi", "down": "wo"}
+    out = {"shared.weight": sd["encoder.tok_emb.weight"], "lm_head.weight": sd["lm_head.weight"]}
+    for stack, ffn_layer in (("encoder", 1), ("decoder", 2)):
+        out[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = sd[f"{stack}.pos_emb.relative_bias.weight"]
+        out[f"{stack}.final_layer_norm.weight"] = sd[f"{stack}.final_norm.weight"]
+        for i in range(config.n_layer):
+            src, dst = f"{stack}.blocks.{i}.", f"{stack}.block.{i}.layer."
+            qkv = sd[f"{src}attn.qkv.weight"]
+            out[f"{dst}0.SelfAttention.q.weight"] = qkv[slices["q"]] * q_scale
+            out[f"{dst}0.SelfAttention.k.weight"] = qkv[slices["k"]]
+            out[f"{dst}0.SelfAttention.v.weight"] = qkv[slices["v"]]
+            out[f"{dst}0.SelfAttention.o.weight"] = sd[f"{src}attn.out_proj.weight"]
+            out[f"{dst}0.layer_norm.weight"] = sd[f"{src}attn_norm.weight"]
+            for ours, theirs in ffn_names.items():
+                out[f"{dst}{ffn_layer}.DenseReluDense.{theirs}.weight"] = sd[f"{src}ffn.{ours}.weight"]
+            out[f"{dst}{ffn_layer}.layer_norm.weight"] = sd[f"{src}ffn_norm.weight"]
+            if stack == "decoder":
+                kv = sd[f"{src}cross_attn.kv_proj.weight"]
+                out[f"{dst}1.EncDecAttention.q.weight"] = sd[f"{src}cross_attn.q_proj.weight"] * q_scale
+                out[f"{dst}1.EncDecAttention.k.weight"] = kv[:inner]
+                out[f"{dst}1.EncDecAttention.v.weight"] = kv[inner:]
+                out[f"{dst}1.EncDecAttention.o.weight"] = sd[f"{src}cross_attn.out_proj.weight"]
+                out[f"{dst}1.layer_norm.weight"] = sd[f"{src}cross_norm.weight"]
+    return out

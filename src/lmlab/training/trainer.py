@@ -105,6 +105,7 @@ class Trainer:
                     break
                 if self.cfg.max_time is not None and self.elapsed >= self.cfg.max_time:
                     stop_reason = "max_time"
+                    bar.total = self.step  # the time budget, not the step horizon, ended the run
                     break
                 step_start = time.perf_counter()
                 loss, lr = self._train_step()
@@ -146,6 +147,13 @@ class Trainer:
         index = self.step * self.cfg.grad_accum + micro
         return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + index)
 
+    def _projected_steps(self) -> int:
+        """Steps the run will reach within its time budget at the recent pace (for the progress bar)."""
+        recent = self.step_seconds[-50:]
+        per_step = sum(recent) / len(recent)
+        remaining = max(0.0, self.cfg.max_time - self.elapsed)
+        return min(self.cfg.max_steps, self.step + round(remaining / per_step))
+
     def _time_fraction(self) -> float | None:
         """Share of the time budget spent so far (None without one)."""
         return None if self.cfg.max_time is None else self.elapsed / self.cfg.max_time
@@ -153,6 +161,8 @@ class Trainer:
     def _after_step(self, bar: tqdm, loss: float, lr: float, seconds: float) -> None:
         self.step_seconds.append(seconds)
         tokens_per_s = self.task.tokens_per_batch * self.cfg.grad_accum / max(seconds, 1e-9)
+        if self.cfg.max_time is not None and self.step % 50 == 0:
+            bar.total = self._projected_steps()
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         if self.step % max(1, self.cfg.eval_every // 10) == 0 or self.step == 1:
