@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from lmlab.tokenizers import (
 )
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+EXCERPT = Path(__file__).resolve().parents[1] / "fixtures" / "shakespeare_excerpt.txt"
 VOCAB_SIZE = 1000
 SAMPLES = [
     "Hello, world!",
@@ -38,16 +38,9 @@ WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """Tiny Shakespeare when the shared data is there, else generated words."""
+    """Tiny Shakespeare when the shared data is there, else the excerpt shipped with the tests."""
     shared = DATA / "tinyshakespeare.txt"
-    if shared.is_file():
-        return shared
-    rng = random.Random(0)
-    words = ["the", "king", "queen", "Romeo", "thou", "art", "wherefore", "lord", "speak", "night"]
-    lines = (" ".join(rng.choice(words) for _ in range(12)) for _ in range(5000))
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n".join(lines))
-    return path
+    return shared if shared.is_file() else EXCERPT
 
 
 # ---------------------------------------------------------------- reference pipelines

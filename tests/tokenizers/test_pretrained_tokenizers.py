@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from lmlab.tokenizers.pretrained import (
 )
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+EXCERPT = Path(__file__).resolve().parents[1] / "fixtures" / "shakespeare_excerpt.txt"
 SAMPLES = [
     "Hello, world!",
     "ROMEO: O Romeo, Romeo! wherefore art thou Romeo?",
@@ -54,25 +54,10 @@ CHAT_TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def lines() -> list[str]:
-    """Some 200 kB of Tiny Shakespeare when the shared data is there, else generated words."""
+    """Some 200 kB of Tiny Shakespeare (the shared copy, else the excerpt shipped with the tests)."""
     shared = DATA / "tinyshakespeare.txt"
-    if shared.is_file():
-        return shared.read_text(encoding="utf-8")[:200_000].split("\n")
-    rng = random.Random(0)
-    words = [
-        "the",
-        "king",
-        "queen",
-        "Romeo",
-        "thou",
-        "art",
-        "wherefore",
-        "lord",
-        "speak",
-        "night",
-        "Café",
-    ]
-    return [" ".join(rng.choice(words) for _ in range(12)) + "," for _ in range(5000)]
+    source = shared if shared.is_file() else EXCERPT
+    return source.read_text(encoding="utf-8")[:200_000].split("\n")
 
 
 def assert_same_as_reference(tokenizer, reference, samples=SAMPLES) -> None:
