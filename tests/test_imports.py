@@ -72,6 +72,7 @@ def owner(module: str) -> str:
 def test_every_package_is_covered():
     packages = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
     top = {p.stem for p in SRC.glob("*.py")}
+    packages -= TOP_LEVEL  # lmlab.cli is a package; like a top-level module it may import everything
     assert packages <= set(ALLOWED), f"add the new package(s) {packages - set(ALLOWED)} to the table"
     assert top <= TOP_LEVEL, f"new top-level module(s) {top - TOP_LEVEL}"
 

@@ -1,0 +1,63 @@
+"""The ``lmlab`` command. Each subcommand is a thin function over the packages.
+
+Every user mistake (bad value, missing file, corrupt checkpoint, unknown preset, ...) prints one
+line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable, NoReturn, Sequence
+
+from lmlab.cli import compare, data, generate, interop, train
+from lmlab.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, err as _err
+from lmlab.cli.compare import cmd_compare
+from lmlab.cli.data import cmd_data_prepare, cmd_tokenizer_decode, cmd_tokenizer_encode, cmd_tokenizer_train
+from lmlab.cli.generate import cmd_generate, cmd_score
+from lmlab.cli.interop import cmd_chat, cmd_convert, cmd_embed
+from lmlab.cli.train import cmd_eval, cmd_info, cmd_train
+from lmlab.errors import LmlabError
+
+__all__ = [
+    "EXIT_INTERRUPTED", "EXIT_USAGE", "build_parser", "main",
+    "cmd_chat", "cmd_compare", "cmd_convert", "cmd_data_prepare", "cmd_embed", "cmd_eval", "cmd_generate",
+    "cmd_info", "cmd_score", "cmd_tokenizer_decode", "cmd_tokenizer_encode", "cmd_tokenizer_train", "cmd_train",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake in one line instead of a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise LmlabError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lmlab", description="Train, run and inspect Transformer language models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    train.add_train_parser(sub)
+    generate.add_generate_parsers(sub)
+    train.add_eval_info_parsers(sub)
+    compare.add_compare_parser(sub)
+    data.add_tokenizer_parser(sub)
+    data.add_data_parser(sub)
+    interop.add_interop_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lmlab`` command; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.func
+        return handler(args)
+    except LmlabError as exc:
+        _err(f"lmlab: error: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err("lmlab: interrupted")
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        _err(f"lmlab: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        return EXIT_USAGE
+

@@ -1,0 +1,126 @@
+"""``lmlab train``, ``lmlab eval`` and ``lmlab info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lmlab.cli.common import EXIT_INTERRUPTED, err, positive
+from lmlab.errors import LmlabError
+
+
+# ----------------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    from lmlab.training.config import apply_overrides, load_config_file, load_preset
+    from lmlab.training.run import make_trainer, resume_config
+
+    out = Path(args.out or f"runs/{args.preset or (Path(args.config).stem if args.config else 'shakespeare-char')}")
+    if args.resume and not (args.preset or args.config):
+        config = resume_config(out, err)
+    elif args.config:
+        config = load_config_file(args.config)
+    else:
+        config = load_preset(args.preset or "shakespeare-char")
+    objective = [f"train.objective={args.objective}"] if args.objective else []
+    apply_overrides(config, objective + [item for group in args.set for item in group])
+    _apply_train_flags(config, args)
+    trainer, tokenizer = make_trainer(config, out, resume=args.resume, progress=not args.no_progress, echo=err)
+    result = trainer.fit()
+    print(json.dumps({"run_dir": str(out), "step": result.step, "stop_reason": result.stop_reason,
+                      **{f"val_{k}": v for k, v in (result.last_eval or {}).items() if k != "step"}}))
+    if config.train.sample_chars > 0 and result.stop_reason != "interrupted" and config.model.backbone == "decoder":
+        _print_sample(trainer.model, tokenizer, config)
+    return EXIT_INTERRUPTED if result.stop_reason == "interrupted" else 0
+
+
+def _print_sample(model, tokenizer, config) -> None:
+    """A short sample from a freshly trained decoder, starting after a newline."""
+    from lmlab.generation import GenerationConfig, generate
+
+    prompt = tokenizer.encode("\n") if tokenizer.token_to_id("\n") is not None else [0]
+    sample = GenerationConfig(max_new_tokens=config.train.sample_chars, strategy="sample",
+                              temperature=0.8, top_k=50, seed=config.train.seed)
+    model.eval()
+    print("--- sample ---")
+    print(tokenizer.decode(generate(model, prompt, sample)))
+
+
+def _apply_train_flags(config, args: argparse.Namespace) -> None:
+    if args.data is not None:
+        config.data.corpus = args.data
+    if args.max_steps is not None:
+        config.train.max_steps = positive(args.max_steps, "--max-steps")
+    if args.max_time is not None:
+        config.train.max_time = positive(args.max_time, "--max-time")
+    if args.seed is not None:
+        config.train.seed = args.seed
+    for name in ("batch_size", "max_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "grad_accum"):
+        if getattr(config.train, name) < 1:
+            raise LmlabError(f"train.{name} must be at least 1, got {getattr(config.train, name)}")
+    if not config.train.lr > 0:
+        raise LmlabError(f"train.lr must be positive, got {config.train.lr}")
+
+
+# ----------------------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lmlab.training.run import evaluate_run, load_run
+
+    positive(args.batch_size, "--batch-size")
+    run = load_run(args.run_dir, err)
+    metrics = evaluate_run(run, args.data, args.split, args.batch_size)
+    if metrics["tokens"] == 0:
+        raise LmlabError(f"the {args.split} split is too short to evaluate; use more text")
+    print(json.dumps({**metrics, "split": args.split, "checkpoint": str(run.checkpoint)}))
+    return 0
+
+
+# ----------------------------------------------------------------------------------- info
+def cmd_info(args: argparse.Namespace) -> int:
+    from lmlab.models import parameter_counts
+    from lmlab.training.run import describe_model, load_run
+
+    run = load_run(args.run_dir, err)
+    state = run.state
+    info = {
+        "checkpoint": str(run.checkpoint),
+        "model": {**describe_model(run.model, run.config.model), "parameter_counts": parameter_counts(run.model)},
+        "tokenizer": {"kind": run.tokenizer.kind, "vocab_size": run.tokenizer.vocab_size},
+        "training": {"step": state.get("step"), "max_steps": run.config.train.max_steps,
+                     "elapsed_s": state.get("elapsed_s"), "last_eval": state.get("last_eval")},
+        "config": run.config.to_dict(),
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+# ----------------------------------------------------------------------------------- parsers
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="train a model (default: the Shakespeare character model)")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--preset", help="a preset shipped with lmlab (e.g. shakespeare-char, nanogpt-cpu)")
+    source.add_argument("--config", help="a YAML file with model/train/data sections")
+    train.add_argument("--set", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+                       help="override config fields, e.g. --set model.n_layer=6 train.lr=1e-3")
+    train.add_argument("--data", help="corpus name (shakespeare, tinyshakespeare) or a file, directory or glob")
+    train.add_argument("--out", help="run directory (default: runs/PRESET)")
+    train.add_argument("--max-steps", type=int, help="number of optimizer steps (the schedule's horizon)")
+    train.add_argument("--max-time", type=float, help="stop after this many seconds of training")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
+    train.add_argument("--seed", type=int, help="seed for initialisation, batches and dropout")
+    train.add_argument("--objective", help="causal-lm (default), prefix-lm, mlm, span-corruption, bart or ul2")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+
+def add_eval_info_parsers(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="loss, perplexity and accuracy on a corpus split")
+    ev.add_argument("run_dir")
+    ev.add_argument("--data", help="corpus to evaluate on (default: the run's own)")
+    ev.add_argument("--split", choices=("val", "train"), default="val")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.set_defaults(func=cmd_eval)
+
+    info = sub.add_parser("info", help="config, parameter count and training state of a run")
+    info.add_argument("run_dir")
+    info.set_defaults(func=cmd_info)
