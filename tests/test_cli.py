@@ -254,3 +254,16 @@ def test_generate_bad_settings(run_dir, flags, words):
 )
 def test_usage_mistakes(argv):
     assert_one_line_error(run(*argv))
+
+
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--seed", str(2**70)], ["train.seed"]),
+        (["--set", "model.d_ff=-4"], ["model.d_ff"]),
+        (["--set", "train.min_lr=1.0"], ["train.min_lr"]),
+        (["--set", "train.warmup_steps=-1"], ["warmup_steps"]),
+    ],
+)
+def test_out_of_range_settings_are_one_line_errors(tmp_path, corpus, flags, words):
+    assert_one_line_error(tiny_train("--data", corpus, "--out", tmp_path / "r", *flags), *words)

@@ -55,11 +55,6 @@ def _apply_train_flags(config, args: argparse.Namespace) -> None:
         config.train.max_time = positive(args.max_time, "--max-time")
     if args.seed is not None:
         config.train.seed = args.seed
-    for name in ("batch_size", "max_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "grad_accum"):
-        if getattr(config.train, name) < 1:
-            raise LmlabError(f"train.{name} must be at least 1, got {getattr(config.train, name)}")
-    if not config.train.lr > 0:
-        raise LmlabError(f"train.lr must be positive, got {config.train.lr}")
 
 
 # ----------------------------------------------------------------------------------- eval

@@ -104,6 +104,8 @@ class ModelConfig:
                 raise LmlabError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise LmlabError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.d_ff is not None and self.d_ff < 1:
+            raise LmlabError(f"model.d_ff must be a positive integer (or null for 4 × d_model), got {self.d_ff}")
         if self.arch == "transformer":
             self._validate_heads()
             self.moe.validate()

@@ -47,6 +47,21 @@ class TrainConfig:
     seed: int = 1337
     sample_chars: int = 400  # length of the sample printed when training ends (0: none)
 
+    def validate(self) -> None:
+        """Raise :class:`LmlabError` for settings a run cannot use."""
+        for name in ("batch_size", "max_steps", "eval_every", "checkpoint_every", "keep_checkpoints",
+                     "grad_accum", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise LmlabError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
+            raise LmlabError(f"train.lr must be positive and train.min_lr in [0, lr]; got {self.lr} and {self.min_lr}")
+        if self.max_time is not None and not self.max_time > 0:
+            raise LmlabError(f"train.max_time must be positive seconds (or null), got {self.max_time}")
+        if not 0 <= self.seed < 2**32:
+            raise LmlabError(f"train.seed must be in [0, 2^32), got {self.seed}")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0 or self.sample_chars < 0:
+            raise LmlabError("train.warmup_steps, grad_clip, weight_decay and sample_chars must be ≥ 0")
+
 
 @dataclass
 class DataConfig:

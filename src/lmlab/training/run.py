@@ -78,6 +78,7 @@ def make_trainer(
     """A :class:`Trainer` for ``config`` in ``out_dir`` and the run's tokenizer; with ``resume``,
     the trainer continues from the run's newest good checkpoint."""
     out_dir = Path(out_dir)
+    config.train.validate()
     start = _resume_point(out_dir, echo) if resume else None
     _refuse_to_overwrite(out_dir, resume)
     tokenizer = _stored_tokenizer(start) if start else None
