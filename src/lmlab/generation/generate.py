@@ -10,7 +10,8 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.generation.processors import LogitsPipeline, check_sampling_settings
-from lmlab.generation.session import DecoderSession, Seq2SeqSession, left_pad, ready_for_decoding
+from lmlab.generation.head_screen import screened_head
+from lmlab.generation.session import DecoderSession, Seq2SeqSession, left_pad, next_token_logits, ready_for_decoding
 
 STRATEGIES = ("greedy", "sample", "beam")
 OVERFLOW_POLICIES = ("error", "truncate")
@@ -74,6 +75,16 @@ class GenerationConfig:
             if self.min_p is not None and not 0 <= self.min_p <= 1:
                 raise LmlabError(f"min-p must be in [0, 1], got {self.min_p}")
 
+    def decisive_logits(self) -> int | None:
+        """How many of each step's best logits decide the next token: 1 for greedy decoding, k for
+        top-k sampling; None (all of them) for other sampling, beam search's log-softmax, or when a
+        processor that reads the history (penalties, n-gram bans, a minimum length) may reorder them."""
+        if self.repetition_penalty != 1.0 or self.no_repeat_ngram_size or (self.min_new_tokens and self.eos_ids):
+            return None
+        if self.strategy == "greedy":
+            return 1
+        return self.top_k if self.strategy == "sample" else None
+
     def pipeline(self, prompt_len: int) -> LogitsPipeline:
         """The logits processors these settings ask for."""
         return LogitsPipeline.build(
@@ -125,11 +136,6 @@ def prefill(model: nn.Module, ids: torch.Tensor, cache) -> torch.Tensor:
     return model(ids, cache, 0)[:, -1]
 
 
-def decode_one_token(model: nn.Module, token: torch.Tensor, cache, position: int) -> torch.Tensor:
-    """Feed one token (B,) at ``position``; logits for the next one (B, V)."""
-    return model(token[:, None], cache, position)[:, -1]
-
-
 @torch.inference_mode()
 def stream_tokens(model: nn.Module, prompt: list[int], config: GenerationConfig) -> Iterator[int]:
     """Yield new token ids one by one (beam search: the best sequence's, once it is found).
@@ -147,6 +153,7 @@ def stream_tokens(model: nn.Module, prompt: list[int], config: GenerationConfig)
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
     device = next(model.parameters()).device
     model = ready_for_decoding(model)
+    screen = screened_head(model) if config.decisive_logits() is not None and not model.training else None
     cache = model.new_cache(1, max_positions)
     seen = torch.tensor([history + [0] * config.max_new_tokens], device=device)  # (1, L + N): every token so far
     pipeline = config.pipeline(len(history))
@@ -167,7 +174,7 @@ def stream_tokens(model: nn.Module, prompt: list[int], config: GenerationConfig)
             logits = prefill(model, torch.tensor([window], device=device), cache)
             position = len(window)
         else:
-            logits = decode_one_token(model, token, cache, position)
+            logits = next_token_logits(model, token, cache, position, screen, config.decisive_logits())
             position += 1
 
 
@@ -230,7 +237,7 @@ def generate_batch(
     ids, mask = left_pad(prompts, pad_id, device)  # (B, L)
     copies = config.num_beams if config.strategy == "beam" else config.num_return_sequences
     ids, mask = ids.repeat_interleave(copies, dim=0), mask.repeat_interleave(copies, dim=0)
-    session = DecoderSession(model, ids, mask, config.max_new_tokens)
+    session = DecoderSession(model, ids, mask, config.max_new_tokens, config.decisive_logits())
     return _run(session, ids, config, pad_id, len(prompts))
 
 

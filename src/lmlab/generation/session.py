@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
+from lmlab.generation.head_screen import MAX_ROWS, ScreenedHead, screened_head
 from lmlab.generation.weight_layout import prepare_for_decoding
 
 
@@ -49,6 +50,25 @@ def ready_for_decoding(model: nn.Module) -> nn.Module:
     return model if model.training else prepare_for_decoding(model)
 
 
+def next_token_logits(
+    model: nn.Module,
+    token: torch.Tensor,
+    cache,
+    position: int,
+    screen: ScreenedHead | None = None,
+    top_logits: int | None = None,
+    **padding: torch.Tensor,
+) -> torch.Tensor:
+    """Feed one token per row (B,) at ``position``; the logits for the next (B, V). With a
+    ``screen``, only each row's ``top_logits`` best are exact and the rest −inf (see
+    :mod:`~lmlab.generation.head_screen`)."""
+    if screen is None:
+        return model(token[:, None], cache, position, **padding)[:, -1]
+    hidden = model.backbone(token[:, None], cache, position, **padding)[:, -1]  # (B, C)
+    logits = screen.top_logits(hidden, top_logits)
+    return logits if logits is not None else model.lm_head(hidden)  # too close to call: every logit
+
+
 def reorder_cache(cache, index: torch.Tensor, length: int | None = None) -> None:
     """Rows of a KV cache (``reorder``, its first ``length`` positions) or of a GRU's hidden state
     (B on dim 1) become rows ``index``; nothing moves when ``index`` is the identity."""
@@ -62,12 +82,25 @@ def reorder_cache(cache, index: torch.Tensor, length: int | None = None) -> None
 
 class DecoderSession:
     """A decoder-only model decoding ``ids`` (B, L) (left-padded when ``mask`` has False entries)
-    for up to ``max_new_tokens`` more positions."""
+    for up to ``max_new_tokens`` more positions.
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None, max_new_tokens: int):
+    ``top_logits``: the strategy needs only each row's k best logits per step (greedy: 1, top-k
+    sampling: k); the others may come back as −inf, which lets a float32 CPU model find them
+    through a :class:`~lmlab.generation.head_screen.ScreenedHead`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        ids: torch.Tensor,
+        mask: torch.Tensor | None,
+        max_new_tokens: int,
+        top_logits: int | None = None,
+    ):
         B, L = ids.shape
         check_length(model, L + max_new_tokens)
         self.model = ready_for_decoding(model)
+        self.top_logits = top_logits
+        self.screen = screened_head(model) if top_logits is not None and B <= MAX_ROWS and not model.training else None
         self.ids = ids
         self.cache = model.new_cache(B, L + max_new_tokens)
         self.position = 0  # the next cache slot
@@ -94,11 +127,10 @@ class DecoderSession:
         """Feed one token per row (B,); logits for the next (B, V)."""
         pos = self.position
         self.position = pos + 1
-        if self.mask is None:
-            return self.model(token[:, None], self.cache, pos)[:, -1]
-        logits = self.model(token[:, None], self.cache, pos, attention_mask=self.mask[:, :pos + 1],
-                            position_ids=self.positions)[:, -1]
-        self.positions += 1
+        padding = {} if self.mask is None else dict(attention_mask=self.mask[:, :pos + 1], position_ids=self.positions)
+        logits = next_token_logits(self.model, token, self.cache, pos, self.screen, self.top_logits, **padding)
+        if self.positions is not None:
+            self.positions += 1
         return logits
 
     def reorder(self, index: torch.Tensor) -> None:
