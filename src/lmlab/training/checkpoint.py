@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lmlab.errors import LmlabError
@@ -66,7 +67,8 @@ def save_checkpoint(
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / MODEL_FILE), force_contiguous=True)  # decoding may store weights transposed
+    tensors, aliases = _model_tensors(model)
+    save_file(tensors, str(tmp / MODEL_FILE), metadata=aliases)
     if optimizer is not None:
         tensors, groups = _flatten_optimizer(optimizer.state_dict())
         tensors[RNG_KEY] = torch.get_rng_state()
@@ -149,10 +151,33 @@ def read_state(path: Path) -> dict[str, Any]:
     return json.loads((path / STATE).read_text())
 
 
+def _model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The model's weights to save: each tensor once, contiguous (decoding may store weights
+    transposed), and the names of tied copies → the name saved (the file's metadata)."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    saved_as: dict[tuple, str] = {}
+    for name, tensor in sorted(model.state_dict().items()):
+        key = (tensor.data_ptr(), tensor.shape, tensor.stride(), tensor.dtype)
+        if tensor.numel() and key in saved_as:
+            aliases[name] = saved_as[key]
+        else:
+            saved_as[key] = name
+            tensors[name] = tensor.contiguous()
+    return tensors, aliases
+
+
 def load_weights(path: Path, model: nn.Module) -> None:
     """Load a checkpoint's weights into ``model`` (shapes must match)."""
+    file = str(path / MODEL_FILE)
     try:
-        load_model(model, str(path / MODEL_FILE), strict=True)
+        tensors = load_file(file)
+        with safe_open(file, framework="pt") as handle:
+            aliases = handle.metadata() or {}
+        for name, saved in aliases.items():
+            if saved in tensors:
+                tensors.setdefault(name, tensors[saved])
+        model.load_state_dict(tensors, strict=True)
     except (RuntimeError, SafetensorError) as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise LmlabError(f"weights in {path} do not fit the model ({first_line})") from exc

@@ -1,0 +1,58 @@
+"""Decoding's weight layout: same values and outputs, tied weights stay tied, checkpoints still save."""
+
+import torch
+from torch import nn
+
+from lmlab.generation import GenerationConfig, generate
+from lmlab.generation.session import ready_for_decoding
+from lmlab.generation.weight_layout import is_input_major, prepare_for_decoding
+from lmlab.models import ModelConfig, build_model
+from lmlab.training import checkpoint as ckpt
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=50, n_layer=2, n_head=2, d_model=16, context_length=32, dropout=0.0)
+    return build_model(config).eval()
+
+
+def linear_weights(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def test_weights_become_input_major_with_the_same_values_and_outputs():
+    model = tiny_model()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    logits = model(ids)
+    prepare_for_decoding(model)
+    assert all(is_input_major(w) for w in linear_weights(model))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    torch.testing.assert_close(model(ids), logits)
+    assert model.lm_head.weight is model.backbone.tok_emb.weight  # still tied
+    storage = [w.data_ptr() for w in linear_weights(model)]
+    prepare_for_decoding(model)  # idempotent: nothing moves again
+    assert [w.data_ptr() for w in linear_weights(model)] == storage
+
+
+def test_other_dtypes_and_models_in_training_are_left_alone():
+    model = tiny_model().to(torch.bfloat16)
+    prepare_for_decoding(model)
+    assert not any(is_input_major(w) for w in linear_weights(model))
+    training = tiny_model().train()
+    ready_for_decoding(training)
+    assert not any(is_input_major(w) for w in linear_weights(training))
+
+
+def test_generation_prepares_the_model_and_checkpoints_still_save(tmp_path):
+    model = tiny_model()
+    out = generate(model, [1, 2, 3], GenerationConfig(max_new_tokens=5))
+    assert all(is_input_major(w) for w in linear_weights(model))
+    saved = ckpt.save_checkpoint(tmp_path, 1, model, None, {"config": {}})
+    restored = tiny_model()
+    with torch.no_grad():
+        for p in restored.parameters():
+            p.zero_()
+    ckpt.load_weights(saved, restored)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), restored.state_dict().values()))
+    assert generate(restored, [1, 2, 3], GenerationConfig(max_new_tokens=5)) == out
