@@ -1,11 +1,14 @@
 """Decoding's weight layout: same values and outputs, tied weights stay tied, checkpoints still save."""
 
+import pytest
+
 import torch
 from torch import nn
 
 from lmlab.generation import GenerationConfig, generate
 from lmlab.generation.session import ready_for_decoding
-from lmlab.generation.weight_layout import is_input_major, prepare_for_decoding
+from lmlab.generation.weight_layout import is_input_major, prepare_for_decoding, store_input_major
+from lmlab.kernels import load_native
 from lmlab.models import ModelConfig, build_model
 from lmlab.training import checkpoint as ckpt
 
@@ -25,29 +28,37 @@ def test_weights_become_input_major_with_the_same_values_and_outputs():
     ids = torch.tensor([[1, 2, 3, 4]])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     logits = model(ids)
-    prepare_for_decoding(model)
+    store_input_major(model)
     assert all(is_input_major(w) for w in linear_weights(model))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     torch.testing.assert_close(model(ids), logits)
     assert model.lm_head.weight is model.backbone.tok_emb.weight  # still tied
     storage = [w.data_ptr() for w in linear_weights(model)]
-    prepare_for_decoding(model)  # idempotent: nothing moves again
+    store_input_major(model)  # idempotent: nothing moves again
     assert [w.data_ptr() for w in linear_weights(model)] == storage
 
 
 def test_other_dtypes_and_models_in_training_are_left_alone():
     model = tiny_model().to(torch.bfloat16)
-    prepare_for_decoding(model)
+    store_input_major(model)
     assert not any(is_input_major(w) for w in linear_weights(model))
     training = tiny_model().train()
     ready_for_decoding(training)
     assert not any(is_input_major(w) for w in linear_weights(training))
 
 
-def test_generation_prepares_the_model_and_checkpoints_still_save(tmp_path):
+def test_decoding_layout_suits_the_kernel_that_will_run():
+    model = prepare_for_decoding(tiny_model())
+    native = load_native() is not None  # the native kernel reads (out, in) rows; MKL prefers (in, out)
+    assert all(is_input_major(w) != native for w in linear_weights(model))
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_checkpoints_save_weights_of_either_layout(tmp_path, transposed):
     model = tiny_model()
+    if transposed:
+        store_input_major(model)
     out = generate(model, [1, 2, 3], GenerationConfig(max_new_tokens=5))
-    assert all(is_input_major(w) for w in linear_weights(model))
     saved = ckpt.save_checkpoint(tmp_path, 1, model, None, {"config": {}})
     restored = tiny_model()
     with torch.no_grad():

@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from lmlab.cache import cache_dir
 from lmlab.errors import LmlabError
 
 TINYSHAKESPEARE_URL = (
@@ -56,26 +57,6 @@ class _DownloadFailed(LmlabError):
     def __init__(self, url: str, reason: str):
         super().__init__(f"could not download {url} ({reason}); check the network connection and retry")
         self.reason = reason
-
-
-def cache_dir() -> Path:
-    """The cache directory, created on demand.
-
-    ``$LMLAB_CACHE`` if set, else ``$XDG_CACHE_HOME/lmlab``, else ``~/.cache/lmlab``.
-    """
-    if os.environ.get("LMLAB_CACHE"):
-        path = Path(os.environ["LMLAB_CACHE"]).expanduser()
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        path = Path(base).expanduser() / "lmlab"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LmlabError(
-            f"cannot create the cache directory {path} ({_one_line(exc)}); "
-            "set LMLAB_CACHE to a writable directory"
-        ) from None
-    return path
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:

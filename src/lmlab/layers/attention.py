@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.layers.kv_cache import CrossAttentionCache, KVCache
+from lmlab.layers.linear import Linear
 from lmlab.layers.masks import AttentionMask, allowed_keys, build_attention_mask
 from lmlab.layers.positional import Rotary
 
@@ -51,7 +52,7 @@ class Attention(nn.Module):
         self.n_head = n_head
         self.n_kv_heads = n_kv_heads
         self.head_dim = head_dim or d_model // n_head  # an explicit head size need not divide d_model (T5)
-        self.out_proj = nn.Linear(n_head * self.head_dim, d_model, bias=bias)
+        self.out_proj = Linear(n_head * self.head_dim, d_model, bias=bias)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
         self.keep_weights = False
@@ -94,7 +95,7 @@ class MultiHeadAttention(Attention):
         head_dim: int | None = None,
     ):
         super().__init__(d_model, n_head, n_kv_heads, bias, dropout, head_dim)
-        self.qkv = nn.Linear(d_model, (n_head + 2 * self.n_kv_heads) * self.head_dim, bias=bias)
+        self.qkv = Linear(d_model, (n_head + 2 * self.n_kv_heads) * self.head_dim, bias=bias)
 
     def forward(
         self,
@@ -137,8 +138,8 @@ class CrossAttention(Attention):
         head_dim: int | None = None,
     ):
         super().__init__(d_model, n_head, n_kv_heads, bias, dropout, head_dim)
-        self.q_proj = nn.Linear(d_model, n_head * self.head_dim, bias=bias)
-        self.kv_proj = nn.Linear(d_model, 2 * self.n_kv_heads * self.head_dim, bias=bias)
+        self.q_proj = Linear(d_model, n_head * self.head_dim, bias=bias)
+        self.kv_proj = Linear(d_model, 2 * self.n_kv_heads * self.head_dim, bias=bias)
 
     def forward(
         self,

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from lmlab.layers.kv_cache import KVCache
+from lmlab.layers.linear import Linear
 from lmlab.models.blocks import TransformerBlock, TransformerStack, init_weights
 from lmlab.models.config import ModelConfig
 
@@ -72,7 +73,7 @@ class DecoderLM(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = DecoderBackbone(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.backbone.tok_emb.weight
         init_weights(self, config.n_layer)

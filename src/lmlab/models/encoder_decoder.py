@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lmlab.layers.linear import Linear
 from lmlab.layers.masks import build_attention_mask
 from lmlab.models.blocks import CrossAttentionBlock, LayerCache, TransformerStack, init_weights
 from lmlab.models.config import ModelConfig
@@ -82,7 +83,7 @@ class EncoderDecoderLM(nn.Module):
         self.config = config
         self.encoder = EncoderBackbone(config)
         self.decoder = CrossDecoderBackbone(config, self.encoder.tok_emb if config.share_embeddings else None)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.head_bias)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=config.head_bias)
         if config.tie_embeddings:
             self.lm_head.weight = self.decoder.tok_emb.weight
         init_weights(self, config.n_layer)

@@ -1,0 +1,145 @@
+"""Native kernels for the hot spots PyTorch's libraries leave slow, built on first use.
+
+:func:`skinny_linear` computes ``x · Wᵀ + b`` for 1–8 rows of float32 ``x`` on the CPU — every
+matrix product of a decoding step. MKL streams a weight matrix at memory speed for one row but
+takes about twice as long for 2–8 (batched greedy decoding, beam search); the kernel in
+``skinny_linear.c`` stays near one pass over memory for all of them.
+
+The C source ships with the package and is compiled once per machine with the system C compiler
+(``$CC``, else ``cc``/``gcc``; ``-O3 -march=native -fopenmp``) into the lmlab cache, then loaded
+with ctypes. It shares PyTorch's OpenMP runtime, so ``torch.set_num_threads`` applies to it.
+Where it cannot be built (no compiler, a CPU without AVX2/FMA, a PyTorch not on GNU OpenMP, or
+``LMLAB_NATIVE_KERNELS=0``) every caller falls back to PyTorch; :func:`native_status` says why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import torch
+
+from lmlab.cache import cache_dir
+
+SOURCE = Path(__file__).with_name("skinny_linear.c")
+DISABLE_ENV = "LMLAB_NATIVE_KERNELS"
+MAX_ROWS = 8
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_status: str | None = None  # None: not tried yet
+
+
+def native_status() -> str:
+    """'ready', or why the native kernel is not used."""
+    load_native()
+    return _status or "not tried"
+
+
+def load_native() -> ctypes.CDLL | None:
+    """The compiled kernel library (built on first call), or None where it cannot be had."""
+    global _library, _status
+    if _status is not None:
+        return _library
+    with _lock:
+        if _status is None:
+            try:
+                _library = _build_and_load()
+                _status = "ready"
+            except _Unavailable as why:
+                _status = str(why)
+    return _library
+
+
+class _Unavailable(Exception):
+    """Why the native kernel cannot be used here."""
+
+
+def _build_and_load() -> ctypes.CDLL:
+    if os.environ.get(DISABLE_ENV, "1").strip() == "0":
+        raise _Unavailable(f"disabled by {DISABLE_ENV}=0")
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise _Unavailable(f"no native kernel for {platform.system()} on {platform.machine()}")
+    flags = _cpu_flags()
+    if not {"avx2", "fma"} <= flags:
+        raise _Unavailable("the CPU lacks AVX2/FMA")
+    if not _torch_uses_gnu_openmp():
+        raise _Unavailable("PyTorch does not run on GNU OpenMP, which the kernel shares")
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise _Unavailable("no C compiler found (set CC)")
+    library = _cached_build(compiler, flags)
+    lib = ctypes.CDLL(str(library))
+    lib.skinny_linear.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
+    lib.skinny_linear.restype = ctypes.c_int
+    return lib
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _torch_uses_gnu_openmp() -> bool:
+    try:
+        return "libgomp" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+
+
+def _cached_build(compiler: str, flags: set[str]) -> Path:
+    """The shared library for this source, compiler and CPU, compiled into the cache if missing."""
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + compiler.encode() + " ".join(sorted(flags)).encode()).hexdigest()[:16]
+    folder = cache_dir() / "kernels"
+    folder.mkdir(parents=True, exist_ok=True)
+    library = folder / f"skinny_linear-{key}.so"
+    if library.is_file():
+        return library
+    partial = folder / f".{library.name}.{os.getpid()}.tmp"
+    command = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(partial)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise _Unavailable(f"compiling the kernel failed ({exc})") from exc
+    if done.returncode != 0:
+        partial.unlink(missing_ok=True)
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise _Unavailable(f"compiling the kernel failed ({last})")
+    os.replace(partial, library)  # atomic: another process sees all of it or nothing
+    return library
+
+
+def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``F.linear(x, weight, bias)`` through the native kernel: x (..., K) with at most 8 rows,
+    weight (N, K) row-major, all float32 on the CPU, no gradient wanted → (..., N). None when any
+    of that does not hold or the kernel is unavailable (use ``F.linear``)."""
+    K = x.size(-1)
+    rows = x.numel() // K if K else 0
+    if not 0 < rows <= MAX_ROWS or x.device.type != "cpu" or x.dtype != torch.float32:
+        return None
+    if weight.dtype != torch.float32 or not weight.is_contiguous() or weight.device.type != "cpu":
+        return None
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+        return None
+    lib = load_native()
+    if lib is None:
+        return None
+    x2 = x.reshape(rows, K).contiguous()  # (M, K)
+    N = weight.size(0)
+    y = torch.empty(rows, N, dtype=torch.float32)  # (M, N)
+    lib.skinny_linear(rows, N, K, x2.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr())
+    return y.view(*x.shape[:-1], N)
