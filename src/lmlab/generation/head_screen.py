@@ -5,35 +5,32 @@ LM head is the largest matrix a small model reads per token (GPT-2: 154 of 498 M
 :class:`ScreenedHead` keeps an int8 copy of the head's weight (one scale per vocabulary row) and
 finds the k best logits in two passes:
 
-1. approximate logits ``ŷ`` from the int8 copy (bfloat16 activations), each with a rigorous
-   error bound ``β`` (below), so the exact logit lies in ``[ŷ - β, ŷ + β]``;
+1. approximate logits ``ŷ`` from the int8 copy (the native kernel, float32 arithmetic), each
+   with a rigorous error bound ``β``, so the exact logit lies in ``[ŷ - β, ŷ + β]``;
 2. the exact float32 logits of the few *candidates*, the tokens whose upper bound reaches the
    k-th largest lower bound. No token outside them can be among the k best.
 
 Every other logit is returned as −inf: greedy's argmax and top-k sampling see exactly what they
 would have seen over the full vocabulary.
 
-The bound, for hidden state ``h``, weight row ``w``, its int8 version ``s·q`` with residual
-``r = w - s·q``, and ``hb`` = bfloat16(h)::
+The bound, for hidden state ``h``, weight row ``w`` and its int8 version ``s·q`` with residual
+``r = w - s·q``::
 
-    |h·w - ŷ| ≤ ‖h‖·‖r‖ + ‖h - hb‖·‖s·q‖ + γ·‖hb‖·‖s·q‖ + 2⁻⁷·|ŷ|
+    |h·w - ŷ| ≤ ‖h‖·‖r‖ + γ·‖h‖·‖s·q‖ + 2⁻²³·|ŷ| ≤ ‖h‖·(‖r‖ + (γ + 2⁻²²)·‖s·q‖)
 
-(Cauchy–Schwarz for the weight and activation rounding, γ for float32 accumulation over the
-hidden size, 2⁻⁷ for rounding the output to bfloat16), with a quarter more for safety.
+(Cauchy–Schwarz for the weight's rounding, γ for float32 accumulation over the hidden size, the
+2⁻²³ term for the final scaling), with a quarter more for safety: one factor per row, computed
+once, times ‖h‖.
 """
 
 from __future__ import annotations
 
 import torch
 
+from lmlab.kernels import MAX_ROWS, load_native, skinny_linear_int8
+
 QMAX = 127
 MAX_CANDIDATES = 512  # beyond this the screen saves nothing; compute the full logits instead
-MAX_ROWS = 4  # the int8 kernel's advantage over a float32 product fades with more rows per step
-
-
-def int8_kernel_available() -> bool:
-    """Whether this PyTorch has the weight-only int8 matrix product the screen runs on."""
-    return hasattr(torch, "_weight_int8pack_mm")
 
 
 class ScreenedHead:
@@ -45,29 +42,23 @@ class ScreenedHead:
         self.weight = w
         self._version = weight._version
         amax = w.abs().amax(dim=1)  # (V,)
-        scale = (amax / QMAX * (1 + 2**-7)).clamp(min=torch.finfo(torch.float32).tiny)  # ≥ amax/127 after rounding
-        self.scale = scale.to(torch.bfloat16)  # (V,): the kernel takes the activations' dtype
-        self.qweight = (w / self.scale.float()[:, None]).round().clamp(-QMAX, QMAX).to(torch.int8).contiguous()  # (V, C)
+        self.scale = (amax / QMAX).clamp(min=torch.finfo(torch.float32).tiny)  # (V,)
+        self.qweight = (w / self.scale[:, None]).round().clamp(-QMAX, QMAX).to(torch.int8).contiguous()  # (V, C)
         dequantized = self.qweight.double() * self.scale.double()[:, None]  # (V, C)
-        self.residual_norm = (w.double() - dequantized).norm(dim=1).float()  # (V,) ‖r‖
-        self.dequant_norm = dequantized.norm(dim=1).float()  # (V,) ‖s·q‖
+        residual_norm = (w.double() - dequantized).norm(dim=1)  # (V,) ‖r‖
         hidden = w.size(1)
-        self.gamma = (hidden + 1) * 2**-24 / (1 - (hidden + 1) * 2**-24)
+        gamma = (hidden + 1) * 2**-24 / (1 - (hidden + 1) * 2**-24)
+        # |ŷ| ≤ (1 + γ)·‖h‖·‖s·q‖, so the scaling term folds into the per-row factor too: β = ‖h‖·row_bound
+        self.row_bound = (1.25 * (residual_norm + (gamma + 2**-22) * dequantized.norm(dim=1))).float()  # (V,)
 
     def is_current(self, weight: torch.Tensor) -> bool:
         """True while ``weight`` is still the tensor this screen was built from, unmodified."""
         return weight.detach().data_ptr() == self.weight.data_ptr() and weight._version == self._version
 
     def approximate(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden (B, C) float32 → approximate logits (B, V) and their error bounds (B, V)."""
-        hb = hidden.to(torch.bfloat16)
-        approx = torch._weight_int8pack_mm(hb, self.qweight, self.scale).float()  # (B, V)
-        h_norm = hidden.norm(dim=1, keepdim=True)  # (B, 1)
-        rounding = (hidden - hb.float()).norm(dim=1, keepdim=True)  # (B, 1)
-        hb_norm = hb.float().norm(dim=1, keepdim=True)  # (B, 1)
-        bound = h_norm * self.residual_norm + (rounding + self.gamma * hb_norm) * self.dequant_norm  # (B, V)
-        bound = 1.25 * (bound + 2**-7 * approx.abs())
-        return approx, bound
+        """hidden (B, C) float32, B ≤ ``MAX_ROWS`` → approximate logits (B, V) and error bounds (B, V)."""
+        approx = skinny_linear_int8(hidden, self.qweight, self.scale)  # (B, V)
+        return approx, hidden.norm(dim=1, keepdim=True) * self.row_bound
 
     def top_logits(self, hidden: torch.Tensor, k: int) -> torch.Tensor | None:
         """hidden (B, C) → logits (B, V): exact float32 wherever a token may be among the row's
@@ -93,9 +84,9 @@ class ScreenedHead:
 def screened_head(model: torch.nn.Module) -> ScreenedHead | None:
     """The model's cached :class:`ScreenedHead` (rebuilt when the head's weight changed), or None
     where screening does not apply: not a backbone plus a bias-free float32 CPU ``lm_head``, or no
-    int8 kernel."""
+    native kernel (:mod:`lmlab.kernels`)."""
     head = getattr(model, "lm_head", None)
-    if not hasattr(model, "backbone") or not isinstance(head, torch.nn.Linear) or head.bias is not None or not int8_kernel_available():
+    if not hasattr(model, "backbone") or not isinstance(head, torch.nn.Linear) or head.bias is not None or load_native() is None:
         return None
     weight = head.weight
     if weight.dtype != torch.float32 or weight.device.type != "cpu":

@@ -3,7 +3,8 @@
 :func:`skinny_linear` computes ``x · Wᵀ + b`` for 1–8 rows of float32 ``x`` on the CPU — every
 matrix product of a decoding step. MKL streams a weight matrix at memory speed for one row but
 takes about twice as long for 2–8 (batched greedy decoding, beam search); the kernel in
-``skinny_linear.c`` stays near one pass over memory for all of them.
+``skinny_linear.c`` stays near one pass over memory for all of them. :func:`skinny_linear_int8`
+is the same product over an int8 weight with per-row scales.
 
 The C source ships with the package and is compiled once per machine with the system C compiler
 (``$CC``, else ``cc``/``gcc``; ``-O3 -march=native -fopenmp``) into the lmlab cache, then loaded
@@ -76,8 +77,9 @@ def _build_and_load() -> ctypes.CDLL:
         raise _Unavailable("no C compiler found (set CC)")
     library = _cached_build(compiler, flags)
     lib = ctypes.CDLL(str(library))
-    lib.skinny_linear.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
-    lib.skinny_linear.restype = ctypes.c_int
+    for name in ("skinny_linear", "skinny_linear_int8"):
+        getattr(lib, name).argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
+        getattr(lib, name).restype = ctypes.c_int
     return lib
 
 
@@ -143,3 +145,21 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     y = torch.empty(rows, N, dtype=torch.float32)  # (M, N)
     lib.skinny_linear(rows, N, K, x2.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr())
     return y.view(*x.shape[:-1], N)
+
+
+def skinny_linear_int8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
+    """``(x · qweightᵀ) · scale`` with float32 products and sums: x (M, K) float32 with M ≤ 8,
+    qweight (N, K) int8 row-major, scale (N,) float32 → (M, N). None where the kernel is
+    unavailable or the rows are too many."""
+    rows, K = x.shape
+    if not 0 < rows <= MAX_ROWS or qweight.dtype != torch.int8 or not qweight.is_contiguous() or qweight.size(1) != K:
+        return None
+    lib = load_native()
+    if lib is None:
+        return None
+    x = x.to(torch.float32).contiguous()
+    scale = scale.to(torch.float32).contiguous()
+    N = qweight.size(0)
+    y = torch.empty(rows, N, dtype=torch.float32)
+    lib.skinny_linear_int8(rows, N, K, x.data_ptr(), qweight.data_ptr(), scale.data_ptr(), y.data_ptr())
+    return y
