@@ -1,0 +1,84 @@
+"""The native skinny kernels against a float64 reference, their fallbacks, and their build cache."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmlab.kernels import MAX_ROWS, load_native, native_status, skinny_linear, skinny_linear_int8
+
+native = pytest.mark.skipif(load_native() is None, reason=f"native kernel unavailable: {native_status()}")
+
+
+def reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x.double(), w.double(), None if b is None else b.double()).float()
+
+
+@native
+@pytest.mark.parametrize("rows", range(1, MAX_ROWS + 1))
+@pytest.mark.parametrize("n, k", [(1, 1), (7, 5), (64, 48), (301, 70), (513, 1000)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_float_kernel_matches_float64(rows, n, k, bias):
+    g = torch.Generator().manual_seed(rows * 1000 + n + k)
+    x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    with torch.no_grad():
+        got = skinny_linear(x, w, b)
+    assert got is not None and got.shape == (rows, n)
+    torch.testing.assert_close(got, reference(x, w, b), rtol=1e-5, atol=1e-5 * k**0.5)
+
+
+@native
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("n, k", [(5, 3), (300, 77), (1001, 768)])
+def test_int8_kernel_matches_float64(rows, n, k):
+    g = torch.Generator().manual_seed(n + k + rows)
+    x = torch.randn(rows, k, generator=g)
+    q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    scale = torch.rand(n, generator=g) + 0.01
+    got = skinny_linear_int8(x, q, scale)
+    want = (x.double() @ q.double().t() * scale.double()).float()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4 * k**0.5)
+
+
+@native
+def test_leading_dimensions_and_strided_inputs():
+    w, b = torch.randn(33, 20), torch.randn(33)
+    x = torch.randn(2, 1, 40)[..., ::2]  # (2, 1, 20), not contiguous
+    with torch.no_grad():
+        got = skinny_linear(x, w, b)
+    assert got.shape == (2, 1, 33)
+    torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_falls_back_where_it_does_not_apply():
+    w = torch.randn(8, 4)
+    with torch.no_grad():
+        assert skinny_linear(torch.randn(MAX_ROWS + 1, 4), w) is None  # too many rows
+        assert skinny_linear(torch.randn(1, 4, dtype=torch.float64), w.double()) is None
+        assert skinny_linear(torch.randn(1, 4), w.t().contiguous().t()) is None  # not row-major
+        assert skinny_linear(torch.randn(0, 4), w) is None
+    assert skinny_linear(torch.randn(1, 4), w.requires_grad_()) is None  # autograd wants its graph
+
+
+def test_disabled_by_the_environment():
+    code = "from lmlab.kernels import native_status; print(native_status())"
+    env = {**os.environ, "LMLAB_NATIVE_KERNELS": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "disabled by LMLAB_NATIVE_KERNELS=0"
+
+
+@native
+def test_a_fresh_cache_builds_the_library_once(tmp_path):
+    code = (
+        "from lmlab.kernels import native_status; import pathlib, os;"
+        "print(native_status(), len(list(pathlib.Path(os.environ['LMLAB_CACHE'], 'kernels').glob('*.so'))))"
+    )
+    env = {**os.environ, "LMLAB_CACHE": str(tmp_path)}
+    for _ in range(2):  # the second run finds the library the first one built
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split() == ["ready", "1"]
+    assert not list((tmp_path / "kernels").glob(".*tmp"))  # no half-written library left behind
