@@ -31,6 +31,21 @@ def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(tensor, index, dim=1)
 
 
+def best_continuations(total: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``keep`` best scores of each input over all its beams' continuations, and their flat
+    indices ``beam * V + token``. total: (B, nb, V) → (B, keep), (B, keep).
+
+    Each beam's own best ``keep`` come first (one row each, which runs in parallel and avoids one
+    long selection over nb·V), then the best ``keep`` of those nb·keep: the same set as a top-k
+    over all nb·V."""
+    B, nb, V = total.shape
+    k = min(keep, V)
+    beam_scores, beam_tokens = torch.topk(total, k, dim=-1)  # (B, nb, k)
+    flat = beam_tokens + torch.arange(nb, device=total.device)[:, None] * V  # (B, nb, k)
+    top_scores, pick = torch.topk(beam_scores.view(B, nb * k), keep)  # (B, keep)
+    return top_scores, flat.view(B, nb * k).gather(1, pick)
+
+
 def beam_search(session, ids: torch.Tensor, config: GenerationConfig, pad_id: int) -> GenerationOutput:
     """Beam search over a session of B·num_beams rows whose prompts ``ids`` (B·num_beams, L)
     repeat each input ``num_beams`` times."""
@@ -63,8 +78,7 @@ def beam_search(session, ids: torch.Tensor, config: GenerationConfig, pad_id: in
         if pipeline:
             logp = pipeline(running[:, :, :cur].reshape(BN, cur), logp)
         V = logp.size(-1)
-        total = (logp.view(B, nb, V) + running_scores[:, :, None]).view(B, nb * V)
-        top_scores, top_index = torch.topk(total, keep)  # (B, keep)
+        top_scores, top_index = best_continuations(logp.view(B, nb, V) + running_scores[:, :, None], keep)  # (B, keep)
         source = top_index // V  # which beam each continuation extends
         top_seqs = _take(running, source)  # (B, keep, max_length)
         top_seqs[:, :, cur] = top_index % V

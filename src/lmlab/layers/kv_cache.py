@@ -42,10 +42,13 @@ class KVCache(nn.Module):
 
     def reorder(self, index: torch.Tensor, length: int | None = None) -> None:
         """Rows become rows ``index`` (B,) of before, in place (beam search keeps the best beams);
-        only the first ``length`` positions (default: all) are moved."""
-        keys, values = self.keys[:, :, :length], self.values[:, :, :length]
-        keys.copy_(keys.index_select(0, index))
-        values.copy_(values.index_select(0, index))
+        only the rows that change, and only their first ``length`` positions (default: all), move."""
+        moved = (index != torch.arange(index.numel(), device=index.device)).nonzero().squeeze(1)  # rows that change
+        if moved.numel() == 0:
+            return
+        sources = index.index_select(0, moved)
+        for buffer in (self.keys[:, :, :length], self.values[:, :, :length]):
+            buffer.index_copy_(0, moved, buffer.index_select(0, sources))  # gathered first: no aliasing
 
 
 class CrossAttentionCache:
