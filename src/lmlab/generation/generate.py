@@ -11,7 +11,7 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.generation.processors import LogitsPipeline, check_sampling_settings
 from lmlab.generation.head_screen import screened_head
-from lmlab.generation.session import DecoderSession, Seq2SeqSession, left_pad, next_token_logits, ready_for_decoding
+from lmlab.generation.session import DecoderSession, Seq2SeqSession, last_position_logits, left_pad, next_token_logits, ready_for_decoding
 
 STRATEGIES = ("greedy", "sample", "beam")
 OVERFLOW_POLICIES = ("error", "truncate")
@@ -131,11 +131,6 @@ def fit_prompt(prompt: list[int], max_positions: int | None, policy: str) -> lis
     )
 
 
-def prefill(model: nn.Module, ids: torch.Tensor, cache) -> torch.Tensor:
-    """Run the prompt (B, T) through the model, filling the cache; logits of the last position (B, V)."""
-    return model(ids, cache, 0)[:, -1]
-
-
 @torch.inference_mode()
 def stream_tokens(model: nn.Module, prompt: list[int], config: GenerationConfig) -> Iterator[int]:
     """Yield new token ids one by one (beam search: the best sequence's, once it is found).
@@ -158,7 +153,7 @@ def stream_tokens(model: nn.Module, prompt: list[int], config: GenerationConfig)
     seen = torch.tensor([history + [0] * config.max_new_tokens], device=device)  # (1, L + N): every token so far
     pipeline = config.pipeline(len(history))
     eos = set(config.eos_ids)
-    logits = prefill(model, seen[:, :len(history)], cache)
+    logits = last_position_logits(model, seen[:, :len(history)], cache, 0)
     length, position = len(history), len(history)
     for _ in range(config.max_new_tokens):
         token = choose_next_token(logits, config, generator, seen[:, :length], pipeline)  # (1,)
@@ -171,7 +166,7 @@ def stream_tokens(model: nn.Module, prompt: list[int], config: GenerationConfig)
             return
         if max_positions is not None and position >= max_positions:
             window = history[-(max_positions // 2):]
-            logits = prefill(model, torch.tensor([window], device=device), cache)
+            logits = last_position_logits(model, torch.tensor([window], device=device), cache, 0)
             position = len(window)
         else:
             logits = next_token_logits(model, token, cache, position, screen, config.decisive_logits())
@@ -236,9 +231,8 @@ def generate_batch(
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id, device)  # (B, L)
     copies = config.num_beams if config.strategy == "beam" else config.num_return_sequences
-    ids, mask = ids.repeat_interleave(copies, dim=0), mask.repeat_interleave(copies, dim=0)
-    session = DecoderSession(model, ids, mask, config.max_new_tokens, config.decisive_logits())
-    return _run(session, ids, config, pad_id, len(prompts))
+    session = DecoderSession(model, ids, mask, config.max_new_tokens, config.decisive_logits(), copies)
+    return _run(session, ids.repeat_interleave(copies, dim=0), config, pad_id, len(prompts))
 
 
 @torch.inference_mode()

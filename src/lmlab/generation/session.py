@@ -50,6 +50,14 @@ def ready_for_decoding(model: nn.Module) -> nn.Module:
     return model if model.training else prepare_for_decoding(model)
 
 
+def last_position_logits(model: nn.Module, ids: torch.Tensor, cache, start_pos: int, **padding: torch.Tensor) -> torch.Tensor:
+    """Run ``ids`` (B, T) from ``start_pos`` through a decoder, filling ``cache``; the logits of the
+    last position only (B, V) — a backbone + LM head model skips the head for the others."""
+    if hasattr(model, "backbone") and isinstance(getattr(model, "lm_head", None), nn.Module):
+        return model.lm_head(model.backbone(ids, cache, start_pos, **padding)[:, -1])
+    return model(ids, cache, start_pos, **padding)[:, -1]
+
+
 def next_token_logits(
     model: nn.Module,
     token: torch.Tensor,
@@ -63,7 +71,7 @@ def next_token_logits(
     ``screen``, only each row's ``top_logits`` best are exact and the rest −inf (see
     :mod:`~lmlab.generation.head_screen`)."""
     if screen is None:
-        return model(token[:, None], cache, position, **padding)[:, -1]
+        return last_position_logits(model, token[:, None], cache, position, **padding)
     hidden = model.backbone(token[:, None], cache, position, **padding)[:, -1]  # (B, C)
     logits = screen.top_logits(hidden, top_logits)
     return logits if logits is not None else model.lm_head(hidden)  # too close to call: every logit
@@ -82,7 +90,9 @@ def reorder_cache(cache, index: torch.Tensor, length: int | None = None) -> None
 
 class DecoderSession:
     """A decoder-only model decoding ``ids`` (B, L) (left-padded when ``mask`` has False entries)
-    for up to ``max_new_tokens`` more positions.
+    for up to ``max_new_tokens`` more positions, each prompt as ``copies`` rows (beams, returned
+    sequences; row ``i`` decodes prompt ``i // copies``). The prompt runs once per prompt, not
+    once per copy.
 
     ``top_logits``: the strategy needs only each row's k best logits per step (greedy: 1, top-k
     sampling: k); the others may come back as −inf, which lets a float32 CPU model find them
@@ -95,33 +105,47 @@ class DecoderSession:
         mask: torch.Tensor | None,
         max_new_tokens: int,
         top_logits: int | None = None,
+        copies: int = 1,
     ):
         B, L = ids.shape
+        rows = B * copies
         check_length(model, L + max_new_tokens)
         self.model = ready_for_decoding(model)
-        self.top_logits = top_logits
-        self.screen = screened_head(model) if top_logits is not None and B <= MAX_ROWS and not model.training else None
         self.ids = ids
-        self.cache = model.new_cache(B, L + max_new_tokens)
+        self.copies = copies
+        self.top_logits = top_logits
+        self.screen = screened_head(model) if top_logits is not None and rows <= MAX_ROWS and not model.training else None
+        self.cache = model.new_cache(rows, L + max_new_tokens)
         self.position = 0  # the next cache slot
-        self.mask: torch.Tensor | None = None  # (B, L + max_new) bool, True at real tokens
-        self.positions: torch.Tensor | None = None  # (B, 1) the next token's position per row
+        self.prompt_mask: torch.Tensor | None = None  # (B, L) bool, True at real tokens
+        self.mask: torch.Tensor | None = None  # (rows, L + max_new) bool
+        self.positions: torch.Tensor | None = None  # (rows, 1) the next token's position per row
         if mask is not None and not bool(mask.all()):
             if "attention_mask" not in inspect.signature(model.forward).parameters:
                 raise LmlabError(f"{type(model).__name__} takes no padding; give prompts of one length")
-            self.mask = torch.ones(B, L + max_new_tokens, dtype=torch.bool, device=ids.device)
-            self.mask[:, :L] = mask
-            self.positions = mask.long().sum(-1, keepdim=True)  # (B, 1)
+            self.prompt_mask = mask
+            self.mask = torch.ones(rows, L + max_new_tokens, dtype=torch.bool, device=ids.device)
+            self.mask[:, :L] = mask.repeat_interleave(copies, dim=0)
+            self.positions = mask.long().sum(-1, keepdim=True).repeat_interleave(copies, dim=0)  # (rows, 1)
 
     def prefill(self) -> torch.Tensor:
-        """Run the prompt; logits of its last position (B, V)."""
+        """Run the prompts; logits of their last position (rows, V)."""
         L = self.ids.size(1)
         self.position = L
-        if self.mask is None:
-            return self.model(self.ids, self.cache, 0)[:, -1]
-        prompt_mask = self.mask[:, :L]
-        position_ids = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
-        return self.model(self.ids, self.cache, 0, attention_mask=prompt_mask, position_ids=position_ids)[:, -1]
+        padding = {}
+        if self.prompt_mask is not None:
+            position_ids = (self.prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+            padding = dict(attention_mask=self.prompt_mask, position_ids=position_ids)
+        if self.copies == 1:
+            return last_position_logits(self.model, self.ids, self.cache, 0, **padding)
+        if not hasattr(self.cache, "copy_rows_from"):  # e.g. a GRU's state: run every copy
+            padding = {k: v.repeat_interleave(self.copies, dim=0) for k, v in padding.items()}
+            return last_position_logits(self.model, self.ids.repeat_interleave(self.copies, dim=0), self.cache, 0, **padding)
+        prompt_cache = self.model.new_cache(self.ids.size(0), L)
+        logits = last_position_logits(self.model, self.ids, prompt_cache, 0, **padding)  # (B, V)
+        spread = torch.arange(self.ids.size(0), device=self.ids.device).repeat_interleave(self.copies)  # (rows,)
+        self.cache.copy_rows_from(prompt_cache, spread)
+        return logits.index_select(0, spread)
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (B,); logits for the next (B, V)."""

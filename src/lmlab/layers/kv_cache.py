@@ -40,6 +40,13 @@ class KVCache(nn.Module):
         self.values[:, :, start_pos:end] = v
         return self.keys[:, :, :end], self.values[:, :, :end]  # (B, H_kv, end, D) views
 
+    def copy_rows_from(self, other: "KVCache", index: torch.Tensor) -> None:
+        """Rows of this cache become rows ``index`` (B,) of ``other``, over ``other``'s positions
+        (a prompt prefilled once, then given to every beam)."""
+        n = other.max_len
+        self.keys[:, :, :n] = other.keys.index_select(0, index)
+        self.values[:, :, :n] = other.values.index_select(0, index)
+
     def reorder(self, index: torch.Tensor, length: int | None = None) -> None:
         """Rows become rows ``index`` (B,) of before, in place (beam search keeps the best beams);
         only the rows that change, and only their first ``length`` positions (default: all), move."""

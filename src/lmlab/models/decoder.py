@@ -22,6 +22,11 @@ class DecoderCache(nn.Module):
     def max_len(self) -> int:
         return self.layers[0].max_len
 
+    def copy_rows_from(self, other: "DecoderCache", index: torch.Tensor) -> None:
+        """Rows become rows ``index`` of ``other`` (over its positions), in every layer."""
+        for mine, theirs in zip(self.layers, other.layers):
+            mine.copy_rows_from(theirs, index)
+
     def reorder(self, index: torch.Tensor, length: int | None = None) -> None:
         """Rows become rows ``index`` of before, in every layer, in place (beam search); only the
         first ``length`` positions (default: all)."""
