@@ -8,7 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.kernels import MAX_ROWS, load_native, native_status, skinny_linear, skinny_linear_int8
+from lmlab.kernels import (
+    MAX_ROWS,
+    int8_activation_range,
+    load_native,
+    native_status,
+    quantize_rows,
+    skinny_linear,
+    skinny_linear_int8,
+)
 
 native = pytest.mark.skipif(load_native() is None, reason=f"native kernel unavailable: {native_status()}")
 
@@ -33,15 +41,27 @@ def test_float_kernel_matches_float64(rows, n, k, bias):
 
 @native
 @pytest.mark.parametrize("rows", [1, 3, 8])
-@pytest.mark.parametrize("n, k", [(5, 3), (300, 77), (1001, 768)])
-def test_int8_kernel_matches_float64(rows, n, k):
+@pytest.mark.parametrize("n, k", [(5, 3), (300, 77), (1001, 768), (64, 3072)])
+def test_int8_kernel_is_exact_integer_arithmetic(rows, n, k):
     g = torch.Generator().manual_seed(n + k + rows)
     x = torch.randn(rows, k, generator=g)
     q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
     scale = torch.rand(n, generator=g) + 0.01
-    got = skinny_linear_int8(x, q, scale)
-    want = (x.double() @ q.double().t() * scale.double()).float()
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4 * k**0.5)
+    xq, xscale = quantize_rows(x, int8_activation_range(k))
+    assert xq.abs().max() <= int8_activation_range(k)
+    got = skinny_linear_int8(xq, xscale, q, scale)
+    sums = xq.long() @ q.long().t()  # (rows, n) exact
+    want = (sums.double() * xscale.double()[:, None] * scale.double()).float()
+    torch.testing.assert_close(got, want, rtol=2**-21, atol=0)
+    weight = q.double() * scale.double()[:, None]  # (n, k)
+    error = (x.double() - xq.double() * xscale.double()[:, None]).norm(dim=1, keepdim=True)  # (rows, 1)
+    bound = error * weight.norm(dim=1) + 2**-22 * got.double().abs()  # Cauchy–Schwarz, then the scaling
+    assert ((x.double() @ weight.t() - got.double()).abs() <= bound).all()
+
+
+def test_int8_activation_range_keeps_sums_in_int32():
+    for k in (1, 768, 3072, 11008, 100_000):
+        assert 127 * k * int8_activation_range(k) < 2**31
 
 
 @native

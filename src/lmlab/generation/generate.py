@@ -11,6 +11,8 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.generation.processors import LogitsPipeline, check_sampling_settings
 from lmlab.generation.head_screen import screened_head
+from lmlab.generation.speculative import can_speculate, int8_draft, speculative_greedy
+from lmlab.kernels import MAX_ROWS
 from lmlab.generation.session import DecoderSession, Seq2SeqSession, last_position_logits, left_pad, next_token_logits, ready_for_decoding
 
 STRATEGIES = ("greedy", "sample", "beam")
@@ -23,7 +25,10 @@ class GenerationConfig:
 
     ``eos_ids``: generation of a row stops after it produces one of these (the CLI takes them
     from the tokenizer's ``eos`` special token). ``stop``: stop strings, applied to decoded text
-    (:func:`~lmlab.generation.streaming.stream_text` and the CLI).
+    (:func:`~lmlab.generation.streaming.stream_text` and the CLI). ``draft_tokens``: greedy
+    decoding of one sequence with float32 CPU weights proposes this many tokens per step with an
+    int8 copy of the model and keeps those the model agrees with (the same output, fewer passes
+    over the weights; see :mod:`~lmlab.generation.speculative`); 0 turns it off.
     """
 
     max_new_tokens: int = 200
@@ -43,6 +48,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     prompt_overflow: str = "error"  # or "truncate": keep the prompt's last tokens that fit
+    draft_tokens: int = 6  # speculative greedy decoding: an int8 draft's proposals per check (0: off)
 
     def validate(self) -> None:
         """Raise :class:`LmlabError` for impossible settings."""
@@ -58,6 +64,8 @@ class GenerationConfig:
             raise LmlabError(f"repetition-penalty must be > 0, got {self.repetition_penalty}")
         if self.no_repeat_ngram_size < 0:
             raise LmlabError(f"no-repeat-ngram-size must be ≥ 0, got {self.no_repeat_ngram_size}")
+        if not 0 <= self.draft_tokens < MAX_ROWS:
+            raise LmlabError(f"draft-tokens must be between 0 and {MAX_ROWS - 1}, got {self.draft_tokens}")
         if self.num_beams < 1:
             raise LmlabError(f"num-beams must be at least 1, got {self.num_beams}")
         if self.num_return_sequences < 1:
@@ -199,6 +207,9 @@ def decode_steps(
     pipeline = config.pipeline(L)
     eos = torch.tensor(config.eos_ids, dtype=torch.long, device=ids.device) if config.eos_ids else None
     unfinished = torch.ones(B, dtype=torch.bool, device=ids.device)
+    if can_speculate(session, config):
+        yield from speculative_greedy(session, config, int8_draft(session.model))
+        return
     logits = session.prefill()
     for t in range(config.max_new_tokens):
         token = choose_next_token(logits, config, generator, seen[:, :L + t], pipeline)  # (B,)

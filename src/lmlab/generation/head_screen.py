@@ -5,31 +5,30 @@ LM head is the largest matrix a small model reads per token (GPT-2: 154 of 498 M
 :class:`ScreenedHead` keeps an int8 copy of the head's weight (one scale per vocabulary row) and
 finds the k best logits in two passes:
 
-1. approximate logits ``ŷ`` from the int8 copy (the native kernel, float32 arithmetic), each
-   with a rigorous error bound ``β``, so the exact logit lies in ``[ŷ - β, ŷ + β]``;
+1. approximate logits ``ŷ`` from the int8 copy and an int16 copy of the hidden state (the native
+   kernel, exact integer sums), each with a rigorous error bound ``β``, so the exact logit lies
+   in ``[ŷ - β, ŷ + β]``;
 2. the exact float32 logits of the few *candidates*, the tokens whose upper bound reaches the
    k-th largest lower bound. No token outside them can be among the k best.
 
 Every other logit is returned as −inf: greedy's argmax and top-k sampling see exactly what they
 would have seen over the full vocabulary.
 
-The bound, for hidden state ``h``, weight row ``w`` and its int8 version ``s·q`` with residual
-``r = w - s·q``::
+The bound, for hidden state ``h`` and its int16 version ``h̃``, weight row ``w`` and its int8
+version ``s·q`` with residual ``r = w - s·q``::
 
-    |h·w - ŷ| ≤ ‖h‖·‖r‖ + γ·‖h‖·‖s·q‖ + 2⁻²³·|ŷ| ≤ ‖h‖·(‖r‖ + (γ + 2⁻²²)·‖s·q‖)
+    |h·w - ŷ| ≤ ‖h‖·‖r‖ + ‖h - h̃‖·‖s·q‖ + 2⁻²²·|ŷ|,   |ŷ| ≤ (‖h‖ + ‖h - h̃‖)·‖s·q‖
 
-(Cauchy–Schwarz for the weight's rounding, γ for float32 accumulation over the hidden size, the
-2⁻²³ term for the final scaling), with a quarter more for safety: one factor per row, computed
-once, times ‖h‖.
+(Cauchy–Schwarz for the two roundings; the integer sum is exact and only its scaling to float32
+rounds), with a quarter more for safety. ``‖r‖`` and ``‖s·q‖`` are computed once per row.
 """
 
 from __future__ import annotations
 
 import torch
 
-from lmlab.kernels import MAX_ROWS, load_native, skinny_linear_int8
+from lmlab.kernels import MAX_ROWS, int8_activation_range, load_native, quantize_rows, quantize_weight, skinny_linear_int8
 
-QMAX = 127
 MAX_CANDIDATES = 512  # beyond this the screen saves nothing; compute the full logits instead
 
 
@@ -41,15 +40,11 @@ class ScreenedHead:
         w = weight.detach()
         self.weight = w
         self._version = weight._version
-        amax = w.abs().amax(dim=1)  # (V,)
-        self.scale = (amax / QMAX).clamp(min=torch.finfo(torch.float32).tiny)  # (V,)
-        self.qweight = (w / self.scale[:, None]).round().clamp(-QMAX, QMAX).to(torch.int8).contiguous()  # (V, C)
+        self.qweight, self.scale = quantize_weight(w)  # (V, C) int8, (V,)
         dequantized = self.qweight.double() * self.scale.double()[:, None]  # (V, C)
-        residual_norm = (w.double() - dequantized).norm(dim=1)  # (V,) ‖r‖
-        hidden = w.size(1)
-        gamma = (hidden + 1) * 2**-24 / (1 - (hidden + 1) * 2**-24)
-        # |ŷ| ≤ (1 + γ)·‖h‖·‖s·q‖, so the scaling term folds into the per-row factor too: β = ‖h‖·row_bound
-        self.row_bound = (1.25 * (residual_norm + (gamma + 2**-22) * dequantized.norm(dim=1))).float()  # (V,)
+        self.residual_norm = (1.25 * (w.double() - dequantized).norm(dim=1)).float()  # (V,) ‖r‖, with the margin
+        self.dequant_norm = (1.25 * dequantized.norm(dim=1)).float()  # (V,) ‖s·q‖, with the margin
+        self.activation_range = int8_activation_range(w.size(1))
 
     def is_current(self, weight: torch.Tensor) -> bool:
         """True while ``weight`` is still the tensor this screen was built from, unmodified."""
@@ -57,8 +52,12 @@ class ScreenedHead:
 
     def approximate(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden (B, C) float32, B ≤ ``MAX_ROWS`` → approximate logits (B, V) and error bounds (B, V)."""
-        approx = skinny_linear_int8(hidden, self.qweight, self.scale)  # (B, V)
-        return approx, hidden.norm(dim=1, keepdim=True) * self.row_bound
+        hq, hscale = quantize_rows(hidden, self.activation_range)  # hidden ≈ hq · hscale
+        approx = skinny_linear_int8(hq, hscale, self.qweight, self.scale)  # (B, V)
+        h_norm = hidden.double().norm(dim=1, keepdim=True)  # (B, 1)
+        h_error = (hidden.double() - hq.double() * hscale.double()[:, None]).norm(dim=1, keepdim=True)  # (B, 1)
+        activation_term = h_error + 2**-22 * (h_norm + h_error)  # (B, 1)
+        return approx, h_norm.float() * self.residual_norm + activation_term.float() * self.dequant_norm
 
     def top_logits(self, hidden: torch.Tensor, k: int) -> torch.Tensor | None:
         """hidden (B, C) → logits (B, V): exact float32 wherever a token may be among the row's

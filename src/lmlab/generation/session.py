@@ -113,6 +113,7 @@ class DecoderSession:
         self.model = ready_for_decoding(model)
         self.ids = ids
         self.copies = copies
+        self.rows = rows
         self.top_logits = top_logits
         self.screen = screened_head(model) if top_logits is not None and rows <= MAX_ROWS and not model.training else None
         self.cache = model.new_cache(rows, L + max_new_tokens)
@@ -156,6 +157,21 @@ class DecoderSession:
         if self.positions is not None:
             self.positions += 1
         return logits
+
+    def run(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed T tokens (1, T) of an unpadded one-row session from the current position; the
+        logits after each of them (T, V) (screened, like :meth:`step`). Speculative decoding
+        checks a draft's proposals this way."""
+        pos = self.position
+        self.position = pos + tokens.size(1)
+        hidden = self.model.backbone(tokens, self.cache, pos)[0]  # (T, C)
+        logits = self.screen.top_logits(hidden, self.top_logits) if self.screen is not None else None
+        return logits if logits is not None else self.model.lm_head(hidden)
+
+    def rewind(self, position: int) -> None:
+        """The next token goes to cache slot ``position`` (later slots are overwritten as decoding
+        goes on; attention never reads past the current position)."""
+        self.position = position
 
     def reorder(self, index: torch.Tensor) -> None:
         """Rows become rows ``index`` (B,) of before."""

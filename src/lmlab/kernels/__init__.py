@@ -4,7 +4,8 @@
 matrix product of a decoding step. MKL streams a weight matrix at memory speed for one row but
 takes about twice as long for 2–8 (batched greedy decoding, beam search); the kernel in
 ``skinny_linear.c`` stays near one pass over memory for all of them. :func:`skinny_linear_int8`
-is the same product over an int8 weight with per-row scales.
+is the same product over an int8 weight with per-row scales, in exact integer arithmetic on
+int16 activations.
 
 The C source ships with the package and is compiled once per machine with the system C compiler
 (``$CC``, else ``cc``/``gcc``; ``-O3 -march=native -fopenmp``) into the lmlab cache, then loaded
@@ -77,9 +78,10 @@ def _build_and_load() -> ctypes.CDLL:
         raise _Unavailable("no C compiler found (set CC)")
     library = _cached_build(compiler, flags)
     lib = ctypes.CDLL(str(library))
-    for name in ("skinny_linear", "skinny_linear_int8"):
-        getattr(lib, name).argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
-        getattr(lib, name).restype = ctypes.c_int
+    lib.skinny_linear.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
+    lib.skinny_linear_int8.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 5
+    lib.skinny_linear_int8_f32.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
+    lib.skinny_linear.restype = lib.skinny_linear_int8.restype = lib.skinny_linear_int8_f32.restype = ctypes.c_int
     return lib
 
 
@@ -110,7 +112,7 @@ def _cached_build(compiler: str, flags: set[str]) -> Path:
     if library.is_file():
         return library
     partial = folder / f".{library.name}.{os.getpid()}.tmp"
-    command = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(partial)]
+    command = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(partial), "-lm"]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -147,19 +149,67 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return y.view(*x.shape[:-1], N)
 
 
-def skinny_linear_int8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
-    """``(x · qweightᵀ) · scale`` with float32 products and sums: x (M, K) float32 with M ≤ 8,
-    qweight (N, K) int8 row-major, scale (N,) float32 → (M, N). None where the kernel is
-    unavailable or the rows are too many."""
-    rows, K = x.shape
-    if not 0 < rows <= MAX_ROWS or qweight.dtype != torch.int8 or not qweight.is_contiguous() or qweight.size(1) != K:
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An (N, K) float weight as int8 rows and one float32 scale per row (its largest |value| / 127):
+    weight ≈ q · scale[:, None]. → q (N, K) int8 contiguous, scale (N,) float32."""
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)  # (N,)
+    q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()
+    return q, scale
+
+
+def quantize_rows(x: torch.Tensor, max_abs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of x (M, K) as int16 values in [-max_abs, max_abs] and one float32 scale per row:
+    x ≈ q · scale[:, None]. → q (M, K) int16, scale (M,)."""
+    scale = (x.abs().amax(dim=1) / max_abs).clamp(min=torch.finfo(torch.float32).tiny)  # (M,)
+    q = (x / scale[:, None]).round().clamp(-max_abs, max_abs).to(torch.int16)
+    return q, scale
+
+
+def int8_activation_range(K: int) -> int:
+    """The largest |int16 activation| for which a K-long int8 · int16 dot product fits in int32."""
+    return min(2**15 - 1, (2**31 - 1) // (127 * K))
+
+
+def skinny_linear_int8(
+    xq: torch.Tensor, xscale: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor | None:
+    """``(xq · qweightᵀ) · xscale[:, None] · scale[None, :]``, the sums exact in int32: xq (M, K)
+    int16 rows (M ≤ 8) with |xq| ≤ :func:`int8_activation_range` (see :func:`quantize_rows`),
+    xscale (M,), qweight (N, K) int8 row-major, scale (N,) float32 → (M, N) float32. None where
+    the kernel is unavailable or the rows are too many."""
+    rows, K = xq.shape
+    if not 0 < rows <= MAX_ROWS or xq.dtype != torch.int16 or qweight.dtype != torch.int8:
+        return None
+    if not qweight.is_contiguous() or qweight.size(1) != K:
         return None
     lib = load_native()
     if lib is None:
         return None
-    x = x.to(torch.float32).contiguous()
-    scale = scale.to(torch.float32).contiguous()
+    xq, xscale, scale = xq.contiguous(), xscale.float().contiguous(), scale.float().contiguous()
     N = qweight.size(0)
     y = torch.empty(rows, N, dtype=torch.float32)
-    lib.skinny_linear_int8(rows, N, K, x.data_ptr(), qweight.data_ptr(), scale.data_ptr(), y.data_ptr())
+    lib.skinny_linear_int8(rows, N, K, xq.data_ptr(), xscale.data_ptr(), qweight.data_ptr(), scale.data_ptr(), y.data_ptr())
     return y
+
+
+def skinny_linear_int8_float(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """An int8 linear layer on float32 rows: x (..., K) with at most 8 rows is rounded to int16
+    per row inside the kernel, then as :func:`skinny_linear_int8`, plus ``bias`` → (..., N). None
+    where it does not apply (use the float weights)."""
+    K = x.size(-1)
+    rows = x.numel() // K if K else 0
+    if not 0 < rows <= MAX_ROWS or x.dtype != torch.float32 or x.device.type != "cpu":
+        return None
+    lib = load_native()
+    if lib is None:
+        return None
+    x2 = x.reshape(rows, K).contiguous()
+    N = qweight.size(0)
+    y = torch.empty(rows, N, dtype=torch.float32)
+    lib.skinny_linear_int8_f32(rows, N, K, x2.data_ptr(), qweight.data_ptr(), scale.data_ptr(), y.data_ptr())
+    if bias is not None:
+        y += bias
+    return y.view(*x.shape[:-1], N)

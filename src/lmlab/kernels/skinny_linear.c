@@ -7,10 +7,13 @@
  *
  * Each thread takes a contiguous range of W's rows, two at a time, with M × 2 vector accumulators,
  * and prefetches the stream ahead of the loads. skinny_linear_int8 does the same over an int8
- * weight with per-row scales (the LM-head screen of lmlab/generation/head_screen.py). Built by lmlab/kernels/__init__.py with
+ * weight with per-row scales and int16 activations, in exact integer arithmetic (the LM-head
+ * screen of lmlab/generation/head_screen.py, the int8 draft of speculative decoding). Built by lmlab/kernels/__init__.py with
  * -O3 -march=native -fopenmp for AVX-512 or AVX2+FMA; nothing is built for other CPUs.
  */
+#include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <immintrin.h>
 #include <omp.h>
 
@@ -21,7 +24,6 @@ typedef __m512 vec;
 #define vload(p) _mm512_loadu_ps(p)
 #define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 static inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
-static inline vec vload_i8(const signed char *p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p))); }
 #elif defined(__AVX2__) && defined(__FMA__)
 typedef __m256 vec;
 #define WIDTH 8
@@ -34,7 +36,6 @@ static inline float vsum(vec v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
-static inline vec vload_i8(const signed char *p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))); }
 #else
 #error "skinny_linear needs AVX-512 or AVX2 with FMA"
 #endif
@@ -85,47 +86,71 @@ DEFINE_ROWS(5) DEFINE_ROWS(6) DEFINE_ROWS(7) DEFINE_ROWS(8)
 typedef void (*rows_fn)(int, int, const float *, const float *, const float *, float *, int, int);
 static const rows_fn ROWS[MAX_ROWS + 1] = {0, rows_1, rows_2, rows_3, rows_4, rows_5, rows_6, rows_7, rows_8};
 
-/* The same product with an int8 weight Q (N, K) and one float32 scale per row: y = (x · Qᵀ) ⊙ s.
- * The products and sums are float32, as in the float kernel; only the weight is int8. */
-static inline float dot_tail_i8(const signed char *q, const float *x, int from, int K) {
-    float s = 0.f;
-    for (int k = from; k < K; k++) s += (float)q[k] * x[k];
+/* The int8 product: Q (N, K) int8 with one float32 scale per row, x given as int16 rows xq with
+ * one scale per row. The products and their sums are exact int32 (vpmaddwd): the caller bounds
+ * |xq| so that K · 127 · max|xq| < 2³¹. Then y = sum · xscale[m] · scale[n] in float32. */
+#if defined(__AVX512BW__)
+typedef __m512i ivec;
+#define IWIDTH 32
+#define izero() _mm512_setzero_si512()
+static inline ivec iload_w(const signed char *p) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p)); }
+static inline ivec iload_x(const short *p) { return _mm512_loadu_si512((const void *)p); }
+static inline ivec imadd(ivec acc, ivec w, ivec x) { return _mm512_add_epi32(acc, _mm512_madd_epi16(w, x)); }
+static inline int isum(ivec v) { return _mm512_reduce_add_epi32(v); }
+#else
+typedef __m256i ivec;
+#define IWIDTH 16
+#define izero() _mm256_setzero_si256()
+static inline ivec iload_w(const signed char *p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p)); }
+static inline ivec iload_x(const short *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline ivec imadd(ivec acc, ivec w, ivec x) { return _mm256_add_epi32(acc, _mm256_madd_epi16(w, x)); }
+static inline int isum(ivec v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+#endif
+
+static inline int idot_tail(const signed char *q, const short *x, int from, int K) {
+    int s = 0;
+    for (int k = from; k < K; k++) s += (int)q[k] * (int)x[k];
     return s;
 }
 
 #define DEFINE_ROWS_I8(MM)                                                                       \
-static void rows_i8_##MM(int N, int K, const float *x, const signed char *Q, const float *scale, \
-                         float *y, int n_lo, int n_hi) {                                         \
+static void rows_i8_##MM(int N, int K, const short *x, const float *xscale, const signed char *Q, \
+                         const float *scale, float *y, int n_lo, int n_hi) {                     \
     int n = n_lo;                                                                                \
     for (; n + 2 <= n_hi; n += 2) {                                                              \
         const signed char *q0 = Q + (size_t)n * K, *q1 = q0 + K;                                 \
-        vec a0[MM], a1[MM];                                                                      \
-        for (int m = 0; m < MM; m++) { a0[m] = vzero(); a1[m] = vzero(); }                       \
+        ivec a0[MM], a1[MM];                                                                     \
+        for (int m = 0; m < MM; m++) { a0[m] = izero(); a1[m] = izero(); }                       \
         int k = 0;                                                                               \
-        for (; k + WIDTH <= K; k += WIDTH) {                                                     \
+        for (; k + IWIDTH <= K; k += IWIDTH) {                                                   \
             _mm_prefetch((const char *)(q1 + k + 4 * PREFETCH_AHEAD), _MM_HINT_T0);              \
-            vec u0 = vload_i8(q0 + k), u1 = vload_i8(q1 + k);                                    \
+            ivec u0 = iload_w(q0 + k), u1 = iload_w(q1 + k);                                     \
             for (int m = 0; m < MM; m++) {                                                       \
-                vec xv = vload(x + (size_t)m * K + k);                                           \
-                a0[m] = vfma(u0, xv, a0[m]);                                                     \
-                a1[m] = vfma(u1, xv, a1[m]);                                                     \
+                ivec xv = iload_x(x + (size_t)m * K + k);                                        \
+                a0[m] = imadd(a0[m], u0, xv);                                                    \
+                a1[m] = imadd(a1[m], u1, xv);                                                    \
             }                                                                                    \
         }                                                                                        \
         for (int m = 0; m < MM; m++) {                                                           \
-            const float *xm = x + (size_t)m * K;                                                 \
-            y[(size_t)m * N + n] = (vsum(a0[m]) + dot_tail_i8(q0, xm, k, K)) * scale[n];         \
-            y[(size_t)m * N + n + 1] = (vsum(a1[m]) + dot_tail_i8(q1, xm, k, K)) * scale[n + 1]; \
+            const short *xm = x + (size_t)m * K;                                                 \
+            y[(size_t)m * N + n] = (float)(isum(a0[m]) + idot_tail(q0, xm, k, K)) * xscale[m] * scale[n]; \
+            y[(size_t)m * N + n + 1] = (float)(isum(a1[m]) + idot_tail(q1, xm, k, K)) * xscale[m] * scale[n + 1]; \
         }                                                                                        \
     }                                                                                            \
     for (; n < n_hi; n++)                                                                        \
         for (int m = 0; m < MM; m++)                                                             \
-            y[(size_t)m * N + n] = dot_tail_i8(Q + (size_t)n * K, x + (size_t)m * K, 0, K) * scale[n]; \
+            y[(size_t)m * N + n] = (float)idot_tail(Q + (size_t)n * K, x + (size_t)m * K, 0, K) * xscale[m] * scale[n]; \
 }
 
 DEFINE_ROWS_I8(1) DEFINE_ROWS_I8(2) DEFINE_ROWS_I8(3) DEFINE_ROWS_I8(4)
 DEFINE_ROWS_I8(5) DEFINE_ROWS_I8(6) DEFINE_ROWS_I8(7) DEFINE_ROWS_I8(8)
 
-typedef void (*rows_i8_fn)(int, int, const float *, const signed char *, const float *, float *, int, int);
+typedef void (*rows_i8_fn)(int, int, const short *, const float *, const signed char *, const float *, float *, int, int);
 static const rows_i8_fn ROWS_I8[MAX_ROWS + 1] = {0, rows_i8_1, rows_i8_2, rows_i8_3, rows_i8_4,
                                                  rows_i8_5, rows_i8_6, rows_i8_7, rows_i8_8};
 
@@ -150,17 +175,44 @@ int skinny_linear(int M, int N, int K, const float *x, const float *W, const flo
     return 0;
 }
 
-/* y = (x · Qᵀ) ⊙ scale for int8 Q (N, K): 0 on success, -1 when M is out of range. */
-int skinny_linear_int8(int M, int N, int K, const float *x, const signed char *Q, const float *scale, float *y) {
+/* y = (xq · Qᵀ) · xscale ⊗ scale for int16 xq (M, K) and int8 Q (N, K): 0 on success, -1 when M
+ * is out of range. */
+int skinny_linear_int8(int M, int N, int K, const short *xq, const float *xscale, const signed char *Q,
+                       const float *scale, float *y) {
     if (M < 1 || M > MAX_ROWS || N < 1 || K < 1) return -1;
     rows_i8_fn rows = ROWS_I8[M];
     #pragma omp parallel if ((size_t)N * K >= 262144)
     {
         int lo, hi;
         share(N, &lo, &hi);
-        if (lo < hi) rows(N, K, x, Q, scale, y, lo, hi);
+        if (lo < hi) rows(N, K, xq, xscale, Q, scale, y, lo, hi);
     }
     return 0;
+}
+
+/* The same for float32 rows x (M, K): each row is rounded to int16 first (one scale per row, the
+ * largest |value| that keeps the sums in int32), which is how an int8 draft model runs. */
+int skinny_linear_int8_f32(int M, int N, int K, const float *x, const signed char *Q, const float *scale, float *y) {
+    if (M < 1 || M > MAX_ROWS || N < 1 || K < 1) return -1;
+    long long limit = (2147483647LL / (127LL * K));
+    int max_abs = limit < 32767 ? (int)limit : 32767;
+    short *xq = (short *)malloc(sizeof(short) * (size_t)M * K);
+    float xscale[MAX_ROWS];
+    if (!xq) return -2;
+    for (int m = 0; m < M; m++) {
+        const float *row = x + (size_t)m * K;
+        float amax = 0.f;
+        for (int k = 0; k < K; k++) amax = fmaxf(amax, fabsf(row[k]));
+        xscale[m] = amax > 0.f ? amax / max_abs : 1.f;
+        float inv = 1.f / xscale[m];
+        for (int k = 0; k < K; k++) {
+            float v = nearbyintf(row[k] * inv);
+            xq[(size_t)m * K + k] = (short)(v > max_abs ? max_abs : (v < -max_abs ? -max_abs : v));
+        }
+    }
+    int done = skinny_linear_int8(M, N, K, xq, xscale, Q, scale, y);
+    free(xq);
+    return done;
 }
 
 int skinny_linear_max_rows(void) { return MAX_ROWS; }
