@@ -79,8 +79,19 @@ def test_score_command(model_dir):
     (["--strategy", "beam", "--num-beams", "2", "--num-return-sequences", "3"], ["num-return-sequences"]),
     (["--strategy", "beam", "--stream"], ["--stream"]),
     (["--show-alternatives", "0"], ["show-alternatives"]),
+    (["--strategy", "greedy", "--draft-tokens", "9"], ["draft-tokens"]),
 ])
 def test_impossible_settings_exit_2(model_dir, flags, words):
     code, out, err = run("generate", model_dir, "--prompt", "w1", "--max-new-tokens", 3, *flags)
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert all(w in err for w in words)
+
+
+def test_greedy_with_and_without_the_draft_prints_the_same_text(model_dir):
+    outputs = []
+    for k in ("0", "5"):
+        code, out, err = run("generate", model_dir, "--prompt", "w1 w2", "--strategy", "greedy",
+                             "--max-new-tokens", 12, "--draft-tokens", k)
+        assert code == 0, err
+        outputs.append(out)
+    assert outputs[0] == outputs[1]

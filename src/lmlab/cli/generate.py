@@ -63,6 +63,7 @@ def _generation_config(args: argparse.Namespace, tokenizer):
         length_penalty=args.length_penalty, early_stopping=args.early_stopping,
         num_return_sequences=args.num_return_sequences, eos_ids=(eos,) if eos is not None else (),
         stop=tuple(args.stop), seed=args.seed, prompt_overflow="truncate" if args.truncate_prompt else "error",
+        draft_tokens=args.draft_tokens,
     )
     config.validate()
     return config
@@ -194,6 +195,9 @@ def add_generate_parsers(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                      help="weights and KV cache in this type (bfloat16: half the memory traffic)")
     gen.add_argument("--seed", type=int, help="makes sampling reproducible")
+    gen.add_argument("--draft-tokens", type=int, default=6, metavar="K",
+                     help="greedy, one sequence, float32 on CPU: an int8 copy of the model proposes K tokens "
+                          "per step and the model keeps those it agrees with (same output, faster; 0: off)")
     gen.add_argument("--truncate-prompt", action="store_true",
                      help="keep the end of a prompt longer than the context instead of failing")
     gen.set_defaults(func=cmd_generate)

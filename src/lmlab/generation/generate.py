@@ -153,8 +153,15 @@ def stream_tokens(model: nn.Module, prompt: list[int], config: GenerationConfig)
     if config.strategy == "beam":
         yield from generate_batch(model, [history], config).sequences[0]
         return
-    generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
     device = next(model.parameters()).device
+    if config.strategy == "greedy" and config.draft_tokens and (
+        max_positions is None or len(history) + config.max_new_tokens <= max_positions
+    ):
+        session = DecoderSession(model, torch.tensor([history], device=device), None, config.max_new_tokens, 1)
+        if can_speculate(session, config):
+            yield from (int(token) for token in speculative_greedy(session, config, int8_draft(session.model)))
+            return
+    generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
     model = ready_for_decoding(model)
     screen = screened_head(model) if config.decisive_logits() is not None and not model.training else None
     cache = model.new_cache(1, max_positions)
