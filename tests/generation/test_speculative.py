@@ -34,7 +34,7 @@ def plain(config: GenerationConfig) -> GenerationConfig:
 
 
 @pytest.mark.parametrize("draft_tokens", [1, 3, 7])
-@pytest.mark.parametrize("max_new_tokens", [1, 2, 9, 40])
+@pytest.mark.parametrize("max_new_tokens", [0, 1, 2, 9, 40])
 def test_same_tokens_as_plain_greedy(model, draft_tokens, max_new_tokens):
     prompt = [5, 17, 2, 99]
     config = GenerationConfig(max_new_tokens=max_new_tokens, strategy="greedy", draft_tokens=draft_tokens)

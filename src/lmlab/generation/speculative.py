@@ -69,6 +69,8 @@ def can_speculate(session, config) -> bool:
 def speculative_greedy(session, config, draft: Int8Draft) -> Iterator[torch.Tensor]:
     """Greedy decoding of a one-row session, ``config.draft_tokens`` proposals per check: yields
     each new token (1,) — exactly the tokens plain greedy decoding yields."""
+    if config.max_new_tokens == 0:
+        return
     eos = set(config.eos_ids)
     token = session.prefill().argmax(dim=-1)  # (1,)
     produced = 0
