@@ -54,7 +54,7 @@ def test_a_draft_that_is_always_wrong_changes_nothing(model, monkeypatch):
         checked.append(tokens.size(1))
         return original_run(self, tokens)
 
-    monkeypatch.setattr(Int8Draft, "propose", lambda self, session, token, k: [(int(token) + 1) % VOCAB] * k)
+    monkeypatch.setattr(Int8Draft, "propose", lambda self, session, token, k, choose, uniform: [(int(token) + 1) % VOCAB] * k)
     monkeypatch.setattr(DecoderSession, "run", run)
     assert generate(model, [1, 2, 3], config) == want
     assert checked and max(checked) == 5  # the token and four proposals, checked at once
@@ -73,18 +73,18 @@ def test_stops_after_eos_inside_the_accepted_proposals(model):
 
 def test_the_draft_mostly_agrees(model, monkeypatch):
     agreed = []
-    original = speculative.speculative_greedy
+    original = speculative.speculative_decode
 
     def counting(session, config, draft):
         for token in original(session, config, draft):
             agreed.append(session.position)
             yield token
 
-    monkeypatch.setattr(speculative, "speculative_greedy", counting)
+    monkeypatch.setattr(speculative, "speculative_decode", counting)
     config = GenerationConfig(max_new_tokens=60, strategy="greedy", draft_tokens=6)
     session = DecoderSession(model, torch.tensor([[3, 4, 5]]), None, 60, 1)
     draft = int8_draft(model)
-    produced = list(speculative.speculative_greedy(session, config, draft))
+    produced = list(speculative.speculative_decode(session, config, draft))
     checks = len(set(agreed))  # positions only move at a check
     assert len(produced) == 60 and checks < 60 / 2  # fewer float32 passes than tokens
 
@@ -96,7 +96,10 @@ def test_when_it_applies(model):
     assert not can_speculate(one, plain(greedy))
     assert not can_speculate(one, GenerationConfig(max_new_tokens=5, strategy="greedy", repetition_penalty=1.3))
     assert not can_speculate(DecoderSession(model, torch.tensor([[1, 2], [3, 4]]), None, 5, 1), greedy)
-    assert not can_speculate(DecoderSession(model, torch.tensor([[1, 2]]), None, 5, None), greedy)
+    padded = DecoderSession(model, torch.tensor([[0, 2], [3, 4]]), torch.tensor([[False, True], [True, True]]), 5, 1)
+    assert not can_speculate(padded, greedy)
+    assert can_speculate(one, GenerationConfig(max_new_tokens=5, strategy="sample", top_p=0.9))
+    assert not can_speculate(one, GenerationConfig(max_new_tokens=5, strategy="beam", num_beams=2))
 
 
 def test_draft_is_cached_and_rebuilt_after_the_weights_change(model):
@@ -114,3 +117,17 @@ def test_draft_tokens_must_leave_room_in_one_check():
         GenerationConfig(draft_tokens=8).validate()
     with pytest.raises(LmlabError, match="draft-tokens"):
         GenerationConfig(draft_tokens=-1).validate()
+
+
+@pytest.mark.parametrize("settings", [
+    dict(top_k=20, temperature=0.8),
+    dict(top_p=0.9),
+    dict(top_k=40, top_p=0.8, min_p=0.05, temperature=1.3),
+    dict(),
+])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sampling_gives_the_same_tokens_as_plain_sampling(model, settings, seed):
+    config = GenerationConfig(max_new_tokens=40, strategy="sample", seed=seed, draft_tokens=5, **settings)
+    want = generate(model, [4, 9, 16], plain(config))
+    assert generate(model, [4, 9, 16], config) == want
+    assert generate_batch(model, [[4, 9, 16]], config).sequences[0] == want

@@ -11,7 +11,7 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.generation.processors import LogitsPipeline, check_sampling_settings
 from lmlab.generation.head_screen import screened_head
-from lmlab.generation.speculative import can_speculate, int8_draft, speculative_greedy
+from lmlab.generation.speculative import can_speculate, int8_draft, speculative_decode
 from lmlab.kernels import MAX_ROWS
 from lmlab.generation.session import DecoderSession, Seq2SeqSession, last_position_logits, left_pad, next_token_logits, ready_for_decoding
 
@@ -26,9 +26,9 @@ class GenerationConfig:
     ``eos_ids``: generation of a row stops after it produces one of these (the CLI takes them
     from the tokenizer's ``eos`` special token). ``stop``: stop strings, applied to decoded text
     (:func:`~lmlab.generation.streaming.stream_text` and the CLI). ``draft_tokens``: greedy
-    decoding of one sequence with float32 CPU weights proposes this many tokens per step with an
-    int8 copy of the model and keeps those the model agrees with (the same output, fewer passes
-    over the weights; see :mod:`~lmlab.generation.speculative`); 0 turns it off.
+    decoding or sampling of one sequence with float32 CPU weights proposes this many tokens per
+    step with an int8 copy of the model and keeps those the model agrees with (the same output,
+    fewer passes over the weights; see :mod:`~lmlab.generation.speculative`); 0 turns it off.
     """
 
     max_new_tokens: int = 200
@@ -48,7 +48,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     prompt_overflow: str = "error"  # or "truncate": keep the prompt's last tokens that fit
-    draft_tokens: int = 6  # speculative greedy decoding: an int8 draft's proposals per check (0: off)
+    draft_tokens: int = 6  # speculative decoding: an int8 draft's proposals per check (0: off)
 
     def validate(self) -> None:
         """Raise :class:`LmlabError` for impossible settings."""
@@ -83,11 +83,15 @@ class GenerationConfig:
             if self.min_p is not None and not 0 <= self.min_p <= 1:
                 raise LmlabError(f"min-p must be in [0, 1], got {self.min_p}")
 
+    def reads_history(self) -> bool:
+        """Whether a processor looks at the tokens so far (penalties, n-gram bans, a minimum length)."""
+        return bool(self.repetition_penalty != 1.0 or self.no_repeat_ngram_size or (self.min_new_tokens and self.eos_ids))
+
     def decisive_logits(self) -> int | None:
         """How many of each step's best logits decide the next token: 1 for greedy decoding, k for
         top-k sampling; None (all of them) for other sampling, beam search's log-softmax, or when a
-        processor that reads the history (penalties, n-gram bans, a minimum length) may reorder them."""
-        if self.repetition_penalty != 1.0 or self.no_repeat_ngram_size or (self.min_new_tokens and self.eos_ids):
+        processor that reads the history may reorder them."""
+        if self.reads_history():
             return None
         if self.strategy == "greedy":
             return 1
@@ -154,14 +158,15 @@ def stream_tokens(model: nn.Module, prompt: list[int], config: GenerationConfig)
         yield from generate_batch(model, [history], config).sequences[0]
         return
     device = next(model.parameters()).device
-    if config.strategy == "greedy" and config.draft_tokens and (
+    generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+    if config.draft_tokens and not config.reads_history() and (
         max_positions is None or len(history) + config.max_new_tokens <= max_positions
     ):
-        session = DecoderSession(model, torch.tensor([history], device=device), None, config.max_new_tokens, 1)
+        ids = torch.tensor([history], device=device)
+        session = DecoderSession(model, ids, None, config.max_new_tokens, config.decisive_logits())
         if can_speculate(session, config):
-            yield from (int(token) for token in speculative_greedy(session, config, int8_draft(session.model)))
+            yield from (int(token) for token in speculative_decode(session, config, int8_draft(session.model), generator))
             return
-    generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
     model = ready_for_decoding(model)
     screen = screened_head(model) if config.decisive_logits() is not None and not model.training else None
     cache = model.new_cache(1, max_positions)
@@ -215,7 +220,7 @@ def decode_steps(
     eos = torch.tensor(config.eos_ids, dtype=torch.long, device=ids.device) if config.eos_ids else None
     unfinished = torch.ones(B, dtype=torch.bool, device=ids.device)
     if can_speculate(session, config):
-        yield from speculative_greedy(session, config, int8_draft(session.model))
+        yield from speculative_decode(session, config, int8_draft(session.model), generator)
         return
     logits = session.prefill()
     for t in range(config.max_new_tokens):

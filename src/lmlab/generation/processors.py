@@ -94,9 +94,9 @@ class LogitsPipeline:
     n-gram blocking, minimum new tokens; then (sampling only) the warpers temperature, top-k,
     top-p, min-p.
 
-    With ``shortlist``, top-k is not a mask over the whole vocabulary: :meth:`sample` takes the
-    ``top_k`` best scores first and runs the other warpers on those k only (the same distribution,
-    far less work per step).
+    With ``top_k``, top-k is not a mask over the whole vocabulary: :meth:`pick` takes the ``top_k``
+    best scores first and runs the other warpers on those k only (the same distribution, far less
+    work per step).
     """
 
     processors: list[Processor]
@@ -117,16 +117,27 @@ class LogitsPipeline:
         return bool(self.processors or self.warpers or self.top_k is not None)
 
     def sample(self, ids: torch.Tensor, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """One token per row (B,) drawn from the processed distribution."""
-        if self.top_k is None or self.top_k >= logits.size(-1):
-            return torch.multinomial(self(ids, logits).softmax(dim=-1), 1, generator=generator).squeeze(-1)
+        """One token per row (B,) drawn from the processed distribution, with one uniform number
+        per row and vocabulary entry (B, V) from ``generator``."""
+        return self.pick(ids, logits, torch.rand(logits.shape, generator=generator, device=logits.device))
+
+    def pick(self, ids: torch.Tensor, logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        """The sample (B,) that the uniform numbers ``uniform`` (B, V), one per token, select from
+        each row's processed distribution: the Gumbel-max trick, argmax of the processed scores
+        plus −log(−log u). Two distributions that differ a little pick the same token from the
+        same numbers almost always — what speculative sampling relies on."""
         for process in self.processors:
             logits = process(ids, logits)
-        values, index = torch.topk(logits, self.top_k, dim=-1)  # (B, k), best first
+        if self.top_k is not None and self.top_k < logits.size(-1):
+            values, index = torch.topk(logits, self.top_k, dim=-1)  # (B, k)
+            uniform = uniform.gather(-1, index)  # each token keeps its own number
+        else:
+            values, index = logits, None
         for warp in self.warpers:
             values = warp(values)
-        pick = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)  # (B, 1)
-        return index.gather(-1, pick).squeeze(-1)
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(uniform.dtype).tiny)))
+        choice = (values + gumbel).argmax(dim=-1)  # (B,)
+        return choice if index is None else index.gather(-1, choice[:, None]).squeeze(-1)
 
     @classmethod
     def build(

@@ -116,6 +116,8 @@ class DecoderSession:
         self.rows = rows
         self.top_logits = top_logits
         self.screen = screened_head(model) if top_logits is not None and rows <= MAX_ROWS and not model.training else None
+        unpadded = mask is None or bool(mask.all())
+        self.draftable = rows == 1 and unpadded and not model.training and screened_head(model) is not None  # see speculative
         self.cache = model.new_cache(rows, L + max_new_tokens)
         self.position = 0  # the next cache slot
         self.prompt_mask: torch.Tensor | None = None  # (B, L) bool, True at real tokens
