@@ -9,10 +9,14 @@ run generates exactly the asked number of tokens (no EOS). One JSON object per l
 
 Cases: greedy-b1 (batch 1, 16-token prompt, 128 new tokens), sample-b1 (top-k 50, top-p 0.9,
 temperature 0.8), beam4-b1 (4 beams, 64 new tokens; "tokens" are decoding steps), greedy-b8
-(batch 8). The floor is what memory bandwidth allows: every step reads all weights once, so
-floor = batch × bandwidth / weight bytes (bandwidth: the best of a large sum and an LM-head-sized
-matrix-vector product, measured here, or ``--bandwidth-gbps``; on a busy shared machine the
-measurement can come out low, and a fraction above 1 means exactly that). Then
+(batch 8). lmlab runs with its defaults: at batch 1 that is speculative decoding with an int8
+draft (the same tokens); the ``-plain`` rows turn it off (``draft_tokens=0``). The floor is what
+memory bandwidth allows when every token reads all float32 weights once: floor = batch ×
+bandwidth / weight bytes (bandwidth: the best of a large sum and an LM-head-sized matrix-vector
+product, measured here, or ``--bandwidth-gbps``). A fraction above 1 means fewer float32 passes
+than tokens (speculative decoding), or a bandwidth measurement that came out low on a busy
+machine. The setup line says whether lmlab's native kernel was built (``LMLAB_NATIVE_KERNELS=0``
+turns it off). Then
 lmlab's tokens/s at 64, 256 and 1024 new tokens against a loop without a cache, to show linear
 rather than quadratic cost (the uncached loop only up to ``--nocache-max``, it is quadratic).
 ``--dtype bfloat16`` (or ``both``) adds bfloat16 rows; ``--device cuda`` runs on a GPU.
@@ -31,6 +35,7 @@ import torch
 
 from lmlab.generation import GenerationConfig, generate_batch
 from lmlab.interop import load_hf
+from lmlab.kernels import native_status
 
 PROMPT_LEN = 16
 
@@ -102,11 +107,14 @@ def run_transformers(model, ids: torch.Tensor, settings: dict, n: int):
                               min_new_tokens=n, pad_token_id=0, eos_token_id=None, **settings)
 
 
+SAMPLING = dict(top_k=50, top_p=0.9, temperature=0.8)
 CASES = [
     # name, batch, new tokens, lmlab settings, transformers settings
     ("greedy-b1", 1, 128, dict(strategy="greedy"), dict(do_sample=False)),
-    ("sample-b1", 1, 128, dict(strategy="sample", top_k=50, top_p=0.9, temperature=0.8, seed=0),
-     dict(do_sample=True, top_k=50, top_p=0.9, temperature=0.8)),
+    ("greedy-b1-plain", 1, 128, dict(strategy="greedy", draft_tokens=0), dict(do_sample=False)),
+    ("sample-b1", 1, 128, dict(strategy="sample", seed=0, **SAMPLING), dict(do_sample=True, **SAMPLING)),
+    ("sample-b1-plain", 1, 128, dict(strategy="sample", seed=0, draft_tokens=0, **SAMPLING),
+     dict(do_sample=True, **SAMPLING)),
     ("beam4-b1", 1, 64, dict(strategy="beam", num_beams=4), dict(do_sample=False, num_beams=4, early_stopping=False)),
     ("greedy-b8", 8, 128, dict(strategy="greedy"), dict(do_sample=False)),
 ]
@@ -181,7 +189,8 @@ def main() -> None:
     ref, ours = build_models(PROMPT_LEN + max(lengths), args.quick)
     bw = args.bandwidth_gbps * 1e9 if args.bandwidth_gbps else bandwidth(args.device)
     print(json.dumps({"info": "setup", "weight_bytes_float32": weight_bytes(ours), "bandwidth_GBps": round(bw / 1e9, 2),
-                      "threads": torch.get_num_threads(), "device": args.device}), flush=True)
+                      "threads": torch.get_num_threads(), "device": args.device,
+                      "native_kernel": native_status()}), flush=True)
     dtypes = {"float32": [torch.float32], "bfloat16": [torch.bfloat16], "both": [torch.float32, torch.bfloat16]}
     for dtype in dtypes[args.dtype]:
         ref_d, ours_d = ref.to(args.device, dtype), ours.to(args.device, dtype)
