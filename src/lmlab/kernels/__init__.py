@@ -77,7 +77,10 @@ def _build_and_load() -> ctypes.CDLL:
     if not compiler:
         raise _Unavailable("no C compiler found (set CC)")
     library = _cached_build(compiler, flags)
-    lib = ctypes.CDLL(str(library))
+    try:
+        lib = ctypes.CDLL(str(library))
+    except OSError as exc:
+        raise _Unavailable(f"the compiled kernel does not load ({exc})") from exc
     lib.skinny_linear.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
     lib.skinny_linear_int8.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 5
     lib.skinny_linear_int8_f32.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
