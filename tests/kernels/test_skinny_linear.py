@@ -102,3 +102,16 @@ def test_a_fresh_cache_builds_the_library_once(tmp_path):
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.split() == ["ready", "1"]
     assert not list((tmp_path / "kernels").glob(".*tmp"))  # no half-written library left behind
+
+
+def test_a_failing_compiler_means_plain_pytorch(tmp_path):
+    code = (
+        "import torch; from lmlab.kernels import native_status; from lmlab.models import ModelConfig, build_model;"
+        "from lmlab.generation import GenerationConfig, generate;"
+        "m = build_model(ModelConfig(vocab_size=20, n_layer=1, n_head=2, d_model=8, context_length=16)).eval();"
+        "print(native_status()); print(len(generate(m, [1, 2], GenerationConfig(max_new_tokens=4))))"
+    )
+    env = {**os.environ, "LMLAB_CACHE": str(tmp_path), "CC": "false"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    status, produced = out.stdout.strip().splitlines()
+    assert status.startswith(("compiling the kernel failed", "no native kernel", "the CPU lacks")) and produced == "4"
