@@ -196,7 +196,7 @@ def add_generate_parsers(sub: argparse._SubParsersAction) -> None:
                      help="weights and KV cache in this type (bfloat16: half the memory traffic)")
     gen.add_argument("--seed", type=int, help="makes sampling reproducible")
     gen.add_argument("--draft-tokens", type=int, default=6, metavar="K",
-                     help="greedy, one sequence, float32 on CPU: an int8 copy of the model proposes K tokens "
+                     help="greedy or sampling, one sequence, float32 on CPU: an int8 copy of the model proposes K tokens "
                           "per step and the model keeps those it agrees with (same output, faster; 0: off)")
     gen.add_argument("--truncate-prompt", action="store_true",
                      help="keep the end of a prompt longer than the context instead of failing")
