@@ -116,8 +116,6 @@ class DecoderSession:
         self.rows = rows
         self.top_logits = top_logits
         self.screen = screened_head(model) if top_logits is not None and rows <= MAX_ROWS and not model.training else None
-        unpadded = mask is None or bool(mask.all())
-        self.draftable = rows == 1 and unpadded and not model.training and screened_head(model) is not None  # see speculative
         self.cache = model.new_cache(rows, L + max_new_tokens)
         self.position = 0  # the next cache slot
         self.prompt_mask: torch.Tensor | None = None  # (B, L) bool, True at real tokens
@@ -130,6 +128,12 @@ class DecoderSession:
             self.mask = torch.ones(rows, L + max_new_tokens, dtype=torch.bool, device=ids.device)
             self.mask[:, :L] = mask.repeat_interleave(copies, dim=0)
             self.positions = mask.long().sum(-1, keepdim=True).repeat_interleave(copies, dim=0)  # (rows, 1)
+
+    @property
+    def draftable(self) -> bool:
+        """One unpadded row of a float32 CPU decoder the native kernel runs: what speculative
+        decoding (:mod:`~lmlab.generation.speculative`) needs."""
+        return self.rows == 1 and self.mask is None and not self.model.training and screened_head(self.model) is not None
 
     def prefill(self) -> torch.Tensor:
         """Run the prompts; logits of their last position (rows, V)."""
