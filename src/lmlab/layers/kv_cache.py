@@ -50,12 +50,22 @@ class KVCache(nn.Module):
     def reorder(self, index: torch.Tensor, length: int | None = None) -> None:
         """Rows become rows ``index`` (B,) of before, in place (beam search keeps the best beams);
         only the rows that change, and only their first ``length`` positions (default: all), move."""
-        moved = (index != torch.arange(index.numel(), device=index.device)).nonzero().squeeze(1)  # rows that change
+        self.move_rows(*changed_rows(index), length)
+
+    def move_rows(self, moved: torch.Tensor, sources: torch.Tensor, length: int | None = None) -> None:
+        """Rows ``moved`` (n,) become rows ``sources`` (n,) of before, over the first ``length``
+        positions (see :func:`changed_rows`; a multi-layer cache computes those once)."""
         if moved.numel() == 0:
             return
-        sources = index.index_select(0, moved)
         for buffer in (self.keys[:, :, :length], self.values[:, :, :length]):
             buffer.index_copy_(0, moved, buffer.index_select(0, sources))  # gathered first: no aliasing
+
+
+def changed_rows(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a row reorder ``index`` (B,) (row i becomes row index[i]): the rows that change (n,)
+    and the rows they take their contents from (n,)."""
+    moved = (index != torch.arange(index.numel(), device=index.device)).nonzero().squeeze(1)
+    return moved, index.index_select(0, moved)
 
 
 class CrossAttentionCache:
