@@ -147,9 +147,10 @@ def fit_prompt(prompt: list[int], max_positions: int | None, policy: str) -> lis
 def stream_tokens(model: nn.Module, prompt: list[int], config: GenerationConfig) -> Iterator[int]:
     """Yield new token ids one by one (beam search: the best sequence's, once it is found).
 
-    Stops after an id of ``config.eos_ids`` (which is yielded). When the context fills up, the
-    cache is rebuilt from the last half of the context (a sliding window), so greedy decoding and
-    sampling can run longer than the model's context.
+    Stops after an id of ``config.eos_ids`` (which is yielded). A sequence that fits the context
+    runs the loop :func:`generate_batch` runs (speculative decoding included); a longer one
+    rebuilds the cache from the last half of the context whenever it fills up (a sliding window),
+    so greedy decoding and sampling can run longer than the model's context.
     """
     config.validate()
     max_positions = getattr(model, "max_positions", None)
@@ -159,14 +160,11 @@ def stream_tokens(model: nn.Module, prompt: list[int], config: GenerationConfig)
         return
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
-    if config.draft_tokens and not config.reads_history() and (
-        max_positions is None or len(history) + config.max_new_tokens <= max_positions
-    ):
-        ids = torch.tensor([history], device=device)
-        session = DecoderSession(model, ids, None, config.max_new_tokens, config.decisive_logits())
-        if can_speculate(session, config):
-            yield from (int(token) for token in speculative_decode(session, config, int8_draft(session.model), generator))
-            return
+    if max_positions is None or len(history) + config.max_new_tokens <= max_positions:  # fits: the shared loop
+        session = DecoderSession(model, torch.tensor([history], device=device), None, config.max_new_tokens,
+                                 config.decisive_logits())
+        yield from (int(token) for token in decode_steps(session, session.ids, config, generator, pad_id=0))
+        return
     model = ready_for_decoding(model)
     screen = screened_head(model) if config.decisive_logits() is not None and not model.training else None
     cache = model.new_cache(1, max_positions)

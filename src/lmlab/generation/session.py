@@ -72,9 +72,14 @@ def next_token_logits(
     :mod:`~lmlab.generation.head_screen`)."""
     if screen is None:
         return last_position_logits(model, token[:, None], cache, position, **padding)
-    hidden = model.backbone(token[:, None], cache, position, **padding)[:, -1]  # (B, C)
-    logits = screen.top_logits(hidden, top_logits)
-    return logits if logits is not None else model.lm_head(hidden)  # too close to call: every logit
+    return screened_logits(model, model.backbone(token[:, None], cache, position, **padding)[:, -1], screen, top_logits)
+
+
+def screened_logits(model: nn.Module, hidden: torch.Tensor, screen: ScreenedHead | None, top_logits: int | None) -> torch.Tensor:
+    """The LM head on hidden states (n, C): the screened top logits where ``screen`` can tell
+    them apart, every logit otherwise (no screen, or too close to call)."""
+    logits = screen.top_logits(hidden, top_logits) if screen is not None else None
+    return logits if logits is not None else model.lm_head(hidden)
 
 
 def reorder_cache(cache, index: torch.Tensor, length: int | None = None) -> None:
@@ -171,8 +176,7 @@ class DecoderSession:
         pos = self.position
         self.position = pos + tokens.size(1)
         hidden = self.model.backbone(tokens, self.cache, pos)[0]  # (T, C)
-        logits = self.screen.top_logits(hidden, self.top_logits) if self.screen is not None else None
-        return logits if logits is not None else self.model.lm_head(hidden)
+        return screened_logits(self.model, hidden, self.screen, self.top_logits)
 
     def rewind(self, position: int) -> None:
         """The next token goes to cache slot ``position`` (later slots are overwritten as decoding

@@ -87,6 +87,7 @@ def speculative_decode(session, config, draft: Int8Draft, generator: torch.Gener
     if sampling and generator is None:
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
     pipeline = config.pipeline(session.ids.size(1))
+    vocab = session.model.lm_head.out_features
 
     def choose(logits: torch.Tensor, uniform: torch.Tensor | None) -> torch.Tensor:
         """logits (n, V), uniform (n, V) → tokens (n,)."""
@@ -104,7 +105,6 @@ def speculative_decode(session, config, draft: Int8Draft, generator: torch.Gener
         return torch.cat(values), states
 
     eos = set(config.eos_ids)
-    vocab = session.model.lm_head.out_features
     uniform, _ = draw(1)
     token = choose(session.prefill(), uniform)  # (1,)
     produced = 0

@@ -132,24 +132,30 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """``F.linear(x, weight, bias)`` through the native kernel: x (..., K) with at most 8 rows,
     weight (N, K) row-major, all float32 on the CPU, no gradient wanted → (..., N). None when any
     of that does not hold or the kernel is unavailable (use ``F.linear``)."""
-    K = x.size(-1)
-    rows = x.numel() // K if K else 0
-    if not 0 < rows <= MAX_ROWS or x.device.type != "cpu" or x.dtype != torch.float32:
-        return None
     if weight.dtype != torch.float32 or not weight.is_contiguous() or weight.device.type != "cpu":
         return None
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         return None
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
         return None
-    lib = load_native()
+    x2 = _few_float_rows(x)  # (M, K)
+    lib = load_native() if x2 is not None else None
     if lib is None:
         return None
-    x2 = x.reshape(rows, K).contiguous()  # (M, K)
-    N = weight.size(0)
+    (rows, K), N = x2.shape, weight.size(0)
     y = torch.empty(rows, N, dtype=torch.float32)  # (M, N)
     lib.skinny_linear(rows, N, K, x2.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr())
     return y.view(*x.shape[:-1], N)
+
+
+def _few_float_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """x (..., K) as contiguous rows (M, K) when it is float32 on the CPU with 1 to ``MAX_ROWS``
+    rows (what the kernels take), else None."""
+    K = x.size(-1)
+    rows = x.numel() // K if K else 0
+    if not 0 < rows <= MAX_ROWS or x.device.type != "cpu" or x.dtype != torch.float32:
+        return None
+    return x.reshape(rows, K).contiguous()
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,15 +208,11 @@ def skinny_linear_int8_float(
     """An int8 linear layer on float32 rows: x (..., K) with at most 8 rows is rounded to int16
     per row inside the kernel, then as :func:`skinny_linear_int8`, plus ``bias`` → (..., N). None
     where it does not apply (use the float weights)."""
-    K = x.size(-1)
-    rows = x.numel() // K if K else 0
-    if not 0 < rows <= MAX_ROWS or x.dtype != torch.float32 or x.device.type != "cpu":
-        return None
-    lib = load_native()
+    x2 = _few_float_rows(x)  # (M, K)
+    lib = load_native() if x2 is not None else None
     if lib is None:
         return None
-    x2 = x.reshape(rows, K).contiguous()
-    N = qweight.size(0)
+    (rows, K), N = x2.shape, qweight.size(0)
     y = torch.empty(rows, N, dtype=torch.float32)
     lib.skinny_linear_int8_f32(rows, N, K, x2.data_ptr(), qweight.data_ptr(), scale.data_ptr(), y.data_ptr())
     if bias is not None:
