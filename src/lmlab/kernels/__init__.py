@@ -5,7 +5,9 @@ matrix product of a decoding step. MKL streams a weight matrix at memory speed f
 takes about twice as long for 2–8 (batched greedy decoding, beam search); the kernel in
 ``skinny_linear.c`` stays near one pass over memory for all of them. :func:`skinny_linear_int8`
 is the same product over an int8 weight with per-row scales, in exact integer arithmetic on
-int16 activations.
+int16 activations. :func:`decode_attention` (``decode_attention.c``) is the attention of a few new
+queries over a KV cache, reading each cached position from the row a table names, so that beam
+search never moves cached keys.
 
 The C source ships with the package and is compiled once per machine with the system C compiler
 (``$CC``, else ``cc``/``gcc``; ``-O3 -march=native -fopenmp``) into the lmlab cache, then loaded
@@ -29,7 +31,7 @@ import torch
 
 from lmlab.cache import cache_dir
 
-SOURCE = Path(__file__).with_name("skinny_linear.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("skinny_linear.c", "decode_attention.c")]
 DISABLE_ENV = "LMLAB_NATIVE_KERNELS"
 MAX_ROWS = 8
 
@@ -84,7 +86,11 @@ def _build_and_load() -> ctypes.CDLL:
     lib.skinny_linear.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
     lib.skinny_linear_int8.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 5
     lib.skinny_linear_int8_f32.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
-    lib.skinny_linear.restype = lib.skinny_linear_int8.restype = lib.skinny_linear_int8_f32.restype = ctypes.c_int
+    lib.decode_attention.argtypes = (
+        [ctypes.c_int] * 7 + [ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 2 + [ctypes.c_void_p]
+    )
+    for entry in (lib.skinny_linear, lib.skinny_linear_int8, lib.skinny_linear_int8_f32, lib.decode_attention):
+        entry.restype = ctypes.c_int
     return lib
 
 
@@ -107,15 +113,15 @@ def _torch_uses_gnu_openmp() -> bool:
 
 def _cached_build(compiler: str, flags: set[str]) -> Path:
     """The shared library for this source, compiler and CPU, compiled into the cache if missing."""
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(source + compiler.encode() + " ".join(sorted(flags)).encode()).hexdigest()[:16]
     folder = cache_dir() / "kernels"
     folder.mkdir(parents=True, exist_ok=True)
-    library = folder / f"skinny_linear-{key}.so"
+    library = folder / f"lmlab_kernels-{key}.so"
     if library.is_file():
         return library
     partial = folder / f".{library.name}.{os.getpid()}.tmp"
-    command = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(partial), "-lm"]
+    command = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", *map(str, SOURCES), "-o", str(partial), "-lm"]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -218,3 +224,61 @@ def skinny_linear_int8_float(
     if bias is not None:
         y += bias
     return y.view(*x.shape[:-1], N)
+
+
+def decode_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    start: int,
+    rows: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Softmax attention (scale 1/√D) of the queries of positions [start, start+T) over a cache:
+    q (B, H, T, D) with T ≤ 8; keys, values (B, H_kv, S_max, D) contiguous buffers, whose first
+    start+T positions are filled; rows (B, S_max) int32: the buffer row holding each (row,
+    position), None for its own; allowed (B|1, 1, T, start+T) bool, True where a query may attend
+    (None: causal). Float32 on the CPU without gradients → (B, T, H, D); None where it does not
+    apply (use ``scaled_dot_product_attention``)."""
+    B, H, T, D = q.shape
+    S_max = keys.size(2)
+    if not _cache_attention_applies(q, keys, values, start, rows, allowed):
+        return None
+    lib = load_native()
+    if lib is None:
+        return None
+    if q.stride(3) != 1:
+        q = q.contiguous()
+    mask_ptr, a_b, a_t = None, 0, 0
+    if allowed is not None:
+        allowed = allowed[:, 0]  # (B|1, T, S)
+        if allowed.stride(2) != 1:
+            allowed = allowed.contiguous()
+        mask_ptr, a_t = allowed.data_ptr(), allowed.stride(1)
+        a_b = allowed.stride(0) if allowed.size(0) > 1 else 0
+    out = torch.empty(B, T, H, D, dtype=torch.float32)  # (B, T, H, D)
+    done = lib.decode_attention(
+        B, H, keys.size(1), T, D, S_max, start,
+        q.data_ptr(), q.stride(0), q.stride(1), q.stride(2),
+        keys.data_ptr(), values.data_ptr(), rows.data_ptr() if rows is not None else None,
+        mask_ptr, a_b, a_t, out.data_ptr(),
+    )
+    return out if done == 0 else None
+
+
+def _cache_attention_applies(q, keys, values, start, rows, allowed) -> bool:
+    B, H, T, D = q.shape
+    tensors = [q, keys, values] + [t for t in (rows, allowed) if t is not None]
+    if any(t.device.type != "cpu" for t in tensors) or (torch.is_grad_enabled() and q.requires_grad):
+        return False
+    if q.dtype != torch.float32 or keys.dtype != torch.float32 or values.dtype != torch.float32:
+        return False
+    if not (keys.is_contiguous() and values.is_contiguous()) or keys.shape != values.shape:
+        return False
+    if not 0 < T <= MAX_ROWS or keys.size(0) != B or keys.size(3) != D or start + T > keys.size(2):
+        return False
+    if rows is not None and (rows.dtype != torch.int32 or not rows.is_contiguous() or rows.shape != (B, keys.size(2))):
+        return False
+    if allowed is not None and (allowed.dtype != torch.bool or allowed.shape[1:] != (1, T, start + T) or allowed.size(0) not in (1, B)):
+        return False
+    return H % keys.size(1) == 0

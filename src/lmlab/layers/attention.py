@@ -119,10 +119,37 @@ class MultiHeadAttention(Attention):
         if rotary is not None:
             q, k = rotary(q), rotary(k)
         if cache is not None:
-            k, v = cache.update(start_pos, k, v)  # (B, H_kv, start_pos+T, D)
+            cache.write(start_pos, k, v)
+            y = self._attend_cache(q, cache, start_pos, mask)
+            if y is not None:
+                return y
+            k, v = cache.read(start_pos + q.size(2))  # (B, H_kv, start_pos+T, D)
         if mask is None:
             mask = build_attention_mask(q.size(2), k.size(2), causal=True, device=x.device)
         return self._attend(q, k, v, mask)
+
+
+    def _attend_cache(self, q: torch.Tensor, cache: KVCache, start_pos: int, mask: AttentionMask | None) -> torch.Tensor | None:
+        """The queries q (B, H, T, D) over the cache in the native kernel → projected output
+        (B, T, C); None where it does not apply (training, kept weights, additive masks, …)."""
+        if self.keep_weights or self.training:
+            return None
+        usable, allowed = kernel_mask(mask, q.size(2))
+        y = cache.attend(q, start_pos, allowed) if usable else None  # (B, T, H, D)
+        if y is None:
+            return None
+        B, T, H, D = y.shape
+        return self.resid_dropout(self.out_proj(y.view(B, T, H * D)))
+
+
+def kernel_mask(mask: AttentionMask | None, q_len: int) -> tuple[bool, torch.Tensor | None]:
+    """An :class:`AttentionMask` as the native cache kernel takes it: (whether it can, the boolean
+    "may attend" tensor or None for causal). Additive masks (position biases) it cannot take."""
+    if mask is None or mask.is_causal:
+        return True, None
+    if mask.tensor is None:  # everything allowed: for a single newest query, the same as causal
+        return q_len == 1, None
+    return mask.tensor.dtype == torch.bool, mask.tensor if mask.tensor.dtype == torch.bool else None
 
 
 class CrossAttention(Attention):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmlab.layers.kv_cache import KVCache, changed_rows
+from lmlab.layers.kv_cache import KVCache, reorder_layers
 from lmlab.layers.linear import Linear
 from lmlab.models.blocks import TransformerBlock, TransformerStack, init_weights
 from lmlab.models.config import ModelConfig
@@ -30,9 +30,7 @@ class DecoderCache(nn.Module):
     def reorder(self, index: torch.Tensor, length: int | None = None) -> None:
         """Rows become rows ``index`` of before, in every layer, in place (beam search); only the
         first ``length`` positions (default: all)."""
-        moved, sources = changed_rows(index)
-        for layer in self.layers:
-            layer.move_rows(moved, sources, length)
+        reorder_layers(list(self.layers), index, length)
 
 
 class DecoderBackbone(TransformerStack):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmlab.layers.kv_cache import changed_rows
+from lmlab.layers.kv_cache import reorder_layers
 from lmlab.layers.linear import Linear
 from lmlab.layers.masks import build_attention_mask
 from lmlab.models.blocks import CrossAttentionBlock, LayerCache, TransformerStack, init_weights
@@ -29,9 +29,7 @@ class EncoderDecoderCache(nn.Module):
     def reorder(self, index: torch.Tensor, length: int | None = None) -> None:
         """Rows become rows ``index`` of before, in place (beam search). The encoder keys/values
         are left alone: beams of one input share them, and beams never move between inputs."""
-        moved, sources = changed_rows(index)
-        for layer in self.layers:
-            layer.self_attn.move_rows(moved, sources, length)
+        reorder_layers([layer.self_attn for layer in self.layers], index, length)
 
 
 class CrossDecoderBackbone(TransformerStack):

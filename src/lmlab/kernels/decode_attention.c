@@ -1,0 +1,127 @@
+/* Attention of a few new queries over a KV cache: the attention of one decoding step.
+ *
+ * q: (B, H, T, D) float32 with strides (q_b, q_h, q_t) and unit stride over D — the queries of
+ * positions [start, start + T), whose keys and values are already in the cache. keys, values: the
+ * cache buffers (B, H_kv, S_max, D), contiguous; query head h reads key/value head h / (H / H_kv)
+ * (grouped-query attention).
+ *
+ * rows: (B, S_max) int32 or NULL. Beam search reorders its rows every step; instead of moving
+ * cached keys between rows, the cache records for each (row, position) which buffer row holds
+ * them: rows[b][s]. NULL means every row holds its own.
+ *
+ * allowed: (B|1, T, start + T) bytes with strides (a_b, a_t) and unit stride over positions,
+ * nonzero where a query may attend — or NULL for plain causal attention, where query t sees the
+ * positions ≤ start + t. A query that may see no key gets zeros (as scaled_dot_product_attention
+ * does with a boolean mask).
+ *
+ * out: (B, T, H, D) contiguous — the layout the output projection reads. Scores are scaled by
+ * 1/√D and go through a max-subtracted softmax in float32. Built with the other kernels by
+ * lmlab/kernels/__init__.py.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+#define STACK_SCORES 2048
+
+static inline float dot(const float *a, const float *b, int D) {
+    float s = 0.f;
+    #pragma omp simd reduction(+:s)
+    for (int d = 0; d < D; d++) s += a[d] * b[d];
+    return s;
+}
+
+/* e^x for x ≤ 0 (softmax scores less their maximum) to within a few ulp, and 0 below −87 (−inf
+ * included); plain arithmetic, so loops over it vectorise: e^x = 2^n · e^r with n = round(x/ln 2),
+ * r = x − n·ln 2 (ln 2 in two parts, Cody–Waite), e^r from Cephes' degree-5 polynomial. */
+static inline float exp_nonpositive(float x) {
+    float clamped = x < -87.f ? -87.f : x;
+    float n = floorf(clamped * 1.44269504f + 0.5f);
+    float r = clamped - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    union { int i; float f; } two_n = {.i = ((int)n + 127) << 23};
+    float y = (p * r * r + r + 1.f) * two_n.f;
+    return x < -87.f ? 0.f : y;
+}
+
+static inline void add_scaled(float *acc, const float *v, float w, int D) {
+    #pragma omp simd
+    for (int d = 0; d < D; d++) acc[d] += w * v[d];
+}
+
+typedef struct {
+    int B, H, Hkv, T, D, S_max, start;
+    const float *q;
+    long q_b, q_h, q_t;
+    const float *keys, *values;
+    const int *rows;
+    const unsigned char *allowed;
+    long a_b, a_t;
+    float *out;
+} problem;
+
+/* Where (row b, position s)'s key/value vector of head hk lies in a cache buffer. */
+static inline size_t slot(const problem *p, int b, int hk, int s) {
+    int r = p->rows ? p->rows[(size_t)b * p->S_max + s] : b;
+    return (((size_t)r * p->Hkv + hk) * p->S_max + s) * p->D;
+}
+
+/* One query (row b, head h, query t); scores: scratch for start + T floats. */
+static void attend_one(const problem *p, int b, int h, int t, float *scores) {
+    int D = p->D, hk = h / (p->H / p->Hkv);
+    int n = p->allowed ? p->start + p->T : p->start + t + 1;  /* candidate positions 0..n-1 */
+    const float *q = p->q + b * p->q_b + h * p->q_h + t * p->q_t;
+    const unsigned char *ok = p->allowed ? p->allowed + b * p->a_b + t * p->a_t : NULL;
+    float *o = p->out + (((size_t)b * p->T + t) * p->H + h) * D;
+    float scale = 1.f / sqrtf((float)D), best = -INFINITY;
+    for (int s = 0; s < n; s++) {
+        scores[s] = (ok && !ok[s]) ? -INFINITY : dot(q, p->keys + slot(p, b, hk, s), D) * scale;
+        if (scores[s] > best) best = scores[s];
+    }
+    memset(o, 0, sizeof(float) * D);
+    if (best == -INFINITY) return;  /* no key allowed */
+    float total = 0.f;
+    #pragma omp simd reduction(+:total)
+    for (int s = 0; s < n; s++) {
+        scores[s] = exp_nonpositive(scores[s] - best);  /* forbidden positions: 0 */
+        total += scores[s];
+    }
+    for (int s = 0; s < n; s++)
+        if (scores[s] != 0.f) add_scaled(o, p->values + slot(p, b, hk, s), scores[s], D);
+    float inv = 1.f / total;
+    #pragma omp simd
+    for (int d = 0; d < D; d++) o[d] *= inv;
+}
+
+/* The entry point: 0 on success, -1 for shapes it does not take, -2 when out of memory. */
+int decode_attention(int B, int H, int Hkv, int T, int D, int S_max, int start,
+                     const float *q, long q_b, long q_h, long q_t,
+                     const float *keys, const float *values, const int *rows,
+                     const unsigned char *allowed, long a_b, long a_t, float *out) {
+    if (B < 1 || H < 1 || Hkv < 1 || H % Hkv || T < 1 || D < 1 || start < 0 || start + T > S_max) return -1;
+    problem p = {B, H, Hkv, T, D, S_max, start, q, q_b, q_h, q_t, keys, values, rows, allowed, a_b, a_t, out};
+    int tasks = B * H * T, n_max = start + T, failed = 0;
+    size_t work = (size_t)tasks * n_max * D;
+    #pragma omp parallel if (work >= 32768)
+    {
+        float stack[STACK_SCORES];
+        float *scores = n_max <= STACK_SCORES ? stack : (float *)malloc(sizeof(float) * n_max);
+        if (!scores) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (int i = 0; i < tasks; i++) {
+            if (scores) attend_one(&p, i / (H * T), (i / T) % H, i % T, scores);
+        }
+        if (scores != stack) free(scores);
+    }
+    return failed ? -2 : 0;
+}
