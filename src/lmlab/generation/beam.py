@@ -17,9 +17,12 @@ reference heuristic).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from lmlab.generation.generate import GenerationConfig, GenerationOutput
+from lmlab.kernels import log_softmax_topk
 
 NEG = -1.0e9
 
@@ -31,19 +34,44 @@ def _take(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(tensor, index, dim=1)
 
 
-def best_continuations(total: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``keep`` best scores of each input over all its beams' continuations, and their flat
-    indices ``beam * V + token``. total: (B, nb, V) → (B, keep), (B, keep).
+def best_continuations(
+    logits: torch.Tensor,
+    running_scores: torch.Tensor,
+    keep: int,
+    adjust: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``keep`` best continuations of each input over all its beams: scores (running score +
+    log-probability) and flat indices ``beam * V + token``. logits (B·nb, V) of the running beams;
+    running_scores (B, nb); adjust: the logits processors, applied to the log-probabilities
+    (B·nb, V) → (B, keep), (B, keep).
 
     Each beam's own best ``keep`` come first (one row each, which runs in parallel and avoids one
     long selection over nb·V), then the best ``keep`` of those nb·keep: the same set as a top-k
     over all nb·V."""
-    B, nb, V = total.shape
+    B, nb = running_scores.shape
+    V = logits.size(-1)
     k = min(keep, V)
-    beam_scores, beam_tokens = torch.topk(total, k, dim=-1)  # (B, nb, k)
-    flat = beam_tokens + torch.arange(nb, device=total.device)[:, None] * V  # (B, nb, k)
+    beam_scores, beam_tokens = beam_shortlists(logits, running_scores, k, adjust)  # (B, nb, k)
+    flat = beam_tokens + torch.arange(nb, device=logits.device)[:, None] * V  # (B, nb, k)
     top_scores, pick = torch.topk(beam_scores.view(B, nb * k), keep)  # (B, keep)
     return top_scores, flat.view(B, nb * k).gather(1, pick)
+
+
+def beam_shortlists(
+    logits: torch.Tensor, running_scores: torch.Tensor, k: int, adjust: Callable[[torch.Tensor], torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each beam's k best continuations (see :func:`best_continuations`) → scores and tokens
+    (B, nb, k). Without processors the native kernel finds them in one pass over the logits,
+    without writing out the log-softmax."""
+    B, nb = running_scores.shape
+    if adjust is None:
+        fused = log_softmax_topk(logits, k, running_scores.view(-1))  # (B·nb, k) each
+        if fused is not None:
+            return fused[0].view(B, nb, k), fused[1].view(B, nb, k)
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (B·nb, V)
+    if adjust is not None:
+        logp = adjust(logp)
+    return torch.topk(logp.view(B, nb, -1) + running_scores[:, :, None], k, dim=-1)
 
 
 def beam_search(session, ids: torch.Tensor, config: GenerationConfig, pad_id: int) -> GenerationOutput:
@@ -74,11 +102,9 @@ def beam_search(session, ids: torch.Tensor, config: GenerationConfig, pad_id: in
     logits = session.prefill()  # (B·nb, V)
     cur = L
     while True:
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        if pipeline:
-            logp = pipeline(running[:, :, :cur].reshape(BN, cur), logp)
-        V = logp.size(-1)
-        top_scores, top_index = best_continuations(logp.view(B, nb, V) + running_scores[:, :, None], keep)  # (B, keep)
+        adjust = (lambda logp: pipeline(running[:, :, :cur].reshape(BN, cur), logp)) if pipeline else None
+        V = logits.size(-1)
+        top_scores, top_index = best_continuations(logits, running_scores, keep, adjust)  # (B, keep)
         source = top_index // V  # which beam each continuation extends
         top_seqs = _take(running, source)  # (B, keep, max_length)
         top_seqs[:, :, cur] = top_index % V

@@ -7,7 +7,8 @@ takes about twice as long for 2–8 (batched greedy decoding, beam search); the 
 is the same product over an int8 weight with per-row scales, in exact integer arithmetic on
 int16 activations. :func:`decode_attention` (``decode_attention.c``) is the attention of a few new
 queries over a KV cache, reading each cached position from the row a table names, so that beam
-search never moves cached keys.
+search never moves cached keys. :func:`log_softmax_topk` gives each row's k best
+log-probabilities without writing the whole log-softmax (a beam-search step).
 
 The C source ships with the package and is compiled once per machine with the system C compiler
 (``$CC``, else ``cc``/``gcc``; ``-O3 -march=native -fopenmp``) into the lmlab cache, then loaded
@@ -31,7 +32,8 @@ import torch
 
 from lmlab.cache import cache_dir
 
-SOURCES = [Path(__file__).with_name(name) for name in ("skinny_linear.c", "decode_attention.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("skinny_linear.c", "decode_attention.c", "log_softmax_topk.c")]
+HEADERS = [Path(__file__).with_name("exp_nonpositive.h")]
 DISABLE_ENV = "LMLAB_NATIVE_KERNELS"
 MAX_ROWS = 8
 
@@ -89,7 +91,8 @@ def _build_and_load() -> ctypes.CDLL:
     lib.decode_attention.argtypes = (
         [ctypes.c_int] * 7 + [ctypes.c_void_p] + [ctypes.c_long] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 2 + [ctypes.c_void_p]
     )
-    for entry in (lib.skinny_linear, lib.skinny_linear_int8, lib.skinny_linear_int8_f32, lib.decode_attention):
+    lib.log_softmax_topk.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
+    for entry in (lib.skinny_linear, lib.skinny_linear_int8, lib.skinny_linear_int8_f32, lib.decode_attention, lib.log_softmax_topk):
         entry.restype = ctypes.c_int
     return lib
 
@@ -113,7 +116,7 @@ def _torch_uses_gnu_openmp() -> bool:
 
 def _cached_build(compiler: str, flags: set[str]) -> Path:
     """The shared library for this source, compiler and CPU, compiled into the cache if missing."""
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     key = hashlib.sha256(source + compiler.encode() + " ".join(sorted(flags)).encode()).hexdigest()[:16]
     folder = cache_dir() / "kernels"
     folder.mkdir(parents=True, exist_ok=True)
@@ -282,3 +285,23 @@ def _cache_attention_applies(q, keys, values, start, rows, allowed) -> bool:
     if allowed is not None and (allowed.dtype != torch.bool or allowed.shape[1:] != (1, T, start + T) or allowed.size(0) not in (1, B)):
         return False
     return H % keys.size(1) == 0
+
+
+def log_softmax_topk(logits: torch.Tensor, k: int, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``torch.topk(logits.log_softmax(-1) + offset[:, None], k)`` in one pass over the logits:
+    logits (R, V) float32 on the CPU, offset (R,) or None, 1 ≤ k ≤ V → values (R, k) best first,
+    indices (R, k). None where the kernel does not apply (compute it with PyTorch)."""
+    R, V = logits.shape
+    if logits.dtype != torch.float32 or logits.device.type != "cpu" or not 0 < k <= V or logits.requires_grad:
+        return None
+    if offset is not None and (offset.dtype != torch.float32 or offset.shape != (R,) or offset.device.type != "cpu"):
+        return None
+    lib = load_native()
+    if lib is None:
+        return None
+    logits = logits.contiguous()
+    offset = offset.contiguous() if offset is not None else None
+    values, indices = torch.empty(R, k, dtype=torch.float32), torch.empty(R, k, dtype=torch.long)
+    done = lib.log_softmax_topk(R, V, k, logits.data_ptr(), offset.data_ptr() if offset is not None else None,
+                                values.data_ptr(), indices.data_ptr())
+    return (values, indices) if done == 0 else None

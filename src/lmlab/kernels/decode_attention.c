@@ -24,6 +24,8 @@
 #include <string.h>
 #include <omp.h>
 
+#include "exp_nonpositive.h"
+
 #define STACK_SCORES 2048
 
 static inline float dot(const float *a, const float *b, int D) {
@@ -31,24 +33,6 @@ static inline float dot(const float *a, const float *b, int D) {
     #pragma omp simd reduction(+:s)
     for (int d = 0; d < D; d++) s += a[d] * b[d];
     return s;
-}
-
-/* e^x for x ≤ 0 (softmax scores less their maximum) to within a few ulp, and 0 below −87 (−inf
- * included); plain arithmetic, so loops over it vectorise: e^x = 2^n · e^r with n = round(x/ln 2),
- * r = x − n·ln 2 (ln 2 in two parts, Cody–Waite), e^r from Cephes' degree-5 polynomial. */
-static inline float exp_nonpositive(float x) {
-    float clamped = x < -87.f ? -87.f : x;
-    float n = floorf(clamped * 1.44269504f + 0.5f);
-    float r = clamped - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    union { int i; float f; } two_n = {.i = ((int)n + 127) << 23};
-    float y = (p * r * r + r + 1.f) * two_n.f;
-    return x < -87.f ? 0.f : y;
 }
 
 static inline void add_scaled(float *acc, const float *v, float w, int D) {
