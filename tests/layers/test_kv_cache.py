@@ -42,22 +42,21 @@ def beam_steps(caches, attend, steps=6, rows=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     outputs = []
     for pos in range(steps):
-        for cache in caches:
-            cache.write(pos, torch.randn(rows, 2, 1, 3, generator=g), torch.randn(rows, 2, 1, 3, generator=g))
+        new = [(torch.randn(rows, 2, 1, 3, generator=g), torch.randn(rows, 2, 1, 3, generator=g)) for _ in caches]
         q = torch.randn(rows, 2, 1, 3, generator=g)
-        outputs.append([attend(cache, q, pos) for cache in caches])
+        outputs.append([attend(cache, q, k, v, pos) for cache, (k, v) in zip(caches, new)])
         reorder_layers(caches, torch.randint(0, rows, (rows,), generator=g), pos + 1)
     return outputs
 
 
-def native_attend(cache, q, pos):
-    out = cache.attend(q, pos, None)
+def native_attend(cache, q, k, v, pos):
+    out = cache.attend(q, k, v, pos, None)
     assert out is not None
     return out
 
 
-def sdpa_attend(cache, q, pos):
-    keys, values = cache.read(pos + 1)
+def sdpa_attend(cache, q, k, v, pos):
+    keys, values = cache.update(pos, k, v)
     return torch.nn.functional.scaled_dot_product_attention(q, keys, values).transpose(1, 2)
 
 
@@ -81,11 +80,10 @@ def test_falling_back_mid_search_reads_and_settles_through_the_table():
     reference = KVCache(3, 2, 12, 3)  # the same history, with rows copied
     for pos in range(5):
         k, v = torch.randn(3, 2, 1, 3, generator=g), torch.randn(3, 2, 1, 3, generator=g)
-        for cache in caches + [reference]:
-            cache.write(pos, k, v)
+        reference.update(pos, k, v)
         q = torch.randn(3, 2, 1, 3, generator=g)
         for cache in caches:
-            cache.attend(q, pos, None)
+            assert cache.attend(q, k, v, pos, None) is not None
         index = torch.randint(0, 3, (3,), generator=g)
         reorder_layers(caches, index, pos + 1)
         reference.reorder(index, pos + 1)

@@ -1,13 +1,14 @@
 /* Attention of a few new queries over a KV cache: the attention of one decoding step.
  *
- * q: (B, H, T, D) float32 with strides (q_b, q_h, q_t) and unit stride over D — the queries of
- * positions [start, start + T), whose keys and values are already in the cache. keys, values: the
- * cache buffers (B, H_kv, S_max, D), contiguous; query head h reads key/value head h / (H / H_kv)
- * (grouped-query attention).
+ * The new tokens are the positions [start, start + T) of B rows. q: their queries (B, H, T, D);
+ * k, v: their keys and values (B, H_kv, T, D), written into the cache first. Each is float32 with
+ * strides (b, h, t) and unit stride over D, so the heads can be read straight out of a fused
+ * projection. keys, values: the cache buffers (B, H_kv, S_max, D), contiguous; query head h reads
+ * key/value head h / (H / H_kv) (grouped-query attention).
  *
  * rows: (B, S_max) int32 or NULL. Beam search reorders its rows every step; instead of moving
  * cached keys between rows, the cache records for each (row, position) which buffer row holds
- * them: rows[b][s]. NULL means every row holds its own.
+ * them: rows[b][s]. NULL means every row holds its own. New keys go to the row's own buffer row.
  *
  * allowed: (B|1, T, start + T) bytes with strides (a_b, a_t) and unit stride over positions,
  * nonzero where a query may attend — or NULL for plain causal attention, where query t sees the
@@ -24,6 +25,7 @@
 #include <string.h>
 #include <omp.h>
 
+#include "lmlab_kernels.h"
 #include "exp_nonpositive.h"
 
 #define STACK_SCORES 2048
@@ -40,10 +42,11 @@ static inline void add_scaled(float *acc, const float *v, float w, int D) {
     for (int d = 0; d < D; d++) acc[d] += w * v[d];
 }
 
+static inline const float *head(heads x, int b, int h, int t) { return x.data + b * x.b + h * x.h + t * x.t; }
+
 typedef struct {
     int B, H, Hkv, T, D, S_max, start;
-    const float *q;
-    long q_b, q_h, q_t;
+    heads q;
     const float *keys, *values;
     const int *rows;
     const unsigned char *allowed;
@@ -61,7 +64,7 @@ static inline size_t slot(const problem *p, int b, int hk, int s) {
 static void attend_one(const problem *p, int b, int h, int t, float *scores) {
     int D = p->D, hk = h / (p->H / p->Hkv);
     int n = p->allowed ? p->start + p->T : p->start + t + 1;  /* candidate positions 0..n-1 */
-    const float *q = p->q + b * p->q_b + h * p->q_h + t * p->q_t;
+    const float *q = head(p->q, b, h, t);
     const unsigned char *ok = p->allowed ? p->allowed + b * p->a_b + t * p->a_t : NULL;
     float *o = p->out + (((size_t)b * p->T + t) * p->H + h) * D;
     float scale = 1.f / sqrtf((float)D), best = -INFINITY;
@@ -84,13 +87,23 @@ static void attend_one(const problem *p, int b, int h, int t, float *scores) {
     for (int d = 0; d < D; d++) o[d] *= inv;
 }
 
-/* The entry point: 0 on success, -1 for shapes it does not take, -2 when out of memory. */
-int decode_attention(int B, int H, int Hkv, int T, int D, int S_max, int start,
-                     const float *q, long q_b, long q_h, long q_t,
-                     const float *keys, const float *values, const int *rows,
-                     const unsigned char *allowed, long a_b, long a_t, float *out) {
+/* The new keys and values into each row's own buffer row, positions [start, start + T). */
+static void write_cache(int B, int Hkv, int T, int D, int S_max, int start, heads k, heads v, float *keys, float *values) {
+    for (int b = 0; b < B; b++)
+        for (int hk = 0; hk < Hkv; hk++)
+            for (int t = 0; t < T; t++) {
+                size_t at = (((size_t)b * Hkv + hk) * S_max + start + t) * D;
+                memcpy(keys + at, head(k, b, hk, t), sizeof(float) * D);
+                memcpy(values + at, head(v, b, hk, t), sizeof(float) * D);
+            }
+}
+
+int decode_attention(int B, int H, int Hkv, int T, int D, int S_max, int start, heads q, heads k, heads v,
+                     float *keys, float *values, const int *rows, const unsigned char *allowed, long a_b, long a_t,
+                     float *out) {
     if (B < 1 || H < 1 || Hkv < 1 || H % Hkv || T < 1 || D < 1 || start < 0 || start + T > S_max) return -1;
-    problem p = {B, H, Hkv, T, D, S_max, start, q, q_b, q_h, q_t, keys, values, rows, allowed, a_b, a_t, out};
+    write_cache(B, Hkv, T, D, S_max, start, k, v, keys, values);
+    problem p = {B, H, Hkv, T, D, S_max, start, q, keys, values, rows, allowed, a_b, a_t, out};
     int tasks = B * H * T, n_max = start + T, failed = 0;
     size_t work = (size_t)tasks * n_max * D;
     #pragma omp parallel if (work >= 32768)

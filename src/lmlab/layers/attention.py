@@ -119,23 +119,25 @@ class MultiHeadAttention(Attention):
         if rotary is not None:
             q, k = rotary(q), rotary(k)
         if cache is not None:
-            cache.write(start_pos, k, v)
-            y = self._attend_cache(q, cache, start_pos, mask)
+            y = self._attend_cache(q, k, v, cache, start_pos, mask)
             if y is not None:
                 return y
-            k, v = cache.read(start_pos + q.size(2))  # (B, H_kv, start_pos+T, D)
+            k, v = cache.update(start_pos, k, v)  # (B, H_kv, start_pos+T, D)
         if mask is None:
             mask = build_attention_mask(q.size(2), k.size(2), causal=True, device=x.device)
         return self._attend(q, k, v, mask)
 
 
-    def _attend_cache(self, q: torch.Tensor, cache: KVCache, start_pos: int, mask: AttentionMask | None) -> torch.Tensor | None:
-        """The queries q (B, H, T, D) over the cache in the native kernel → projected output
-        (B, T, C); None where it does not apply (training, kept weights, additive masks, …)."""
+    def _attend_cache(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, start_pos: int, mask: AttentionMask | None
+    ) -> torch.Tensor | None:
+        """Store k, v in the cache and attend with q (B, H, T, D) over it, in the native kernel →
+        projected output (B, T, C); None, with nothing stored, where it does not apply (training,
+        kept weights, additive masks, …)."""
         if self.keep_weights or self.training:
             return None
         usable, allowed = kernel_mask(mask, q.size(2))
-        y = cache.attend(q, start_pos, allowed) if usable else None  # (B, T, H, D)
+        y = cache.attend(q, k, v, start_pos, allowed) if usable else None  # (B, T, H, D)
         if y is None:
             return None
         B, T, H, D = y.shape

@@ -62,13 +62,13 @@ class KVCache(nn.Module):
             return self.keys[:, :, :end], self.values[:, :, :end]
         return self.sources.gather(self.keys, end), self.sources.gather(self.values, end)
 
-    def attend(self, q: torch.Tensor, start_pos: int, allowed: torch.Tensor | None) -> torch.Tensor | None:
-        """Attention of the queries q (B, H, T, D) of positions [start_pos, start_pos+T), already
-        written, over the cache through the native kernel: (B, T, H, D), or None where the kernel
-        does not apply (then :meth:`read` the keys). allowed: see
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int, allowed: torch.Tensor | None) -> torch.Tensor | None:
+        """Store k, v (B, H_kv, T, D) at positions [start_pos, start_pos+T) and return the attention
+        of the queries q (B, H, T, D) over the cache, both in the native kernel: (B, T, H, D). None,
+        with nothing stored, where the kernel does not apply (then :meth:`update`). allowed: see
         :func:`~lmlab.kernels.decode_attention` (None: causal)."""
         rows = self.sources.table if self.sources is not None and not self.sources.identity else None
-        out = decode_attention(q, self.keys, self.values, start_pos, rows, allowed)
+        out = decode_attention(q, k, v, self.keys, self.values, start_pos, rows, allowed)
         self.read_natively = out is not None
         return out
 

@@ -1,0 +1,85 @@
+"""Softmax kernels of a decoding step: attention over a KV cache (``decode_attention.c``) and beam
+search's log-softmax top-k (``log_softmax_topk.c``)."""
+
+from __future__ import annotations
+
+import torch
+
+from lmlab.kernels.build import MAX_ROWS, Heads, load_native
+
+def decode_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    start: int,
+    rows: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Write the keys and values of positions [start, start+T) into a cache, then the softmax
+    attention (scale 1/√D) of their queries over it.
+
+    q (B, H, T, D) with T ≤ 8; k, v (B, H_kv, T, D) (any strides); keys, values (B, H_kv, S_max,
+    D) contiguous cache buffers; rows (B, S_max) int32: the buffer row holding each (row,
+    position), None for its own; allowed (B|1, 1, T, start+T) bool, True where a query may attend
+    (None: causal). Float32 on the CPU without gradients → (B, T, H, D); None, with nothing
+    written, where it does not apply (use ``scaled_dot_product_attention``)."""
+    lib = load_native()
+    if lib is None or not _cache_attention_applies(q, k, v, keys, values, start, rows, allowed):
+        return None
+    B, H, T, D = q.shape
+    q, k, v = (x if x.stride(3) == 1 else x.contiguous() for x in (q, k, v))
+    mask_ptr, a_b, a_t = None, 0, 0
+    if allowed is not None:
+        allowed = allowed[:, 0]  # (B|1, T, S)
+        if allowed.stride(2) != 1:
+            allowed = allowed.contiguous()
+        mask_ptr, a_t = allowed.data_ptr(), allowed.stride(1)
+        a_b = allowed.stride(0) if allowed.size(0) > 1 else 0
+    out = torch.empty(B, T, H, D, dtype=torch.float32)  # (B, T, H, D)
+    done = lib.decode_attention(
+        B, H, keys.size(1), T, D, keys.size(2), start, Heads.of(q), Heads.of(k), Heads.of(v),
+        keys.data_ptr(), values.data_ptr(), rows.data_ptr() if rows is not None else None,
+        mask_ptr, a_b, a_t, out.data_ptr(),
+    )
+    return out if done == 0 else None
+
+
+def _cache_attention_applies(q, k, v, keys, values, start, rows, allowed) -> bool:
+    B, H, T, D = q.shape
+    tensors = (q, k, v, keys, values)
+    if any(t.dtype != torch.float32 or not t.is_cpu for t in tensors) or (torch.is_grad_enabled() and q.requires_grad):
+        return False
+    if not (keys.is_contiguous() and values.is_contiguous()) or keys.shape != values.shape:
+        return False
+    B_, H_kv, S_max, D_ = keys.shape
+    if not 0 < T <= MAX_ROWS or (B_, D_) != (B, D) or start + T > S_max or H % H_kv:
+        return False
+    if k.shape != (B, H_kv, T, D) or v.shape != k.shape:
+        return False
+    if rows is not None and (rows.dtype != torch.int32 or not rows.is_contiguous() or rows.shape != (B, S_max)):
+        return False
+    return allowed is None or (
+        allowed.dtype == torch.bool and allowed.shape[1:] == (1, T, start + T) and allowed.size(0) in (1, B)
+    )
+
+
+def log_softmax_topk(logits: torch.Tensor, k: int, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``torch.topk(logits.log_softmax(-1) + offset[:, None], k)`` in one pass over the logits:
+    logits (R, V) float32 on the CPU, offset (R,) or None, 1 ≤ k ≤ V → values (R, k) best first,
+    indices (R, k). None where the kernel does not apply (compute it with PyTorch)."""
+    R, V = logits.shape
+    if logits.dtype != torch.float32 or logits.device.type != "cpu" or not 0 < k <= V or logits.requires_grad:
+        return None
+    if offset is not None and (offset.dtype != torch.float32 or offset.shape != (R,) or offset.device.type != "cpu"):
+        return None
+    lib = load_native()
+    if lib is None:
+        return None
+    logits = logits.contiguous()
+    offset = offset.contiguous() if offset is not None else None
+    values, indices = torch.empty(R, k, dtype=torch.float32), torch.empty(R, k, dtype=torch.long)
+    done = lib.log_softmax_topk(R, V, k, logits.data_ptr(), offset.data_ptr() if offset is not None else None,
+                                values.data_ptr(), indices.data_ptr())
+    return (values, indices) if done == 0 else None

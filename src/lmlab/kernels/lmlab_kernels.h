@@ -1,0 +1,20 @@
+/* What the kernel files share: the entry points one calls in another (decode_block.c runs the
+ * others), and the strided view of attention heads. */
+#ifndef LMLAB_KERNELS_H
+#define LMLAB_KERNELS_H
+
+/* A (B, heads, T, D) float32 view: element (b, h, t, d) is data[b·b_stride + h·h_stride + t·t_stride + d]. */
+typedef struct {
+    const float *data;
+    long b, h, t;
+} heads;
+
+/* See decode_attention.c: 0 on success, -1 for shapes it does not take, -2 when out of memory. */
+int decode_attention(int B, int H, int Hkv, int T, int D, int S_max, int start, heads q, heads k, heads v,
+                     float *keys, float *values, const int *rows, const unsigned char *allowed, long a_b, long a_t,
+                     float *out);
+
+/* See skinny_linear.c: y (M, N) = x (M, K) · Wᵀ + b for 1 ≤ M ≤ 8; 0 on success. */
+int skinny_linear(int M, int N, int K, const float *x, const float *W, const float *b, float *y);
+
+#endif
