@@ -16,7 +16,9 @@ import torch  # noqa: F401  (loads PyTorch's OpenMP runtime, which the kernels s
 
 from lmlab.cache import cache_dir
 
-SOURCES = [Path(__file__).with_name(name) for name in ("skinny_linear.c", "decode_attention.c", "log_softmax_topk.c")]
+SOURCES = [
+    Path(__file__).with_name(name) for name in ("skinny_linear.c", "decode_attention.c", "log_softmax_topk.c", "decode_block.c")
+]
 HEADERS = [Path(__file__).with_name(name) for name in ("exp_nonpositive.h", "lmlab_kernels.h")]
 DISABLE_ENV = "LMLAB_NATIVE_KERNELS"
 MAX_ROWS = 8
@@ -95,8 +97,13 @@ def _build_and_load() -> ctypes.CDLL:
         [ctypes.c_int] * 7 + [Heads] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 2 + [ctypes.c_void_p]
     )
     lib.log_softmax_topk.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
-    for entry in (lib.skinny_linear, lib.skinny_linear_int8, lib.skinny_linear_int8_f32, lib.decode_attention, lib.log_softmax_topk):
-        entry.restype = ctypes.c_int
+    lib.decode_block.argtypes = (
+        [ctypes.c_void_p] + [ctypes.c_int] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_int] + [ctypes.c_void_p] * 2
+        + [ctypes.c_long] * 2 + [ctypes.c_void_p]
+    )
+    entries = ("skinny_linear", "skinny_linear_int8", "skinny_linear_int8_f32", "decode_attention", "log_softmax_topk", "decode_block")
+    for entry in entries:
+        getattr(lib, entry).restype = ctypes.c_int
     return lib
 
 

@@ -26,6 +26,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = Linear(d_model, d_ff, bias=bias)
         self.down = Linear(d_ff, d_model, bias=bias)
+        self.activation = activation
         self.act = ACTIVATIONS[activation]
         self.dropout = nn.Dropout(dropout)
 
@@ -42,6 +43,7 @@ class GatedFeedForward(nn.Module):
         self.gate = Linear(d_model, d_ff, bias=bias)
         self.up = Linear(d_model, d_ff, bias=bias)
         self.down = Linear(d_ff, d_model, bias=bias)
+        self.activation = activation
         self.act = ACTIVATIONS[activation]
         self.dropout = nn.Dropout(dropout)
 

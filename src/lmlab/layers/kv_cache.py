@@ -67,10 +67,14 @@ class KVCache(nn.Module):
         of the queries q (B, H, T, D) over the cache, both in the native kernel: (B, T, H, D). None,
         with nothing stored, where the kernel does not apply (then :meth:`update`). allowed: see
         :func:`~lmlab.kernels.decode_attention` (None: causal)."""
-        rows = self.sources.table if self.sources is not None and not self.sources.identity else None
-        out = decode_attention(q, k, v, self.keys, self.values, start_pos, rows, allowed)
+        out = decode_attention(q, k, v, self.keys, self.values, start_pos, self.row_table(), allowed)
         self.read_natively = out is not None
         return out
+
+    def row_table(self) -> torch.Tensor | None:
+        """(B, S_max) int32: which buffer row holds each (row, position), for the native kernels;
+        None while every row holds its own."""
+        return self.sources.table if self.sources is not None and not self.sources.identity else None
 
     def copy_rows_from(self, other: "KVCache", index: torch.Tensor) -> None:
         """Rows of this cache become rows ``index`` (B,) of ``other``, over ``other``'s positions

@@ -28,6 +28,11 @@ def quantized_weights(table: QuantizedWeights) -> Iterator[None]:
         _quantized.reset(token)
 
 
+def quantization_active() -> bool:
+    """Whether some layers compute with int8 weights here (inside :func:`quantized_weights`)."""
+    return bool(_quantized.get())
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, names and initialisation) whose inference on a few float32
     CPU rows — one decoding step — runs the native :func:`~lmlab.kernels.skinny_linear` kernel

@@ -1,0 +1,75 @@
+"""A whole pre-norm Transformer block for the tokens of one decoding step in one native call
+(``decode_block.c``): norm, fused q|k|v projection, cache attention, output projection, residual,
+norm, feed-forward, residual."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from lmlab.kernels.attention import cache_fits, cache_reading
+from lmlab.kernels.build import MAX_ROWS, load_native
+
+NORMS = {"layernorm": 0, "rmsnorm": 1}
+ACTIVATIONS = {"relu": 0, "gelu": 1, "gelu-tanh": 2, "silu": 3}
+_POINTERS = ("norm1_w", "norm1_b", "norm2_w", "norm2_b", "qkv_w", "qkv_b", "out_w", "out_b",
+             "up_w", "up_b", "gate_w", "gate_b", "down_w", "down_b")
+
+
+class BlockWeights(ctypes.Structure):
+    """A block's shapes and the addresses of its weights (``block`` in decode_block.c). It holds
+    addresses, not tensors: whoever builds it keeps the tensors alive and rebuilds it when they
+    move (see :func:`block_weights`)."""
+
+    _fields_ = (
+        [(name, ctypes.c_int) for name in ("C", "H", "Hkv", "D", "F", "norm", "activation", "gated")]
+        + [("eps", ctypes.c_float)]
+        + [(name, ctypes.c_void_p) for name in _POINTERS]
+    )
+
+
+def block_weights(
+    *, heads: int, kv_heads: int, norm: str, eps: float, activation: str, tensors: dict[str, torch.Tensor | None]
+) -> BlockWeights | None:
+    """The :class:`BlockWeights` of a block whose weights are ``tensors`` (the names of
+    ``_POINTERS``; biases and the gate may be None), or None where the kernel cannot run it: a norm
+    or activation it lacks, weights that are not contiguous float32 on the CPU."""
+    if norm not in NORMS or activation not in ACTIVATIONS or load_native() is None:
+        return None
+    present = [t for t in tensors.values() if t is not None]
+    if any(t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous() for t in present):
+        return None
+    qkv, up = tensors["qkv_w"], tensors["up_w"]
+    C, F = qkv.size(1), up.size(0)
+    D = qkv.size(0) // (heads + 2 * kv_heads)
+    return BlockWeights(
+        C, heads, kv_heads, D, F, NORMS[norm], ACTIVATIONS[activation], tensors["gate_w"] is not None, eps,
+        *(tensors[name].data_ptr() if tensors[name] is not None else None for name in _POINTERS),
+    )
+
+
+def decode_block(
+    weights: BlockWeights,
+    x: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    start: int,
+    rows: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """The block on x (B, T, C) at positions [start, start+T), B·T ≤ 8, writing their keys and
+    values into the cache (the arguments of :func:`~lmlab.kernels.decode_attention`) → (B, T, C).
+    None, with the cache untouched, where it does not apply (run the block's modules)."""
+    lib = load_native()
+    B, T, C = x.shape
+    if lib is None or B * T > MAX_ROWS or x.dtype != torch.float32 or not x.is_cpu or C != weights.C:
+        return None
+    if not cache_fits((B, weights.H, T, weights.D), keys, values, start, rows, allowed) or keys.size(1) != weights.Hkv:
+        return None
+    y = x.clone(memory_format=torch.contiguous_format)  # (B, T, C), updated in place
+    done = lib.decode_block(
+        ctypes.addressof(weights), B, T, start, keys.data_ptr(), values.data_ptr(), keys.size(2),
+        *cache_reading(rows, allowed), y.data_ptr(),
+    )
+    return y if done == 0 else None

@@ -1,0 +1,86 @@
+"""A pre-norm block's decoding step in one native call (:func:`~lmlab.kernels.block.decode_block`).
+
+A decoding step runs a few rows through every block; from Python that is some twenty small
+operations per block, whose dispatch costs more than their arithmetic. Where a block is one the
+kernel knows — LayerNorm or RMSNorm, multi-head or grouped-query attention without rotary
+positions or score biases, a plain or gated feed-forward with ReLU, GELU or SiLU — the whole step
+is one call, with the same results up to float32 rounding. Anything else (training, attention
+capture, an int8 draft, RoPE, ALiBi/T5 biases, MoE, other dtypes or devices) runs the modules.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmlab.kernels.block import BlockWeights, block_weights, decode_block
+from lmlab.layers.attention import MultiHeadAttention, kernel_mask
+from lmlab.layers.feedforward import FeedForward, GatedFeedForward
+from lmlab.layers.kv_cache import KVCache
+from lmlab.layers.linear import quantization_active
+from lmlab.layers.masks import AttentionMask
+
+_PLAN = "_native_block_plan"  # attention.__dict__ entry: (weight addresses, BlockWeights or None)
+
+
+def fused_decode_step(
+    norm1: nn.Module,
+    attention: MultiHeadAttention,
+    norm2: nn.Module,
+    ffn: nn.Module,
+    x: torch.Tensor,
+    cache: KVCache,
+    start_pos: int,
+    mask: AttentionMask | None,
+) -> torch.Tensor | None:
+    """``x + attention(norm1(x))``, then ``+ ffn(norm2(·))``, for x (B, T, C) at positions
+    [start_pos, start_pos+T) with B·T ≤ 8, its keys and values written to ``cache`` → (B, T, C);
+    None, with nothing written, where the native block does not apply."""
+    if torch.is_grad_enabled() or attention.training or ffn.training or attention.keep_weights or quantization_active():
+        return None
+    usable, allowed = kernel_mask(mask, x.size(1))
+    weights = _weights(norm1, attention, norm2, ffn) if usable else None
+    if weights is None:
+        return None
+    y = decode_block(weights, x, cache.keys, cache.values, start_pos, cache.row_table(), allowed)
+    if y is not None:
+        cache.read_natively = True
+    return y
+
+
+def _weights(norm1: nn.Module, attention: MultiHeadAttention, norm2: nn.Module, ffn: nn.Module) -> BlockWeights | None:
+    """The block's :class:`BlockWeights`, kept on the attention module and rebuilt when a weight
+    tensor is replaced; None for a block the kernel does not run."""
+    tensors = _block_tensors(norm1, attention, norm2, ffn)
+    addresses = tuple(t.data_ptr() if t is not None else 0 for t in tensors.values()) if tensors else None
+    plan = attention.__dict__.get(_PLAN)
+    if plan is not None and plan[0] == addresses:
+        return plan[1]
+    weights = None
+    if tensors is not None:
+        norm = "layernorm" if isinstance(norm1, nn.LayerNorm) else "rmsnorm"
+        eps = norm1.eps if norm1.eps is not None else torch.finfo(torch.float32).eps
+        weights = block_weights(
+            heads=attention.n_head, kv_heads=attention.n_kv_heads, norm=norm, eps=eps, activation=ffn.activation, tensors=tensors
+        )
+    attention.__dict__[_PLAN] = (addresses, weights)
+    return weights
+
+
+def _block_tensors(norm1: nn.Module, attention: MultiHeadAttention, norm2: nn.Module, ffn: nn.Module) -> dict | None:
+    """The weights by the kernel's names, or None when the modules are not of a kind it runs."""
+    norms_match = type(norm1) is type(norm2) and type(norm1) in (nn.LayerNorm, nn.RMSNorm) and norm1.eps == norm2.eps
+    if not norms_match or norm1.weight is None or norm2.weight is None or norm1.weight.dim() != 1:
+        return None
+    if type(ffn) not in (FeedForward, GatedFeedForward):
+        return None
+    gated = isinstance(ffn, GatedFeedForward)
+    return {
+        "norm1_w": norm1.weight, "norm1_b": getattr(norm1, "bias", None),
+        "norm2_w": norm2.weight, "norm2_b": getattr(norm2, "bias", None),
+        "qkv_w": attention.qkv.weight, "qkv_b": attention.qkv.bias,
+        "out_w": attention.out_proj.weight, "out_b": attention.out_proj.bias,
+        "up_w": ffn.up.weight, "up_b": ffn.up.bias,
+        "gate_w": ffn.gate.weight if gated else None, "gate_b": ffn.gate.bias if gated else None,
+        "down_w": ffn.down.weight, "down_b": ffn.down.bias,
+    }

@@ -1,0 +1,130 @@
+"""The native decoding block against the block's own modules, and where it steps aside."""
+
+import pytest
+import torch
+
+from lmlab.generation import GenerationConfig, generate_batch
+from lmlab.kernels import load_native, native_status
+from lmlab.layers import fused_block
+from lmlab.layers.kv_cache import KVCache
+from lmlab.layers.linear import quantized_weights
+from lmlab.layers.masks import build_attention_mask
+from lmlab.models import ModelConfig, blocks, build_model
+from lmlab.models.blocks import TransformerBlock
+from lmlab.models.config import MoEConfig
+
+native = pytest.mark.skipif(load_native() is None, reason=f"native kernel unavailable: {native_status()}")
+
+VARIANTS = {
+    "gpt2-like": dict(norm="layernorm", ffn="gelu-tanh", bias=True),
+    "bert-gelu": dict(norm="layernorm", ffn="gelu", bias=False),
+    "llama-like": dict(norm="rmsnorm", ffn="swiglu", bias=False, n_kv_heads=2),
+    "relu": dict(norm="layernorm", ffn="relu", bias=True, n_kv_heads=1),
+    "geglu": dict(norm="rmsnorm", ffn="geglu", bias=True),
+}
+
+
+def config(**overrides) -> ModelConfig:
+    base = dict(vocab_size=97, n_layer=2, n_head=4, d_model=32, context_length=40, dropout=0.0)
+    return ModelConfig(**{**base, **overrides})
+
+
+def random_block(cfg: ModelConfig) -> TransformerBlock:
+    torch.manual_seed(0)
+    block = TransformerBlock(cfg, 0).eval()
+    with torch.no_grad():
+        for p in block.parameters():  # norms and biases away from their 1/0 start
+            p.add_(torch.randn_like(p) * 0.2)
+    return block
+
+
+def by_modules(block, x, cache, pos, mask):
+    x = x + block.attn(block.attn_norm(x), cache, pos, mask)
+    return x + block.ffn(block.ffn_norm(x))
+
+
+def run_steps(block, step, chunks, padding=None):
+    """Feed chunks of a random sequence through ``step`` with a cache; the outputs, concatenated."""
+    x = torch.randn(2, sum(chunks), block.attn.out_proj.out_features, generator=torch.Generator().manual_seed(1))
+    cache = KVCache(2, block.attn.n_kv_heads, 24, block.attn.head_dim)
+    outputs, pos = [], 0
+    for size in chunks:
+        end = pos + size
+        mask = None
+        if padding is not None:
+            mask = build_attention_mask(size, end, causal=True, key_padding=padding[:, :end])
+        outputs.append(step(block, x[:, pos:end], cache, pos, mask))
+        pos = end
+    return torch.cat(outputs, 1), cache
+
+
+@native
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("padded", [False, True])
+def test_native_block_equals_its_modules(variant, padded):
+    block = random_block(config(**VARIANTS[variant]))
+    padding = None
+    if padded:
+        padding = torch.ones(2, 24, dtype=torch.bool)
+        padding[1, :3] = False  # the second row is left-padded
+    calls = []
+
+    def native_step(block, x, cache, pos, mask):
+        y = fused_block.fused_decode_step(block.attn_norm, block.attn, block.ffn_norm, block.ffn, x, cache, pos, mask)
+        calls.append(y is not None)
+        return y if y is not None else by_modules(block, x, cache, pos, mask)
+
+    with torch.no_grad():
+        got, got_cache = run_steps(block, native_step, [1, 4, 5, 1], padding)
+        want, want_cache = run_steps(block, by_modules, [1, 4, 5, 1], padding)
+    assert calls == [True, True, False, True]  # 2 sequences × 5 tokens are more rows than the kernel takes
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_cache.keys, want_cache.keys, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_cache.values, want_cache.values, rtol=1e-5, atol=1e-5)
+
+
+def one_step(block, x=None, mask=None, cache=None):
+    x = torch.randn(1, 1, block.attn.out_proj.out_features) if x is None else x
+    cache = cache or KVCache(1, block.attn.n_kv_heads, 8, block.attn.head_dim, dtype=x.dtype)
+    return fused_block.fused_decode_step(block.attn_norm, block.attn, block.ffn_norm, block.ffn, x, cache, 0, mask)
+
+
+@native
+def test_steps_aside_where_the_modules_must_run():
+    block = random_block(config(**VARIANTS["gpt2-like"]))
+    with torch.no_grad():
+        assert one_step(block) is not None
+        block.attn.keep_weights = True  # attention capture needs the weights
+        assert one_step(block) is None
+        block.attn.keep_weights = False
+        with quantized_weights({block.attn.qkv: (torch.zeros(96, 32, dtype=torch.int8), torch.ones(96))}):
+            assert one_step(block) is None  # the int8 draft computes with other weights
+        additive = build_attention_mask(1, 1, causal=True, position_bias=torch.zeros(1, 4, 1, 1))
+        assert one_step(block, mask=additive) is None  # ALiBi / T5 biases
+        assert one_step(block.double(), x=torch.randn(1, 1, 32, dtype=torch.float64)) is None
+        block.float().train()
+        assert one_step(block) is None
+    assert one_step(block.eval()) is None  # gradients wanted
+    with torch.no_grad():
+        assert one_step(random_block(config(ffn="selu"))) is None
+        assert one_step(random_block(config(moe=MoEConfig(num_experts=2)))) is None
+
+
+@native
+@pytest.mark.parametrize("variant", ["gpt2-like", "llama-like"])
+@pytest.mark.parametrize("settings", [
+    dict(strategy="greedy", draft_tokens=0), dict(strategy="greedy"), dict(strategy="beam", num_beams=3),
+    dict(strategy="sample", seed=3, top_k=20, draft_tokens=0),
+], ids=["greedy", "greedy-speculative", "beam", "sample"])
+def test_generation_is_the_same_with_and_without_the_native_block(variant, settings, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model(config(**VARIANTS[variant], n_layer=3)).eval()
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    gen = GenerationConfig(max_new_tokens=12, **settings)
+    with_block = [generate_batch(model, [p], gen) for p in prompts] + [generate_batch(model, prompts, gen)]
+    monkeypatch.setattr(blocks, "fused_decode_step", lambda *args: None)
+    without = [generate_batch(model, [p], gen) for p in prompts] + [generate_batch(model, prompts, gen)]
+    for a, b in zip(with_block, without):
+        assert a.sequences == b.sequences
+        if a.scores is not None:  # beam search's sequence scores
+            torch.testing.assert_close(torch.tensor(a.scores), torch.tensor(b.scores), rtol=1e-5, atol=1e-5)
