@@ -111,7 +111,7 @@ def test_a_failing_compiler_means_plain_pytorch(tmp_path):
         "m = build_model(ModelConfig(vocab_size=20, n_layer=1, n_head=2, d_model=8, context_length=16)).eval();"
         "print(native_status()); print(len(generate(m, [1, 2], GenerationConfig(max_new_tokens=4))))"
     )
-    env = {**os.environ, "LMLAB_CACHE": str(tmp_path), "CC": "false"}
+    env = {**os.environ, "LMLAB_CACHE": str(tmp_path), "CC": "false", "LMLAB_NATIVE_KERNELS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     status, produced = out.stdout.strip().splitlines()
     assert status.startswith(("compiling the kernel failed", "no native kernel", "the CPU lacks")) and produced == "4"
