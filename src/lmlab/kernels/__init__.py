@@ -7,10 +7,15 @@ takes about twice as long for 2–8 (batched greedy decoding, beam search); the 
 is the same product over an int8 weight with per-row scales, in exact integer arithmetic on
 int16 activations. :func:`decode_attention` (``decode_attention.c``) is the attention of a few new
 queries over a KV cache, reading each cached position from the row a table names, so that beam
-search never moves cached keys. :func:`log_softmax_topk` gives each row's k best
-log-probabilities without writing the whole log-softmax (a beam-search step).
+search never moves cached keys. :func:`~lmlab.kernels.block.decode_block` (``decode_block.c``)
+runs a whole pre-norm Transformer block for the tokens of a step in one call.
+:func:`log_softmax_topk` gives each row's k best log-probabilities without writing the whole
+log-softmax (a beam-search step).
 
-The C source ships with the package and is compiled once per machine with the system C compiler
+Modules: ``build`` compiles and loads the library, ``linear`` wraps the matrix products,
+``attention`` the softmax kernels, ``block`` the whole block.
+
+The C sources ship with the package and are compiled once per machine with the system C compiler
 (``$CC``, else ``cc``/``gcc``; ``-O3 -march=native -fopenmp``) into the lmlab cache, then loaded
 with ctypes. It shares PyTorch's OpenMP runtime, so ``torch.set_num_threads`` applies to it.
 Where it cannot be built (no compiler, a CPU without AVX2/FMA, a PyTorch not on GNU OpenMP, or
