@@ -115,3 +115,20 @@ def test_a_failing_compiler_means_plain_pytorch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     status, produced = out.stdout.strip().splitlines()
     assert status.startswith(("compiling the kernel failed", "no native kernel", "the CPU lacks")) and produced == "4"
+
+
+@native
+@pytest.mark.parametrize("rows", [1, 2, 5, 8])
+@pytest.mark.parametrize("n, k", [(1, 1), (7, 5), (301, 70), (513, 1000)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_bfloat16_kernel_rounds_the_float32_product_once(rows, n, k, bias):
+    g = torch.Generator().manual_seed(rows * 100 + n + k)
+    x, w = torch.randn(rows, k, generator=g).bfloat16(), torch.randn(n, k, generator=g).bfloat16()
+    b = torch.randn(n, generator=g).bfloat16() if bias else None
+    with torch.no_grad():
+        got = skinny_linear(x, w, b)
+    assert got is not None and got.dtype == torch.bfloat16 and got.shape == (rows, n)
+    exact = reference(x.float(), w.float(), None if b is None else b.float()).double()  # the float32 product
+    ulp = exact.abs().clamp(min=1e-30) * 2.0**-7  # one bfloat16 step (8 significant bits)
+    assert ((got.double() - exact).abs() <= ulp + 1e-5 * k**0.5).all()
+    torch.testing.assert_close(got, F.linear(x, w, b), rtol=1e-2, atol=1e-2 * k**0.5)

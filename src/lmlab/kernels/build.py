@@ -93,6 +93,7 @@ def _build_and_load() -> ctypes.CDLL:
     lib.skinny_linear.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
     lib.skinny_linear_int8.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 5
     lib.skinny_linear_int8_f32.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
+    lib.skinny_linear_bf16.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
     lib.decode_attention.argtypes = (
         [ctypes.c_int] * 7 + [Heads] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_long] * 2 + [ctypes.c_void_p]
     )
@@ -101,7 +102,10 @@ def _build_and_load() -> ctypes.CDLL:
         [ctypes.c_void_p] + [ctypes.c_int] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_int] + [ctypes.c_void_p] * 2
         + [ctypes.c_long] * 2 + [ctypes.c_void_p]
     )
-    entries = ("skinny_linear", "skinny_linear_int8", "skinny_linear_int8_f32", "decode_attention", "log_softmax_topk", "decode_block")
+    entries = (
+        "skinny_linear", "skinny_linear_int8", "skinny_linear_int8_f32", "skinny_linear_bf16",
+        "decode_attention", "log_softmax_topk", "decode_block",
+    )
     for entry in entries:
         getattr(lib, entry).restype = ctypes.c_int
     return lib

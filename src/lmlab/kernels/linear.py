@@ -7,33 +7,39 @@ import torch
 
 from lmlab.kernels.build import MAX_ROWS, _library_now, load_native
 
+_ENTRIES = {torch.float32: "skinny_linear", torch.bfloat16: "skinny_linear_bf16"}
+
+
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
     """``F.linear(x, weight, bias)`` through the native kernel: x (..., K) with at most 8 rows,
-    weight (N, K) row-major, all float32 on the CPU, no gradient wanted → (..., N). None when any
-    of that does not hold or the kernel is unavailable (use ``F.linear``). Called for every
-    projection of every decoding step, so the checks are kept to cheap attribute reads."""
+    weight (N, K) row-major, all float32 — or all bfloat16, computed in float32 and rounded once —
+    on the CPU, no gradient wanted → (..., N). None when any of that does not hold or the kernel
+    is unavailable (use ``F.linear``). Called for every projection of every decoding step, so the
+    checks are kept to cheap attribute reads."""
     lib = _library_now()
-    if lib is None or weight.dtype != torch.float32 or not weight.is_cpu or not weight.is_contiguous():
+    dtype = weight.dtype
+    if lib is None or dtype not in _ENTRIES or not weight.is_cpu or not weight.is_contiguous():
         return None
-    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+    if bias is not None and (bias.dtype != dtype or not bias.is_contiguous()):
         return None
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
         return None
-    rows, x = _few_float_rows(x)
+    rows, x = _few_rows(x, dtype)
     if rows == 0:
         return None
     N = weight.size(0)
-    y = torch.empty(x.shape[:-1] + (N,), dtype=torch.float32)  # (..., N)
-    lib.skinny_linear(rows, N, x.size(-1), x.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr())
+    y = torch.empty(x.shape[:-1] + (N,), dtype=dtype)  # (..., N)
+    entry = getattr(lib, _ENTRIES[dtype])
+    entry(rows, N, x.size(-1), x.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None, y.data_ptr())
     return y
 
 
-def _few_float_rows(x: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """x (..., K) made contiguous, and its number of rows when it is float32 on the CPU with 1 to
+def _few_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[int, torch.Tensor]:
+    """x (..., K) made contiguous, and its number of rows when it is ``dtype`` on the CPU with 1 to
     ``MAX_ROWS`` rows (what the kernels take), else 0."""
     K = x.size(-1)
     rows = x.numel() // K if K else 0
-    if not 0 < rows <= MAX_ROWS or x.dtype != torch.float32 or not x.is_cpu:
+    if not 0 < rows <= MAX_ROWS or x.dtype != dtype or not x.is_cpu:
         return 0, x
     return rows, x if x.is_contiguous() else x.contiguous()
 
@@ -88,7 +94,7 @@ def skinny_linear_int8_float(
     """An int8 linear layer on float32 rows: x (..., K) with at most 8 rows is rounded to int16
     per row inside the kernel, then as :func:`skinny_linear_int8`, plus ``bias`` → (..., N). None
     where it does not apply (use the float weights)."""
-    rows, x = _few_float_rows(x)
+    rows, x = _few_rows(x)
     lib = load_native() if rows else None
     if lib is None:
         return None

@@ -6,7 +6,8 @@
  * pass over memory for any M, where a general GEMM library is built for large M.
  *
  * Each thread takes a contiguous range of W's rows, two at a time, with M × 2 vector accumulators,
- * and prefetches the stream ahead of the loads. skinny_linear_int8 does the same over an int8
+ * and prefetches the stream ahead of the loads. skinny_linear_bf16 streams bfloat16 weights (half
+ * the bytes), widened to float32 in registers. skinny_linear_int8 does the same over an int8
  * weight with per-row scales and int16 activations, in exact integer arithmetic (the LM-head
  * screen of lmlab/generation/head_screen.py, the int8 draft of speculative decoding). Built by lmlab/kernels/__init__.py with
  * -O3 -march=native -fopenmp for AVX-512 or AVX2+FMA; nothing is built for other CPUs.
@@ -43,26 +44,59 @@ static inline float vsum(vec v) {
 #define PREFETCH_AHEAD 1536 /* floats: about 6 KB ahead of the row pair being read */
 #define MAX_ROWS 8
 
-/* Dot product of one W row with one x row, for the remainder and odd rows. */
-static inline float dot_tail(const float *w, const float *x, int from, int K) {
-    float s = 0.f;
-    for (int k = from; k < K; k++) s += w[k] * x[k];
-    return s;
+/* bfloat16 is the top half of a float32: widening is a shift, narrowing rounds to nearest even. */
+static inline float bf16_to_f32(unsigned short h) {
+    union { unsigned int i; float f; } u;
+    u.i = (unsigned int)h << 16;
+    return u.f;
 }
 
-#define DEFINE_ROWS(MM)                                                                          \
-static void rows_##MM(int N, int K, const float *x, const float *W, const float *b, float *y,  \
-                      int n_lo, int n_hi) {                                                      \
+static inline unsigned short f32_to_bf16(float f) {
+    union { unsigned int i; float f; } u;
+    u.f = f;
+    if ((u.i & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  /* NaN stays a (quiet) NaN */
+    return (unsigned short)((u.i + 0x7fffu + ((u.i >> 16) & 1u)) >> 16);
+}
+
+#if defined(__AVX512F__)
+static inline vec vload_bf16(const unsigned short *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+#else
+static inline vec vload_bf16(const unsigned short *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+#endif
+
+#define F32(p, i) ((p)[i])
+#define BF16(p, i) bf16_to_f32((p)[i])
+
+/* Dot product of one W row with one x row, for the remainder and odd rows. */
+#define DEFINE_DOT_TAIL(NAME, WTYPE, WGET)                                                       \
+static inline float NAME(const WTYPE *w, const float *x, int from, int K) {                      \
+    float s = 0.f;                                                                               \
+    for (int k = from; k < K; k++) s += WGET(w, k) * x[k];                                       \
+    return s;                                                                                    \
+}
+
+DEFINE_DOT_TAIL(dot_tail, float, F32)
+DEFINE_DOT_TAIL(dot_tail_bf16, unsigned short, BF16)
+
+/* rows_<MM><SUFFIX>: y (MM, N) over the weight rows [n_lo, n_hi), for weights (and bias) of type
+ * WTYPE, read WIDTH at a time with WLOAD and one at a time with WGET. */
+#define DEFINE_ROWS(MM, SUFFIX, WTYPE, WLOAD, WGET, TAIL)                                        \
+static void rows_##MM##SUFFIX(int N, int K, const float *x, const WTYPE *W, const WTYPE *b, float *y, \
+                              int n_lo, int n_hi) {                                              \
     int n = n_lo;                                                                                \
     for (; n + 2 <= n_hi; n += 2) {                                                              \
-        const float *w0 = W + (size_t)n * K, *w1 = w0 + K;                                       \
+        const WTYPE *w0 = W + (size_t)n * K, *w1 = w0 + K;                                       \
         vec a0[MM], a1[MM];                                                                      \
         for (int m = 0; m < MM; m++) { a0[m] = vzero(); a1[m] = vzero(); }                       \
         int k = 0;                                                                               \
         for (; k + WIDTH <= K; k += WIDTH) {                                                     \
             _mm_prefetch((const char *)(w1 + k + PREFETCH_AHEAD), _MM_HINT_T0);                  \
             _mm_prefetch((const char *)(w1 + K + k + PREFETCH_AHEAD), _MM_HINT_T0);              \
-            vec u0 = vload(w0 + k), u1 = vload(w1 + k);                                          \
+            vec u0 = WLOAD(w0 + k), u1 = WLOAD(w1 + k);                                          \
             for (int m = 0; m < MM; m++) {                                                       \
                 vec xv = vload(x + (size_t)m * K + k);                                           \
                 a0[m] = vfma(u0, xv, a0[m]);                                                     \
@@ -71,20 +105,29 @@ static void rows_##MM(int N, int K, const float *x, const float *W, const float 
         }                                                                                        \
         for (int m = 0; m < MM; m++) {                                                           \
             const float *xm = x + (size_t)m * K;                                                 \
-            y[(size_t)m * N + n] = vsum(a0[m]) + dot_tail(w0, xm, k, K) + (b ? b[n] : 0.f);      \
-            y[(size_t)m * N + n + 1] = vsum(a1[m]) + dot_tail(w1, xm, k, K) + (b ? b[n + 1] : 0.f); \
+            y[(size_t)m * N + n] = vsum(a0[m]) + TAIL(w0, xm, k, K) + (b ? WGET(b, n) : 0.f);    \
+            y[(size_t)m * N + n + 1] = vsum(a1[m]) + TAIL(w1, xm, k, K) + (b ? WGET(b, n + 1) : 0.f); \
         }                                                                                        \
     }                                                                                            \
     for (; n < n_hi; n++)                                                                        \
         for (int m = 0; m < MM; m++)                                                             \
-            y[(size_t)m * N + n] = dot_tail(W + (size_t)n * K, x + (size_t)m * K, 0, K) + (b ? b[n] : 0.f); \
+            y[(size_t)m * N + n] = TAIL(W + (size_t)n * K, x + (size_t)m * K, 0, K) + (b ? WGET(b, n) : 0.f); \
 }
 
-DEFINE_ROWS(1) DEFINE_ROWS(2) DEFINE_ROWS(3) DEFINE_ROWS(4)
-DEFINE_ROWS(5) DEFINE_ROWS(6) DEFINE_ROWS(7) DEFINE_ROWS(8)
+#define DEFINE_ALL_ROWS(SUFFIX, WTYPE, WLOAD, WGET, TAIL)                                        \
+    DEFINE_ROWS(1, SUFFIX, WTYPE, WLOAD, WGET, TAIL) DEFINE_ROWS(2, SUFFIX, WTYPE, WLOAD, WGET, TAIL) \
+    DEFINE_ROWS(3, SUFFIX, WTYPE, WLOAD, WGET, TAIL) DEFINE_ROWS(4, SUFFIX, WTYPE, WLOAD, WGET, TAIL) \
+    DEFINE_ROWS(5, SUFFIX, WTYPE, WLOAD, WGET, TAIL) DEFINE_ROWS(6, SUFFIX, WTYPE, WLOAD, WGET, TAIL) \
+    DEFINE_ROWS(7, SUFFIX, WTYPE, WLOAD, WGET, TAIL) DEFINE_ROWS(8, SUFFIX, WTYPE, WLOAD, WGET, TAIL)
+
+DEFINE_ALL_ROWS(, float, vload, F32, dot_tail)
+DEFINE_ALL_ROWS(_bf16, unsigned short, vload_bf16, BF16, dot_tail_bf16)
 
 typedef void (*rows_fn)(int, int, const float *, const float *, const float *, float *, int, int);
 static const rows_fn ROWS[MAX_ROWS + 1] = {0, rows_1, rows_2, rows_3, rows_4, rows_5, rows_6, rows_7, rows_8};
+typedef void (*rows_bf16_fn)(int, int, const float *, const unsigned short *, const unsigned short *, float *, int, int);
+static const rows_bf16_fn ROWS_BF16[MAX_ROWS + 1] = {0, rows_1_bf16, rows_2_bf16, rows_3_bf16, rows_4_bf16,
+                                                     rows_5_bf16, rows_6_bf16, rows_7_bf16, rows_8_bf16};
 
 /* The int8 product: Q (N, K) int8 with one float32 scale per row, x given as int16 rows xq with
  * one scale per row. The products and their sums are exact int32 (vpmaddwd): the caller bounds
@@ -213,6 +256,27 @@ int skinny_linear_int8_f32(int M, int N, int K, const float *x, const signed cha
     int done = skinny_linear_int8(M, N, K, xq, xscale, Q, scale, y);
     free(xq);
     return done;
+}
+
+/* The same for a bfloat16 layer: x (M, K), W (N, K), b (N,) or NULL and y (M, N) in bfloat16;
+ * the products and sums in float32, y rounded once at the end (as PyTorch's bfloat16 GEMM). */
+int skinny_linear_bf16(int M, int N, int K, const unsigned short *x, const unsigned short *W, const unsigned short *b,
+                       unsigned short *y) {
+    if (M < 1 || M > MAX_ROWS || N < 1 || K < 1) return -1;
+    float *xf = (float *)malloc(sizeof(float) * ((size_t)M * K + (size_t)M * N));
+    if (!xf) return -2;
+    float *yf = xf + (size_t)M * K;
+    for (size_t i = 0; i < (size_t)M * K; i++) xf[i] = bf16_to_f32(x[i]);
+    rows_bf16_fn rows = ROWS_BF16[M];
+    #pragma omp parallel if ((size_t)N * K >= 131072)
+    {
+        int lo, hi;
+        share(N, &lo, &hi);
+        if (lo < hi) rows(N, K, xf, W, b, yf, lo, hi);
+    }
+    for (size_t i = 0; i < (size_t)M * N; i++) y[i] = f32_to_bf16(yf[i]);
+    free(xf);
+    return 0;
 }
 
 int skinny_linear_max_rows(void) { return MAX_ROWS; }
