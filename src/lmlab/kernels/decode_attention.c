@@ -17,7 +17,7 @@
  *
  * out: (B, T, H, D) contiguous — the layout the output projection reads. Scores are scaled by
  * 1/√D and go through a max-subtracted softmax in float32. Built with the other kernels by
- * lmlab/kernels/__init__.py.
+ * lmlab/kernels/build.py.
  */
 #include <math.h>
 #include <stddef.h>

@@ -9,7 +9,7 @@
  *
  * x: (M, C) float32, M = B·T ≤ 8 rows (row b·T + t is token t of sequence b), updated in place.
  * The cache arguments are decode_attention's. Built with the other kernels by
- * lmlab/kernels/__init__.py.
+ * lmlab/kernels/build.py.
  */
 #include <math.h>
 #include <stddef.h>

@@ -6,7 +6,7 @@
  * the lower column first). The log-softmax is x − max − log Σ exp(x − max), as PyTorch computes
  * it; the selection runs on the logits themselves, which order the same way. One pass finds the
  * maximum, one sums the exponentials, one keeps the k best — where a full log-softmax would also
- * write and reread all R·V of them. Built with the other kernels by lmlab/kernels/__init__.py.
+ * write and reread all R·V of them. Built with the other kernels by lmlab/kernels/build.py.
  */
 #include <math.h>
 #include <stddef.h>
