@@ -10,8 +10,8 @@
  * the bytes), widened to float32 in registers. skinny_linear_int8 does the same over an int8
  * weight with per-row scales and int16 activations, in exact integer arithmetic (the LM-head
  * screen of lmlab/generation/head_screen.py, the int8 draft of speculative decoding). Built by
- * lmlab/kernels/build.py with
- * -O3 -march=native -fopenmp for AVX-512 or AVX2+FMA; nothing is built for other CPUs.
+ * lmlab/kernels/build.py with -O3 -march=native -fopenmp for AVX-512 or AVX2+FMA; nothing is
+ * built for other CPUs.
  */
 #include <math.h>
 #include <stddef.h>
