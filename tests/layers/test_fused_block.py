@@ -9,6 +9,7 @@ from lmlab.layers import fused_block
 from lmlab.layers.kv_cache import KVCache
 from lmlab.layers.linear import quantized_weights
 from lmlab.layers.masks import build_attention_mask
+from lmlab.layers.positional import RotaryPositionalEncoding
 from lmlab.models import ModelConfig, blocks, build_model
 from lmlab.models.blocks import TransformerBlock
 from lmlab.models.config import MoEConfig
@@ -21,6 +22,7 @@ VARIANTS = {
     "llama-like": dict(norm="rmsnorm", ffn="swiglu", bias=False, n_kv_heads=2),
     "relu": dict(norm="layernorm", ffn="relu", bias=True, n_kv_heads=1),
     "geglu": dict(norm="rmsnorm", ffn="geglu", bias=True),
+    "llama-rope": dict(norm="rmsnorm", ffn="swiglu", bias=False, n_kv_heads=2, position="rope"),
 }
 
 
@@ -38,22 +40,26 @@ def random_block(cfg: ModelConfig) -> TransformerBlock:
     return block
 
 
-def by_modules(block, x, cache, pos, mask):
-    x = x + block.attn(block.attn_norm(x), cache, pos, mask)
+def by_modules(block, x, cache, pos, mask, rotary=None):
+    x = x + block.attn(block.attn_norm(x), cache, pos, mask, rotary)
     return x + block.ffn(block.ffn_norm(x))
 
 
-def run_steps(block, step, chunks, padding=None):
-    """Feed chunks of a random sequence through ``step`` with a cache; the outputs, concatenated."""
+def run_steps(block, step, chunks, padding=None, rope=None):
+    """Feed chunks of a random sequence through ``step`` with a cache; the outputs, concatenated.
+    rope: a RoPE encoding, applied per position (per row, from the padding, when there is one)."""
     x = torch.randn(2, sum(chunks), block.attn.out_proj.out_features, generator=torch.Generator().manual_seed(1))
     cache = KVCache(2, block.attn.n_kv_heads, 24, block.attn.head_dim)
     outputs, pos = [], 0
     for size in chunks:
         end = pos + size
-        mask = None
+        mask = rotary = None
         if padding is not None:
             mask = build_attention_mask(size, end, causal=True, key_padding=padding[:, :end])
-        outputs.append(step(block, x[:, pos:end], cache, pos, mask))
+        if rope is not None:
+            position_ids = None if padding is None else (padding.long().cumsum(-1) - 1).clamp(min=0)[:, pos:end]
+            rotary = rope.rotary(pos, size, position_ids)
+        outputs.append(step(block, x[:, pos:end], cache, pos, mask, rotary))
         pos = end
     return torch.cat(outputs, 1), cache
 
@@ -61,22 +67,24 @@ def run_steps(block, step, chunks, padding=None):
 @native
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("padded", [False, True])
-def test_native_block_equals_its_modules(variant, padded):
+@pytest.mark.parametrize("rope_fraction", [None, 1.0, 0.5])
+def test_native_block_equals_its_modules(variant, padded, rope_fraction):
     block = random_block(config(**VARIANTS[variant]))
+    rope = None if rope_fraction is None else RotaryPositionalEncoding(block.attn.head_dim, 24, fraction=rope_fraction)
     padding = None
     if padded:
         padding = torch.ones(2, 24, dtype=torch.bool)
         padding[1, :3] = False  # the second row is left-padded
     calls = []
 
-    def native_step(block, x, cache, pos, mask):
-        y = fused_block.fused_decode_step(block.attn_norm, block.attn, block.ffn_norm, block.ffn, x, cache, pos, mask)
+    def native_step(block, x, cache, pos, mask, rotary):
+        y = fused_block.fused_decode_step(block.attn_norm, block.attn, block.ffn_norm, block.ffn, x, cache, pos, mask, rotary)
         calls.append(y is not None)
-        return y if y is not None else by_modules(block, x, cache, pos, mask)
+        return y if y is not None else by_modules(block, x, cache, pos, mask, rotary)
 
     with torch.no_grad():
-        got, got_cache = run_steps(block, native_step, [1, 4, 5, 1], padding)
-        want, want_cache = run_steps(block, by_modules, [1, 4, 5, 1], padding)
+        got, got_cache = run_steps(block, native_step, [1, 4, 5, 1], padding, rope)
+        want, want_cache = run_steps(block, by_modules, [1, 4, 5, 1], padding, rope)
     assert calls == [True, True, False, True]  # 2 sequences × 5 tokens are more rows than the kernel takes
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_cache.keys, want_cache.keys, rtol=1e-5, atol=1e-5)
@@ -111,7 +119,7 @@ def test_steps_aside_where_the_modules_must_run():
 
 
 @native
-@pytest.mark.parametrize("variant", ["gpt2-like", "llama-like"])
+@pytest.mark.parametrize("variant", ["gpt2-like", "llama-like", "llama-rope"])
 @pytest.mark.parametrize("settings", [
     dict(strategy="greedy", draft_tokens=0), dict(strategy="greedy"), dict(strategy="beam", num_beams=3),
     dict(strategy="sample", seed=3, top_k=20, draft_tokens=0),

@@ -57,19 +57,42 @@ def decode_block(
     start: int,
     rows: torch.Tensor | None = None,
     allowed: torch.Tensor | None = None,
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """The block on x (B, T, C) at positions [start, start+T), B·T ≤ 8, writing their keys and
     values into the cache (the arguments of :func:`~lmlab.kernels.decode_attention`) → (B, T, C).
-    None, with the cache untouched, where it does not apply (run the block's modules)."""
+    rope: RoPE's (cos, sin) of these positions, (T, r) or (B|1, 1, T, r), rotating the first r
+    dimensions of every query and key head ("rotate half"). None, with the cache untouched, where
+    it does not apply (run the block's modules)."""
     lib = load_native()
     B, T, C = x.shape
     if lib is None or B * T > MAX_ROWS or x.dtype != torch.float32 or not x.is_cpu or C != weights.C:
         return None
     if not cache_fits((B, weights.H, T, weights.D), keys, values, start, rows, allowed) or keys.size(1) != weights.Hkv:
         return None
+    rotation = _rope_arguments(rope, B, T, weights.D)
+    if rotation is None:
+        return None
     y = x.clone(memory_format=torch.contiguous_format)  # (B, T, C), updated in place
     done = lib.decode_block(
         ctypes.addressof(weights), B, T, start, keys.data_ptr(), values.data_ptr(), keys.size(2),
-        *cache_reading(rows, allowed), y.data_ptr(),
+        *cache_reading(rows, allowed), *rotation, y.data_ptr(),
     )
     return y if done == 0 else None
+
+
+def _rope_arguments(rope: tuple[torch.Tensor, torch.Tensor] | None, B: int, T: int, D: int) -> tuple | None:
+    """The kernel's (cos, sin, c_b, c_t, r) for RoPE tables of (T, r) or (B|1, 1, T, r); no
+    rotation for None; None for tables it cannot read."""
+    if rope is None:
+        return None, None, 0, 0, 0
+    cos, sin = rope
+    if cos.shape != sin.shape or cos.stride() != sin.stride() or cos.dtype != torch.float32 or sin.dtype != torch.float32:
+        return None
+    if not cos.is_cpu or cos.stride(-1) != 1 or not 2 <= cos.size(-1) <= D or cos.size(-1) % 2:
+        return None
+    if cos.dim() == 2 and cos.size(0) == T:
+        return cos.data_ptr(), sin.data_ptr(), 0, cos.stride(0), cos.size(-1)
+    if cos.dim() == 4 and cos.size(0) in (1, B) and cos.shape[1:3] == (1, T):
+        return cos.data_ptr(), sin.data_ptr(), cos.stride(0) if cos.size(0) > 1 else 0, cos.stride(2), cos.size(-1)
+    return None

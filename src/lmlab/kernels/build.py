@@ -100,7 +100,7 @@ def _build_and_load() -> ctypes.CDLL:
     lib.log_softmax_topk.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
     lib.decode_block.argtypes = (
         [ctypes.c_void_p] + [ctypes.c_int] * 3 + [ctypes.c_void_p] * 2 + [ctypes.c_int] + [ctypes.c_void_p] * 2
-        + [ctypes.c_long] * 2 + [ctypes.c_void_p]
+        + [ctypes.c_long] * 2 + [ctypes.c_void_p] * 2 + [ctypes.c_long] * 2 + [ctypes.c_int] + [ctypes.c_void_p]
     )
     entries = (
         "skinny_linear", "skinny_linear_int8", "skinny_linear_int8_f32", "skinny_linear_bf16",

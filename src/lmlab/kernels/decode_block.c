@@ -1,6 +1,7 @@
 /* One pre-norm Transformer block for the few new tokens of a decoding step, in a single call:
  *
- *     x += out_proj(attention(qkv(norm1(x))))      (the new keys/values go into the cache)
+ *     x += out_proj(attention(qkv(norm1(x))))      (RoPE on q and k if given; the new keys and
+ *                                                    values go into the cache)
  *     x += down(act(up(norm2(x))))                  or down(act(gate(h)) * up(h)) when gated
  *
  * A decoding step is a long chain of small operations; run one by one from Python each costs more
@@ -8,7 +9,8 @@
  * decode_attention, and the norms and activations are plain loops, all on scratch memory.
  *
  * x: (M, C) float32, M = B·T ≤ 8 rows (row b·T + t is token t of sequence b), updated in place.
- * The cache arguments are decode_attention's. Built with the other kernels by
+ * The cache arguments are decode_attention's. cos, sin: NULL, or RoPE's tables for these tokens,
+ * r values per token at cos + b·c_b + t·c_t ("rotate half" over each head's first r dimensions). Built with the other kernels by
  * lmlab/kernels/build.py.
  */
 #include <math.h>
@@ -94,6 +96,31 @@ static void activate(int activation, float *u, const float *g, size_t n) {
     }
 }
 
+/* RoPE on the n heads (D apart) of one token: dimension i < r/2 pairs with i + r/2, as PyTorch's
+ * x·cos + rotate_half(x)·sin; dimensions past r stay. */
+static void rotate(float *x, int n, int D, int r, const float *cos, const float *sin) {
+    int half = r / 2;
+    for (int h = 0; h < n; h++) {
+        float *v = x + (size_t)h * D;
+        for (int i = 0; i < half; i++) {
+            float a = v[i], b = v[i + half];
+            v[i] = a * cos[i] + -b * sin[i];
+            v[i + half] = b * cos[i + half] + a * sin[i + half];
+        }
+    }
+}
+
+/* RoPE on every query and key head of the M = B·T rows of a fused q|k|v projection. */
+static void rotate_rows(const block *p, float *qkv, int B, int T, const float *cos, const float *sin, long c_b, long c_t, int r) {
+    int QKV = (p->H + 2 * p->Hkv) * p->D;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            float *row = qkv + ((size_t)b * T + t) * QKV;
+            const float *c = cos + b * c_b + t * c_t, *s = sin + b * c_b + t * c_t;
+            rotate(row, p->H + p->Hkv, p->D, r, c, s);  /* the query heads, then the key heads after them */
+        }
+}
+
 static inline void add_rows(float *x, const float *y, size_t n) {
     #pragma omp simd
     for (size_t i = 0; i < n; i++) x[i] += y[i];
@@ -101,9 +128,10 @@ static inline void add_rows(float *x, const float *y, size_t n) {
 
 /* The entry point: 0 on success, -1 for shapes it does not take, -2 when out of memory. */
 int decode_block(const block *p, int B, int T, int start, float *keys, float *values, int S_max, const int *rows,
-                 const unsigned char *allowed, long a_b, long a_t, float *x) {
+                 const unsigned char *allowed, long a_b, long a_t, const float *cos, const float *sin, long c_b, long c_t,
+                 int r, float *x) {
     int M = B * T, C = p->C, D = p->D, QKV = (p->H + 2 * p->Hkv) * D;
-    if (M < 1 || M > 8 || p->H % p->Hkv) return -1;
+    if (M < 1 || M > 8 || p->H % p->Hkv || (cos && (r < 2 || r > D || r % 2))) return -1;
     size_t per_row = (size_t)C + QKV + (size_t)p->H * D + C + (size_t)p->F * (p->gated ? 2 : 1);
     float *scratch = (float *)malloc(sizeof(float) * per_row * M);
     if (!scratch) return -2;
@@ -112,6 +140,7 @@ int decode_block(const block *p, int B, int T, int start, float *keys, float *va
 
     normalise(p, p->norm1_w, p->norm1_b, x, h, M);
     int done = skinny_linear(M, QKV, C, h, p->qkv_w, p->qkv_b, qkv);
+    if (!done && cos) rotate_rows(p, qkv, B, T, cos, sin, c_b, c_t, r);
     heads q = {qkv, (long)T * QKV, D, QKV};
     heads k = {qkv + (size_t)p->H * D, (long)T * QKV, D, QKV};
     heads v = {qkv + (size_t)(p->H + p->Hkv) * D, (long)T * QKV, D, QKV};

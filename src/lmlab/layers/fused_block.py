@@ -2,10 +2,10 @@
 
 A decoding step runs a few rows through every block; from Python that is some twenty small
 operations per block, whose dispatch costs more than their arithmetic. Where a block is one the
-kernel knows — LayerNorm or RMSNorm, multi-head or grouped-query attention without rotary
-positions or score biases, a plain or gated feed-forward with ReLU, GELU or SiLU — the whole step
-is one call, with the same results up to float32 rounding. Anything else (training, attention
-capture, an int8 draft, RoPE, ALiBi/T5 biases, MoE, other dtypes or devices) runs the modules.
+kernel knows — LayerNorm or RMSNorm, multi-head or grouped-query attention with or without RoPE
+(but no score biases), a plain or gated feed-forward with ReLU, GELU or SiLU — the whole step is
+one call, with the same results up to float32 rounding. Anything else (training, attention
+capture, an int8 draft, ALiBi/T5 biases, MoE, other dtypes or devices) runs the modules.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from lmlab.layers.feedforward import FeedForward, GatedFeedForward
 from lmlab.layers.kv_cache import KVCache
 from lmlab.layers.linear import quantization_active
 from lmlab.layers.masks import AttentionMask
+from lmlab.layers.positional import Rotary
 
 _PLAN = "_native_block_plan"  # attention.__dict__ entry: (weight addresses, BlockWeights or None)
 
@@ -32,17 +33,20 @@ def fused_decode_step(
     cache: KVCache,
     start_pos: int,
     mask: AttentionMask | None,
+    rotary: Rotary | None = None,
 ) -> torch.Tensor | None:
     """``x + attention(norm1(x))``, then ``+ ffn(norm2(·))``, for x (B, T, C) at positions
-    [start_pos, start_pos+T) with B·T ≤ 8, its keys and values written to ``cache`` → (B, T, C);
-    None, with nothing written, where the native block does not apply."""
+    [start_pos, start_pos+T) with B·T ≤ 8 (queries and keys rotated by ``rotary``), its keys and
+    values written to ``cache`` → (B, T, C); None, with nothing written, where the native block
+    does not apply."""
     if torch.is_grad_enabled() or attention.training or ffn.training or attention.keep_weights or quantization_active():
         return None
     usable, allowed = kernel_mask(mask, x.size(1))
     weights = _weights(norm1, attention, norm2, ffn) if usable else None
     if weights is None:
         return None
-    y = decode_block(weights, x, cache.keys, cache.values, start_pos, cache.row_table(), allowed)
+    rope = (rotary.cos, rotary.sin) if rotary is not None else None
+    y = decode_block(weights, x, cache.keys, cache.values, start_pos, cache.row_table(), allowed, rope)
     if y is not None:
         cache.read_natively = True
     return y

@@ -77,8 +77,8 @@ class TransformerBlock(nn.Module):
         start_pos: int = 0,
     ) -> torch.Tensor:
         """x: (B, T, C) → (B, T, C)."""
-        if cache is not None and rotary is None and self.residual is pre_norm:  # a decoding step: one native call
-            y = fused_decode_step(self.attn_norm, self.attn, self.ffn_norm, self.ffn, x, cache, start_pos, mask)
+        if cache is not None and self.residual is pre_norm:  # a decoding step: one native call
+            y = fused_decode_step(self.attn_norm, self.attn, self.ffn_norm, self.ffn, x, cache, start_pos, mask, rotary)
             if y is not None:
                 return y
         x = self.residual(x, self.attn_norm, lambda h: self.attn(h, cache, start_pos, mask, rotary))
