@@ -136,3 +136,16 @@ def test_generation_is_the_same_with_and_without_the_native_block(variant, setti
         assert a.sequences == b.sequences
         if a.scores is not None:  # beam search's sequence scores
             torch.testing.assert_close(torch.tensor(a.scores), torch.tensor(b.scores), rtol=1e-5, atol=1e-5)
+
+
+@native
+def test_a_model_that_decoded_natively_still_copies_and_pickles():
+    import copy
+    import pickle
+
+    model = build_model(config(**VARIANTS["llama-rope"])).eval()
+    generate_batch(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=3, draft_tokens=0))
+    twin = copy.deepcopy(model)
+    pickle.dumps(model)
+    assert generate_batch(twin, [[1, 2, 3]], GenerationConfig(max_new_tokens=3)).sequences == \
+        generate_batch(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=3)).sequences

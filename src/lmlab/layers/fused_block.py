@@ -10,6 +10,8 @@ capture, an int8 draft, ALiBi/T5 biases, MoE, other dtypes or devices) runs the 
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -21,7 +23,9 @@ from lmlab.layers.linear import quantization_active
 from lmlab.layers.masks import AttentionMask
 from lmlab.layers.positional import Rotary
 
-_PLAN = "_native_block_plan"  # attention.__dict__ entry: (weight addresses, BlockWeights or None)
+# attention module → (its block's weight addresses, BlockWeights or None); kept beside the modules,
+# not on them, so that copying or pickling a model never meets a ctypes structure
+_PLANS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def fused_decode_step(
@@ -53,11 +57,11 @@ def fused_decode_step(
 
 
 def _weights(norm1: nn.Module, attention: MultiHeadAttention, norm2: nn.Module, ffn: nn.Module) -> BlockWeights | None:
-    """The block's :class:`BlockWeights`, kept on the attention module and rebuilt when a weight
+    """The block's :class:`BlockWeights`, kept per attention module and rebuilt when a weight
     tensor is replaced; None for a block the kernel does not run."""
     tensors = _block_tensors(norm1, attention, norm2, ffn)
     addresses = tuple(t.data_ptr() if t is not None else 0 for t in tensors.values()) if tensors else None
-    plan = attention.__dict__.get(_PLAN)
+    plan = _PLANS.get(attention)
     if plan is not None and plan[0] == addresses:
         return plan[1]
     weights = None
@@ -67,7 +71,7 @@ def _weights(norm1: nn.Module, attention: MultiHeadAttention, norm2: nn.Module, 
         weights = block_weights(
             heads=attention.n_head, kv_heads=attention.n_kv_heads, norm=norm, eps=eps, activation=ffn.activation, tensors=tensors
         )
-    attention.__dict__[_PLAN] = (addresses, weights)
+    _PLANS[attention] = (addresses, weights)
     return weights
 
 
