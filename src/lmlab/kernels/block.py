@@ -43,10 +43,22 @@ def block_weights(
     qkv, up = tensors["qkv_w"], tensors["up_w"]
     C, F = qkv.size(1), up.size(0)
     D = qkv.size(0) // (heads + 2 * kv_heads)
+    if not _shapes_agree(tensors, C, F, heads * D, (heads + 2 * kv_heads) * D):
+        return None
     return BlockWeights(
         C, heads, kv_heads, D, F, NORMS[norm], ACTIVATIONS[activation], tensors["gate_w"] is not None, eps,
         *(tensors[name].data_ptr() if tensors[name] is not None else None for name in _POINTERS),
     )
+
+
+def _shapes_agree(tensors: dict[str, torch.Tensor | None], C: int, F: int, HD: int, QKV: int) -> bool:
+    """Every weight has the shape the kernel will read it with (it reads raw memory)."""
+    expected = {
+        "norm1_w": (C,), "norm1_b": (C,), "norm2_w": (C,), "norm2_b": (C,),
+        "qkv_w": (QKV, C), "qkv_b": (QKV,), "out_w": (C, HD), "out_b": (C,),
+        "up_w": (F, C), "up_b": (F,), "gate_w": (F, C), "gate_b": (F,), "down_w": (C, F), "down_b": (C,),
+    }
+    return all(t is None or tuple(t.shape) == expected[name] for name, t in tensors.items())
 
 
 def decode_block(
