@@ -127,7 +127,6 @@ class MultiHeadAttention(Attention):
             mask = build_attention_mask(q.size(2), k.size(2), causal=True, device=x.device)
         return self._attend(q, k, v, mask)
 
-
     def _attend_cache(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, start_pos: int, mask: AttentionMask | None
     ) -> torch.Tensor | None:
