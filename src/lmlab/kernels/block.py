@@ -15,6 +15,8 @@ NORMS = {"layernorm": 0, "rmsnorm": 1}
 ACTIVATIONS = {"relu": 0, "gelu": 1, "gelu-tanh": 2, "silu": 3}
 _POINTERS = ("norm1_w", "norm1_b", "norm2_w", "norm2_b", "qkv_w", "qkv_b", "out_w", "out_b",
              "up_w", "up_b", "gate_w", "gate_b", "down_w", "down_b")
+PROJECTIONS = ("qkv", "out", "up", "gate", "down")
+_INT8_POINTERS = tuple(f"{name}_q" for name in PROJECTIONS) + tuple(f"{name}_s" for name in PROJECTIONS)
 
 
 class BlockWeights(ctypes.Structure):
@@ -25,16 +27,25 @@ class BlockWeights(ctypes.Structure):
     _fields_ = (
         [(name, ctypes.c_int) for name in ("C", "H", "Hkv", "D", "F", "norm", "activation", "gated")]
         + [("eps", ctypes.c_float)]
-        + [(name, ctypes.c_void_p) for name in _POINTERS]
+        + [(name, ctypes.c_void_p) for name in _POINTERS + _INT8_POINTERS]
     )
 
 
 def block_weights(
-    *, heads: int, kv_heads: int, norm: str, eps: float, activation: str, tensors: dict[str, torch.Tensor | None]
+    *,
+    heads: int,
+    kv_heads: int,
+    norm: str,
+    eps: float,
+    activation: str,
+    tensors: dict[str, torch.Tensor | None],
+    int8: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> BlockWeights | None:
     """The :class:`BlockWeights` of a block whose weights are ``tensors`` (the names of
     ``_POINTERS``; biases and the gate may be None), or None where the kernel cannot run it: a norm
-    or activation it lacks, weights that are not contiguous float32 on the CPU."""
+    or activation it lacks, weights that are not contiguous float32 on the CPU. ``int8``: for an
+    int8 draft, each projection of :data:`PROJECTIONS` the block has → (int8 weight of the same
+    shape, float32 scale per row); the kernel then computes those with them."""
     if norm not in NORMS or activation not in ACTIVATIONS or load_native() is None:
         return None
     present = [t for t in tensors.values() if t is not None]
@@ -45,10 +56,37 @@ def block_weights(
     D = qkv.size(0) // (heads + 2 * kv_heads)
     if not _shapes_agree(tensors, C, F, heads * D, (heads + 2 * kv_heads) * D):
         return None
+    addresses = [tensors[name].data_ptr() if tensors[name] is not None else None for name in _POINTERS]
+    if int8 is not None:
+        int8_addresses = _int8_addresses(tensors, int8)
+        if int8_addresses is None:
+            return None
+        addresses += int8_addresses
     return BlockWeights(
-        C, heads, kv_heads, D, F, NORMS[norm], ACTIVATIONS[activation], tensors["gate_w"] is not None, eps,
-        *(tensors[name].data_ptr() if tensors[name] is not None else None for name in _POINTERS),
+        C, heads, kv_heads, D, F, NORMS[norm], ACTIVATIONS[activation], tensors["gate_w"] is not None, eps, *addresses
     )
+
+
+def _int8_addresses(tensors: dict[str, torch.Tensor | None], int8: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list | None:
+    """The addresses of the int8 weights, then of their scales, in :data:`PROJECTIONS` order (None
+    for an absent gate); None unless every projection the block has has an int8 copy of its shape."""
+    weights, scales = [], []
+    for name in PROJECTIONS:
+        weight = tensors[f"{name}_w"]
+        if weight is None:
+            weights.append(None)
+            scales.append(None)
+            continue
+        if name not in int8:
+            return None
+        q, scale = int8[name]
+        if q.dtype != torch.int8 or q.shape != weight.shape or not q.is_contiguous():
+            return None
+        if scale.dtype != torch.float32 or scale.shape != (weight.size(0),) or not scale.is_contiguous():
+            return None
+        weights.append(q.data_ptr())
+        scales.append(scale.data_ptr())
+    return weights + scales
 
 
 def _shapes_agree(tensors: dict[str, torch.Tensor | None], C: int, F: int, HD: int, QKV: int) -> bool:

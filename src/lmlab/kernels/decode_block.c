@@ -5,8 +5,9 @@
  *     x += down(act(up(norm2(x))))                  or down(act(gate(h)) * up(h)) when gated
  *
  * A decoding step is a long chain of small operations; run one by one from Python each costs more
- * in dispatch than in arithmetic. Here the matrix products are skinny_linear, the attention is
- * decode_attention, and the norms and activations are plain loops, all on scratch memory.
+ * in dispatch than in arithmetic. Here the matrix products are skinny_linear (or its int8 form, for
+ * an int8 draft of the model), the attention is decode_attention, and the norms and activations
+ * are plain loops, all on scratch memory.
  *
  * x: (M, C) float32, M = B·T ≤ 8 rows (row b·T + t is token t of sequence b), updated in place.
  * The cache arguments are decode_attention's. cos, sin: NULL, or RoPE's tables for these tokens,
@@ -31,7 +32,22 @@ typedef struct {
     const float *norm1_w, *norm1_b, *norm2_w, *norm2_b;
     const float *qkv_w, *qkv_b, *out_w, *out_b;
     const float *up_w, *up_b, *gate_w, *gate_b, *down_w, *down_b;
+    /* int8 copies of the five projections with per-row scales (an int8 draft), or all NULL */
+    const signed char *qkv_q, *out_q, *up_q, *gate_q, *down_q;
+    const float *qkv_s, *out_s, *up_s, *gate_s, *down_s;
 } block;
+
+/* y (M, N) = x · Wᵀ + b with the float32 weight W, or with the int8 weight Q and its scales S
+ * when Q is given. */
+static int project(int M, int N, int K, const float *x, const float *W, const float *b, const signed char *Q,
+                   const float *S, float *y) {
+    if (!Q) return skinny_linear(M, N, K, x, W, b, y);
+    int done = skinny_linear_int8_f32(M, N, K, x, Q, S, y);
+    if (!done && b)
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) y[(size_t)m * N + n] += b[n];
+    return done;
+}
 
 /* y = norm(x) over rows of C, the statistics accumulated in double. */
 static void normalise(const block *p, const float *w, const float *b, const float *x, float *y, int M) {
@@ -139,22 +155,22 @@ int decode_block(const block *p, int B, int T, int start, float *keys, float *va
     float *o = att + (size_t)M * p->H * D, *u = o + (size_t)M * C, *g = p->gated ? u + (size_t)M * p->F : NULL;
 
     normalise(p, p->norm1_w, p->norm1_b, x, h, M);
-    int done = skinny_linear(M, QKV, C, h, p->qkv_w, p->qkv_b, qkv);
+    int done = project(M, QKV, C, h, p->qkv_w, p->qkv_b, p->qkv_q, p->qkv_s, qkv);
     if (!done && cos) rotate_rows(p, qkv, B, T, cos, sin, c_b, c_t, r);
     heads q = {qkv, (long)T * QKV, D, QKV};
     heads k = {qkv + (size_t)p->H * D, (long)T * QKV, D, QKV};
     heads v = {qkv + (size_t)(p->H + p->Hkv) * D, (long)T * QKV, D, QKV};
     if (!done) done = decode_attention(B, p->H, p->Hkv, T, D, S_max, start, q, k, v, keys, values, rows, allowed, a_b, a_t, att);
-    if (!done) done = skinny_linear(M, C, p->H * D, att, p->out_w, p->out_b, o);
+    if (!done) done = project(M, C, p->H * D, att, p->out_w, p->out_b, p->out_q, p->out_s, o);
     if (!done) {
         add_rows(x, o, (size_t)M * C);
         normalise(p, p->norm2_w, p->norm2_b, x, h, M);
-        done = skinny_linear(M, p->F, C, h, p->up_w, p->up_b, u);
+        done = project(M, p->F, C, h, p->up_w, p->up_b, p->up_q, p->up_s, u);
     }
-    if (!done && g) done = skinny_linear(M, p->F, C, h, p->gate_w, p->gate_b, g);
+    if (!done && g) done = project(M, p->F, C, h, p->gate_w, p->gate_b, p->gate_q, p->gate_s, g);
     if (!done) {
         activate(p->activation, u, g, (size_t)M * p->F);
-        done = skinny_linear(M, C, p->F, u, p->down_w, p->down_b, o);
+        done = project(M, C, p->F, u, p->down_w, p->down_b, p->down_q, p->down_s, o);
     }
     if (!done) add_rows(x, o, (size_t)M * C);
     free(scratch);

@@ -17,4 +17,7 @@ int decode_attention(int B, int H, int Hkv, int T, int D, int S_max, int start, 
 /* See skinny_linear.c: y (M, N) = x (M, K) · Wᵀ + b for 1 ≤ M ≤ 8; 0 on success. */
 int skinny_linear(int M, int N, int K, const float *x, const float *W, const float *b, float *y);
 
+/* See skinny_linear.c: y (M, N) = x · (Q · diag(scale))ᵀ for int8 Q (N, K), x rounded to int16 per row. */
+int skinny_linear_int8_f32(int M, int N, int K, const float *x, const signed char *Q, const float *scale, float *y);
+
 #endif

@@ -4,8 +4,10 @@ A decoding step runs a few rows through every block; from Python that is some tw
 operations per block, whose dispatch costs more than their arithmetic. Where a block is one the
 kernel knows — LayerNorm or RMSNorm, multi-head or grouped-query attention with or without RoPE
 (but no score biases), a plain or gated feed-forward with ReLU, GELU or SiLU — the whole step is
-one call, with the same results up to float32 rounding. Anything else (training, attention
-capture, an int8 draft, ALiBi/T5 biases, MoE, other dtypes or devices) runs the modules.
+one call, with the same results up to float32 rounding. Inside
+:func:`~lmlab.layers.linear.quantized_weights` (the int8 draft of speculative decoding) the
+block's projections use their int8 copies there too. Anything else (training, attention capture,
+ALiBi/T5 biases, MoE, other dtypes or devices) runs the modules.
 """
 
 from __future__ import annotations
@@ -15,17 +17,17 @@ import weakref
 import torch
 from torch import nn
 
-from lmlab.kernels.block import BlockWeights, block_weights, decode_block
+from lmlab.kernels.block import PROJECTIONS, BlockWeights, block_weights, decode_block
 from lmlab.layers.attention import MultiHeadAttention, kernel_mask
 from lmlab.layers.feedforward import FeedForward, GatedFeedForward
 from lmlab.layers.kv_cache import KVCache
-from lmlab.layers.linear import quantization_active
+from lmlab.layers.linear import QuantizedWeights, active_quantized_weights
 from lmlab.layers.masks import AttentionMask
 from lmlab.layers.positional import Rotary
 
-# attention module → (its block's weight addresses, BlockWeights or None); kept beside the modules,
-# not on them, so that copying or pickling a model never meets a ctypes structure
-_PLANS: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+# attention module → {"float32" | "int8": (its block's weight addresses, BlockWeights or None)}; kept
+# beside the modules, not on them, so that copying or pickling a model never meets a ctypes structure
+_PLANS: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def fused_decode_step(
@@ -43,10 +45,10 @@ def fused_decode_step(
     [start_pos, start_pos+T) with B·T ≤ 8 (queries and keys rotated by ``rotary``), its keys and
     values written to ``cache`` → (B, T, C); None, with nothing written, where the native block
     does not apply."""
-    if torch.is_grad_enabled() or attention.training or ffn.training or attention.keep_weights or quantization_active():
+    if torch.is_grad_enabled() or attention.training or ffn.training or attention.keep_weights:
         return None
     usable, allowed = kernel_mask(mask, x.size(1))
-    weights = _weights(norm1, attention, norm2, ffn) if usable else None
+    weights = _weights(norm1, attention, norm2, ffn, active_quantized_weights()) if usable else None
     if weights is None:
         return None
     rope = (rotary.cos, rotary.sin) if rotary is not None else None
@@ -56,23 +58,42 @@ def fused_decode_step(
     return y
 
 
-def _weights(norm1: nn.Module, attention: MultiHeadAttention, norm2: nn.Module, ffn: nn.Module) -> BlockWeights | None:
-    """The block's :class:`BlockWeights`, kept per attention module and rebuilt when a weight
-    tensor is replaced; None for a block the kernel does not run."""
+def _weights(
+    norm1: nn.Module, attention: MultiHeadAttention, norm2: nn.Module, ffn: nn.Module, table: QuantizedWeights | None
+) -> BlockWeights | None:
+    """The block's :class:`BlockWeights` (with the int8 copies ``table`` holds for its projections,
+    if any), kept per attention module and rebuilt when a weight tensor is replaced; None for a
+    block the kernel does not run."""
     tensors = _block_tensors(norm1, attention, norm2, ffn)
-    addresses = tuple(t.data_ptr() if t is not None else 0 for t in tensors.values()) if tensors else None
-    plan = _PLANS.get(attention)
+    int8 = _int8_copies(attention, ffn, table) if tensors is not None and table is not None else None
+    used = list(tensors.values()) if tensors else []
+    used += [t for pair in int8.values() for t in pair] if int8 else []
+    addresses = tuple(t.data_ptr() if t is not None else 0 for t in used)
+    variant = "float32" if table is None else "int8"
+    plans = _PLANS.setdefault(attention, {})
+    plan = plans.get(variant)
     if plan is not None and plan[0] == addresses:
         return plan[1]
     weights = None
-    if tensors is not None:
+    if tensors is not None and (table is None or int8 is not None):
         norm = "layernorm" if isinstance(norm1, nn.LayerNorm) else "rmsnorm"
         eps = norm1.eps if norm1.eps is not None else torch.finfo(torch.float32).eps
         weights = block_weights(
-            heads=attention.n_head, kv_heads=attention.n_kv_heads, norm=norm, eps=eps, activation=ffn.activation, tensors=tensors
+            heads=attention.n_head, kv_heads=attention.n_kv_heads, norm=norm, eps=eps, activation=ffn.activation,
+            tensors=tensors, int8=int8,
         )
-    _PLANS[attention] = (addresses, weights)
+    plans[variant] = (addresses, weights)
     return weights
+
+
+def _int8_copies(attention: MultiHeadAttention, ffn: nn.Module, table: QuantizedWeights) -> dict | None:
+    """The int8 (weight, scale) of each of the block's projections from ``table``; None unless it
+    holds every one of them (a block half int8, half float32, runs as modules)."""
+    layers = dict(zip(PROJECTIONS, (attention.qkv, attention.out_proj, ffn.up, getattr(ffn, "gate", None), ffn.down)))
+    present = {name: layer for name, layer in layers.items() if layer is not None}
+    if not all(layer in table for layer in present.values()):
+        return None
+    return {name: table[layer] for name, layer in present.items()}
 
 
 def _block_tensors(norm1: nn.Module, attention: MultiHeadAttention, norm2: nn.Module, ffn: nn.Module) -> dict | None:

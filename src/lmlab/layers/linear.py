@@ -28,9 +28,10 @@ def quantized_weights(table: QuantizedWeights) -> Iterator[None]:
         _quantized.reset(token)
 
 
-def quantization_active() -> bool:
-    """Whether some layers compute with int8 weights here (inside :func:`quantized_weights`)."""
-    return bool(_quantized.get())
+def active_quantized_weights() -> QuantizedWeights | None:
+    """The table of layers that compute with int8 weights here (inside :func:`quantized_weights`),
+    or None."""
+    return _quantized.get() or None
 
 
 class Linear(nn.Linear):
