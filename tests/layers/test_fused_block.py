@@ -106,6 +106,10 @@ def test_steps_aside_where_the_modules_must_run():
         block.attn.keep_weights = True  # attention capture needs the weights
         assert one_step(block) is None
         block.attn.keep_weights = False
+        handle = block.ffn.down.register_forward_hook(lambda module, args, output: None)
+        assert one_step(block) is None  # a hook expects its module to run
+        handle.remove()
+        assert one_step(block) is not None
         with quantized_weights({block.attn.qkv: (torch.zeros(96, 32, dtype=torch.int8), torch.ones(96))}):
             assert one_step(block) is None  # a block only partly int8 runs as modules
         additive = build_attention_mask(1, 1, causal=True, position_bias=torch.zeros(1, 4, 1, 1))

@@ -7,7 +7,7 @@ kernel knows — LayerNorm or RMSNorm, multi-head or grouped-query attention wit
 one call, with the same results up to float32 rounding. Inside
 :func:`~lmlab.layers.linear.quantized_weights` (the int8 draft of speculative decoding) the
 block's projections use their int8 copies there too. Anything else (training, attention capture,
-ALiBi/T5 biases, MoE, other dtypes or devices) runs the modules.
+forward hooks on its modules, ALiBi/T5 biases, MoE, other dtypes or devices) runs the modules.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def fused_decode_step(
     does not apply."""
     if torch.is_grad_enabled() or attention.training or ffn.training or attention.keep_weights:
         return None
+    if _hooked(norm1, attention, norm2, ffn):  # a forward hook expects its module to run
+        return None
     usable, allowed = kernel_mask(mask, x.size(1))
     weights = _weights(norm1, attention, norm2, ffn, active_quantized_weights()) if usable else None
     if weights is None:
@@ -56,6 +58,13 @@ def fused_decode_step(
     if y is not None:
         cache.read_natively = True
     return y
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether a forward (pre-)hook watches any of these modules or their children."""
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for module in modules for m in module.modules())
 
 
 def _weights(
