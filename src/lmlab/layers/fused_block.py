@@ -47,10 +47,11 @@ def fused_decode_step(
     does not apply."""
     if torch.is_grad_enabled() or attention.training or ffn.training or attention.keep_weights:
         return None
-    if _hooked(norm1, attention, norm2, ffn):  # a forward hook expects its module to run
+    layers = _layers(norm1, attention, norm2, ffn)
+    if layers is None or _hooked(attention, ffn, *layers.values()):  # a forward hook expects its module to run
         return None
     usable, allowed = kernel_mask(mask, x.size(1))
-    weights = _weights(norm1, attention, norm2, ffn, active_quantized_weights()) if usable else None
+    weights = _weights(attention, ffn, layers, active_quantized_weights()) if usable else None
     if weights is None:
         return None
     rope = (rotary.cos, rotary.sin) if rotary is not None else None
@@ -60,65 +61,65 @@ def fused_decode_step(
     return y
 
 
-def _hooked(*modules: nn.Module) -> bool:
-    """Whether a forward (pre-)hook watches any of these modules or their children."""
+def _layers(norm1: nn.Module, attention: MultiHeadAttention, norm2: nn.Module, ffn: nn.Module) -> dict | None:
+    """The block's norms and projections by the kernel's names ("norm1", "qkv", …, "down"; a
+    plain feed-forward has no "gate"), or None when they are not of a kind it runs. Read from the
+    modules' registries directly: this runs at every step of every block."""
+    if type(ffn) not in (FeedForward, GatedFeedForward) or type(norm1) is not type(norm2):
+        return None
+    if type(norm1) not in (nn.LayerNorm, nn.RMSNorm):
+        return None
+    projections, mlp = attention._modules, ffn._modules
+    return {
+        "norm1": norm1, "norm2": norm2, "qkv": projections["qkv"], "out": projections["out_proj"],
+        "up": mlp["up"], "gate": mlp.get("gate"), "down": mlp["down"],
+    }
+
+
+def _hooked(*modules: nn.Module | None) -> bool:
+    """Whether a forward (pre-)hook watches any of these modules (None: absent)."""
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for module in modules for m in module.modules())
+    return any(m is not None and (m._forward_hooks or m._forward_pre_hooks) for m in modules)
 
 
-def _weights(
-    norm1: nn.Module, attention: MultiHeadAttention, norm2: nn.Module, ffn: nn.Module, table: QuantizedWeights | None
-) -> BlockWeights | None:
+def _weights(attention: MultiHeadAttention, ffn: nn.Module, layers: dict, table: QuantizedWeights | None) -> BlockWeights | None:
     """The block's :class:`BlockWeights` (with the int8 copies ``table`` holds for its projections,
     if any), kept per attention module and rebuilt when a weight tensor is replaced; None for a
     block the kernel does not run."""
-    tensors = _block_tensors(norm1, attention, norm2, ffn)
-    int8 = _int8_copies(attention, ffn, table) if tensors is not None and table is not None else None
-    used = list(tensors.values()) if tensors else []
-    used += [t for pair in int8.values() for t in pair] if int8 else []
-    addresses = tuple(t.data_ptr() if t is not None else 0 for t in used)
+    tensors = {}
+    for name, layer in layers.items():
+        parameters = layer._parameters if layer is not None else {}
+        tensors[f"{name}_w"], tensors[f"{name}_b"] = parameters.get("weight"), parameters.get("bias")
+    int8 = _int8_copies(layers, table) if table is not None else None
+    used = list(tensors.values()) + ([t for pair in int8.values() for t in pair] if int8 else [])
+    key = (layers["norm1"].eps, layers["norm2"].eps, *(t.data_ptr() if t is not None else 0 for t in used))
     variant = "float32" if table is None else "int8"
     plans = _PLANS.setdefault(attention, {})
     plan = plans.get(variant)
-    if plan is not None and plan[0] == addresses:
+    if plan is not None and plan[0] == key:
         return plan[1]
     weights = None
-    if tensors is not None and (table is None or int8 is not None):
-        norm = "layernorm" if isinstance(norm1, nn.LayerNorm) else "rmsnorm"
-        eps = norm1.eps if norm1.eps is not None else torch.finfo(torch.float32).eps
+    if _norms_supported(layers["norm1"], layers["norm2"]) and (table is None or int8 is not None):
+        norm = "layernorm" if isinstance(layers["norm1"], nn.LayerNorm) else "rmsnorm"
+        eps = layers["norm1"].eps if layers["norm1"].eps is not None else torch.finfo(torch.float32).eps
         weights = block_weights(
             heads=attention.n_head, kv_heads=attention.n_kv_heads, norm=norm, eps=eps, activation=ffn.activation,
             tensors=tensors, int8=int8,
         )
-    plans[variant] = (addresses, weights)
+    plans[variant] = (key, weights)
     return weights
 
 
-def _int8_copies(attention: MultiHeadAttention, ffn: nn.Module, table: QuantizedWeights) -> dict | None:
+def _norms_supported(norm1: nn.Module, norm2: nn.Module) -> bool:
+    """Both norms with a per-channel weight and the same epsilon."""
+    return norm1.eps == norm2.eps and norm1.weight is not None and norm2.weight is not None and norm1.weight.dim() == 1
+
+
+def _int8_copies(layers: dict, table: QuantizedWeights) -> dict | None:
     """The int8 (weight, scale) of each of the block's projections from ``table``; None unless it
     holds every one of them (a block half int8, half float32, runs as modules)."""
-    layers = dict(zip(PROJECTIONS, (attention.qkv, attention.out_proj, ffn.up, getattr(ffn, "gate", None), ffn.down)))
-    present = {name: layer for name, layer in layers.items() if layer is not None}
+    present = {name: layers[name] for name in PROJECTIONS if layers[name] is not None}
     if not all(layer in table for layer in present.values()):
         return None
     return {name: table[layer] for name, layer in present.items()}
-
-
-def _block_tensors(norm1: nn.Module, attention: MultiHeadAttention, norm2: nn.Module, ffn: nn.Module) -> dict | None:
-    """The weights by the kernel's names, or None when the modules are not of a kind it runs."""
-    norms_match = type(norm1) is type(norm2) and type(norm1) in (nn.LayerNorm, nn.RMSNorm) and norm1.eps == norm2.eps
-    if not norms_match or norm1.weight is None or norm2.weight is None or norm1.weight.dim() != 1:
-        return None
-    if type(ffn) not in (FeedForward, GatedFeedForward):
-        return None
-    gated = isinstance(ffn, GatedFeedForward)
-    return {
-        "norm1_w": norm1.weight, "norm1_b": getattr(norm1, "bias", None),
-        "norm2_w": norm2.weight, "norm2_b": getattr(norm2, "bias", None),
-        "qkv_w": attention.qkv.weight, "qkv_b": attention.qkv.bias,
-        "out_w": attention.out_proj.weight, "out_b": attention.out_proj.bias,
-        "up_w": ffn.up.weight, "up_b": ffn.up.bias,
-        "gate_w": ffn.gate.weight if gated else None, "gate_b": ffn.gate.bias if gated else None,
-        "down_w": ffn.down.weight, "down_b": ffn.down.bias,
-    }
