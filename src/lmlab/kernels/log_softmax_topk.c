@@ -22,10 +22,18 @@ static float row_max(const float *x, int V) {
     return best;
 }
 
-static float row_exp_sum(const float *x, int V, float max) {
-    float total = 0.f;
-    #pragma omp simd reduction(+:total)
-    for (int v = 0; v < V; v++) total += exp_nonpositive(x[v] - max);
+/* Σ exp(x − max): float32 vector sums over blocks of 512, the blocks added in double, so that the
+ * rounding error does not grow with the vocabulary. */
+static double row_exp_sum(const float *x, int V, float max) {
+    enum { BLOCK = 512 };
+    double total = 0.0;
+    for (int start = 0; start < V; start += BLOCK) {
+        int end = start + BLOCK < V ? start + BLOCK : V;
+        float block = 0.f;
+        #pragma omp simd reduction(+:block)
+        for (int v = start; v < end; v++) block += exp_nonpositive(x[v] - max);
+        total += block;
+    }
     return total;
 }
 
@@ -64,7 +72,7 @@ int log_softmax_topk(int R, int V, int k, const float *logits, const float *offs
         float *vals = values + (size_t)r * k;
         int64_t *cols = indices + (size_t)r * k;
         float max = row_max(x, V);
-        float log_sum = logf(row_exp_sum(x, V, max));
+        float log_sum = (float)log(row_exp_sum(x, V, max));
         row_topk(x, V, k, vals, cols);
         for (int j = 0; j < k; j++) vals[j] = (vals[j] - max - log_sum) + (offset ? offset[r] : 0.f);
     }
