@@ -14,9 +14,18 @@ import math
 import torch
 from torch import nn
 
-from lmlab.errors import LmlabError
 from lmlab.interop.hf_config import HFConfig
-from lmlab.interop.mapping import LMLAB_TO_HF_ACTIVATION, RuleMap, activation, fill_tensors, qkv_slices, require_equal, to
+from lmlab.interop.mapping import (
+    LMLAB_TO_HF_ACTIVATION,
+    RuleMap,
+    activation,
+    config_mismatches,
+    fill_tensors,
+    qkv_slices,
+    require_equal,
+    require_exportable,
+    to,
+)
 from lmlab.interop.weights import Target, TensorSource, load_into
 from lmlab.models import ModelConfig, build_model
 
@@ -121,17 +130,14 @@ def check_exportable(config: ModelConfig) -> None:
         "arch": "transformer", "backbone": "encoder-decoder", "position": "learned", "norm": "layernorm",
         "norm_placement": "post", "bias": True, "share_embeddings": True,
     }
-    bad = [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
+    bad = config_mismatches(config, wanted)
     if config.ffn not in LMLAB_TO_HF_ACTIVATION:
         bad.append(f"ffn={config.ffn!r}")
     if (config.n_kv_heads or config.n_head) != config.n_head or config.head_size not in (None, config.d_model // config.n_head):
         bad.append("grouped or resized heads")
     if config.norm_eps != BART_NORM_EPS:
         bad.append(f"norm_eps={config.norm_eps!r} (BART uses {BART_NORM_EPS})")
-    if config.moe.num_experts:
-        bad.append("moe")
-    if bad:
-        raise LmlabError(f"this model has no BART equivalent ({', '.join(bad)})")
+    require_exportable(config, "BART", bad)
 
 
 def export_config(config: ModelConfig) -> dict:

@@ -19,7 +19,16 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.interop.hf_config import HFConfig
-from lmlab.interop.mapping import RuleMap, activation, fill_tensors, qkv_slices, strip_prefix, to
+from lmlab.interop.mapping import (
+    RuleMap,
+    activation,
+    config_mismatches,
+    fill_tensors,
+    qkv_slices,
+    require_exportable,
+    strip_prefix,
+    to,
+)
 from lmlab.interop.weights import Target, TensorSource, load_into
 from lmlab.models import ModelConfig, build_model
 
@@ -151,17 +160,14 @@ def check_exportable(config: ModelConfig) -> None:
     wanted = {
         "backbone": "encoder", "position": "learned", "norm": "layernorm", "norm_placement": "post", "bias": True,
     }
-    bad = [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
+    bad = config_mismatches(config, wanted)
     if config.head not in ("lm", "none"):
         bad.append(f"head={config.head!r}")
     if config.ffn not in ("gelu", "gelu-tanh", "relu", "silu") or (config.head == "lm" and config.ffn != "gelu"):
         bad.append(f"ffn={config.ffn!r}")  # BERT's MLM head uses hidden_act, lmlab's exact GELU
     if (config.n_kv_heads or config.n_head) != config.n_head or config.head_size not in (None, config.d_model // config.n_head):
         bad.append("grouped or resized heads")
-    if config.moe.num_experts:
-        bad.append("moe")
-    if bad:
-        raise LmlabError(f"this model has no BERT equivalent ({', '.join(bad)})")
+    require_exportable(config, "BERT", bad)
 
 
 def export_config(config: ModelConfig) -> dict:

@@ -7,7 +7,15 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.interop.hf_config import HFConfig
-from lmlab.interop.mapping import RuleMap, activation, fill_tensors, to, transpose
+from lmlab.interop.mapping import (
+    RuleMap,
+    activation,
+    config_mismatches,
+    fill_tensors,
+    require_exportable,
+    to,
+    transpose,
+)
 from lmlab.interop.weights import TensorSource, load_into
 from lmlab.models import ModelConfig, build_model
 
@@ -104,15 +112,12 @@ def check_exportable(config: ModelConfig) -> None:
         "backbone": "decoder", "head": "lm", "position": "learned", "norm": "layernorm",
         "norm_placement": "pre", "bias": True, "rope_fraction": 1.0,
     }
-    bad = [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
+    bad = config_mismatches(config, wanted)
     if config.ffn not in ("gelu", "gelu-tanh", "relu", "silu"):
         bad.append(f"ffn={config.ffn!r}")
     if (config.n_kv_heads or config.n_head) != config.n_head:
         bad.append(f"n_kv_heads={config.n_kv_heads}")
-    if config.moe.num_experts:
-        bad.append("moe")
-    if bad:
-        raise LmlabError(f"this model has no GPT-2 equivalent ({', '.join(bad)})")
+    require_exportable(config, "GPT-2", bad)
 
 
 def export_tensors(model: nn.Module, config: ModelConfig) -> dict:

@@ -7,7 +7,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.interop.hf_config import HFConfig
-from lmlab.interop.mapping import RuleMap, fill_tensors, qkv_slices, to
+from lmlab.interop.mapping import RuleMap, config_mismatches, fill_tensors, qkv_slices, require_exportable, to
 from lmlab.interop.weights import Target, TensorSource, load_into
 from lmlab.models import ModelConfig, build_model
 
@@ -120,11 +120,8 @@ def check_exportable(config: ModelConfig) -> None:
         "backbone": "decoder", "head": "lm", "position": "rope", "norm": "rmsnorm",
         "norm_placement": "pre", "ffn": "swiglu", "rope_fraction": 1.0,
     }
-    bad = [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
-    if config.moe.num_experts:
-        bad.append("moe")
-    if bad:
-        raise LmlabError(f"this model has no Llama equivalent ({', '.join(bad)})")
+    bad = config_mismatches(config, wanted)
+    require_exportable(config, "Llama", bad)
 
 
 def export_config(config: ModelConfig) -> dict:

@@ -1,5 +1,6 @@
 """Small helpers the per-family loaders share: regex name rules, fused-QKV slices, the tensors of
-a model to fill (tied parameters once), and the activation names of Hugging Face configs."""
+a model to fill (tied parameters once), the activation names of Hugging Face configs, and the
+check that a config has a family's equivalent before export."""
 
 from __future__ import annotations
 
@@ -100,3 +101,18 @@ def require_equal(values: Mapping[str, object], where: str, what: str) -> object
         shown = ", ".join(f"{k}={v}" for k, v in values.items())
         raise LmlabError(f"{where}: lmlab needs {what} ({shown}); this checkpoint cannot be loaded")
     return distinct.pop()
+
+
+def config_mismatches(config, wanted: Mapping[str, object]) -> list[str]:
+    """``field=value`` for every field of ``config`` (a ModelConfig) that differs from a family's
+    fixed setting in ``wanted``."""
+    return [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
+
+
+def require_exportable(config, family: str, mismatches: list[str]) -> None:
+    """Raise, listing ``mismatches`` (and an MoE, which no exported family has), unless there are
+    none: the config has a ``family`` equivalent."""
+    if config.moe.num_experts:
+        mismatches = [*mismatches, "moe"]
+    if mismatches:
+        raise LmlabError(f"this model has no {family} equivalent ({', '.join(mismatches)})")

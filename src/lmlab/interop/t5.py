@@ -20,7 +20,15 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.interop.hf_config import HFConfig
-from lmlab.interop.mapping import RuleMap, fill_tensors, qkv_slices, require_equal, to
+from lmlab.interop.mapping import (
+    RuleMap,
+    config_mismatches,
+    fill_tensors,
+    qkv_slices,
+    require_equal,
+    require_exportable,
+    to,
+)
 from lmlab.interop.weights import Target, TensorSource, load_into
 from lmlab.models import ModelConfig, build_model
 
@@ -137,15 +145,12 @@ def check_exportable(config: ModelConfig) -> None:
         "arch": "transformer", "backbone": "encoder-decoder", "position": "t5", "norm": "rmsnorm",
         "norm_placement": "pre", "bias": False, "share_embeddings": True, "head_bias": False,
     }
-    bad = [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
+    bad = config_mismatches(config, wanted)
     if config.ffn not in LMLAB_TO_T5_FFN:
         bad.append(f"ffn={config.ffn!r}")
     if (config.n_kv_heads or config.n_head) != config.n_head:
         bad.append(f"n_kv_heads={config.n_kv_heads}")
-    if config.moe.num_experts:
-        bad.append("moe")
-    if bad:
-        raise LmlabError(f"this model has no T5 equivalent ({', '.join(bad)})")
+    require_exportable(config, "T5", bad)
 
 
 def export_config(config: ModelConfig) -> dict:
