@@ -279,5 +279,3 @@ int skinny_linear_bf16(int M, int N, int K, const unsigned short *x, const unsig
     free(xf);
     return 0;
 }
-
-int skinny_linear_max_rows(void) { return MAX_ROWS; }

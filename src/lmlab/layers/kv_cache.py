@@ -44,15 +44,12 @@ class KVCache(nn.Module):
     def update(
         self, start_pos: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, H_kv, T, D) at positions [start_pos, start_pos+T); return all keys/values so far."""
-        self.write(start_pos, k, v)
-        return self.read(start_pos + k.size(2))
-
-    def write(self, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store k, v (B, H_kv, T, D) at positions [start_pos, start_pos+T) of each row's own buffer row."""
+        """Store k, v (B, H_kv, T, D) at positions [start_pos, start_pos+T) of each row's own buffer
+        row; return all keys/values so far (see :meth:`read`)."""
         end = start_pos + k.size(2)
         self.keys[:, :, start_pos:end] = k
         self.values[:, :, start_pos:end] = v
+        return self.read(end)
 
     def read(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Every row's keys and values over positions [0, end): (B, H_kv, end, D) each — views of
