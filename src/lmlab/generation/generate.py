@@ -11,9 +11,9 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.generation.processors import LogitsPipeline, check_sampling_settings
 from lmlab.generation.head_screen import screened_head
+from lmlab.generation.session import DecoderSession, Seq2SeqSession, last_position_logits, left_pad, next_token_logits, ready_for_decoding
 from lmlab.generation.speculative import can_speculate, int8_draft, speculative_decode
 from lmlab.kernels import MAX_ROWS
-from lmlab.generation.session import DecoderSession, Seq2SeqSession, last_position_logits, left_pad, next_token_logits, ready_for_decoding
 
 STRATEGIES = ("greedy", "sample", "beam")
 OVERFLOW_POLICIES = ("error", "truncate")
@@ -166,7 +166,8 @@ def stream_tokens(model: nn.Module, prompt: list[int], config: GenerationConfig)
         yield from (int(token) for token in decode_steps(session, session.ids, config, generator, pad_id=0))
         return
     model = ready_for_decoding(model)
-    screen = screened_head(model) if config.decisive_logits() is not None and not model.training else None
+    top_logits = config.decisive_logits()
+    screen = screened_head(model) if top_logits is not None and not model.training else None
     cache = model.new_cache(1, max_positions)
     seen = torch.tensor([history + [0] * config.max_new_tokens], device=device)  # (1, L + N): every token so far
     pipeline = config.pipeline(len(history))
@@ -187,7 +188,7 @@ def stream_tokens(model: nn.Module, prompt: list[int], config: GenerationConfig)
             logits = last_position_logits(model, torch.tensor([window], device=device), cache, 0)
             position = len(window)
         else:
-            logits = next_token_logits(model, token, cache, position, screen, config.decisive_logits())
+            logits = next_token_logits(model, token, cache, position, screen, top_logits)
             position += 1
 
 
