@@ -171,8 +171,8 @@ def load_weights(path: Path, model: nn.Module) -> None:
     """Load a checkpoint's weights into ``model`` (shapes must match)."""
     file = str(path / MODEL_FILE)
     try:
-        tensors = load_file(file)
-        with safe_open(file, framework="pt") as handle:
+        with safe_open(file, framework="pt") as handle:  # one read for the tensors and the aliases
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
             aliases = handle.metadata() or {}
         for name, saved in aliases.items():
             if saved in tensors:
