@@ -1,4 +1,5 @@
-"""Shared helpers of the interop parity tests: tiny tokenizers, padded batches, comparisons."""
+"""Shared helpers of the interop parity tests: tiny tokenizers, padded batches, perturbed models,
+comparisons."""
 
 from __future__ import annotations
 
@@ -30,6 +31,18 @@ def padded_batch(vocab_size: int, lengths: list[int], seed: int = 0, low: int = 
     mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
     ids = ids.masked_fill(~mask, 0)
     return ids, mask
+
+
+def perturbed(model: torch.nn.Module) -> torch.nn.Module:
+    """Random norms, biases and relative-bias tables, so every exported tensor matters."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 1:
+                param.normal_(mean=1.0 if "norm" in name and name.endswith("weight") else 0.0, std=0.1)
+            elif "relative_bias" in name:
+                param.normal_(std=0.5)
+    return model.eval()
 
 
 def max_diff(ours: torch.Tensor, theirs: torch.Tensor, mask: torch.Tensor | None = None) -> float:

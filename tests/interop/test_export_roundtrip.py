@@ -7,7 +7,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from parity_helpers import TOL, max_diff, padded_batch  # noqa: E402
+from parity_helpers import TOL, max_diff, padded_batch, perturbed  # noqa: E402
 
 from lmlab.errors import LmlabError  # noqa: E402
 from lmlab.interop import export_hf, load_hf  # noqa: E402
@@ -16,16 +16,6 @@ from lmlab.tokenizers import CharTokenizer  # noqa: E402
 
 TOKENIZER = CharTokenizer.from_text("hello world\nthe quick brown fox", unk=True, special_tokens={"eos": "</s>"})
 BASE = dict(vocab_size=TOKENIZER.vocab_size, n_layer=2, n_head=4, d_model=64, context_length=32)
-
-
-def perturbed(model):
-    """Random norms and biases, so every exported tensor matters."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 1:
-                param.normal_(mean=1.0 if "norm" in name and name.endswith("weight") else 0.0, std=0.1)
-    return model.eval()
 
 
 @pytest.mark.parametrize("overrides,kind", [

@@ -9,7 +9,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from parity_helpers import TOL, max_diff, padded_batch  # noqa: E402
+from parity_helpers import TOL, max_diff, padded_batch, perturbed  # noqa: E402
 
 from lmlab.errors import LmlabError  # noqa: E402
 from lmlab.interop import export_hf, load_hf  # noqa: E402
@@ -24,18 +24,6 @@ BASE = dict(backbone="encoder-decoder", vocab_size=TOKENIZER.vocab_size, n_layer
 BART = dict(position="learned", norm="layernorm", norm_placement="post", bias=True)
 T5 = dict(position="t5", norm="rmsnorm", norm_placement="pre", bias=False, norm_eps=1e-6,
           t5_num_buckets=8, t5_max_distance=20)
-
-
-def perturbed(model):
-    """Random norms, biases and relative-bias tables, so every exported tensor matters."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 1:
-                param.normal_(mean=1.0 if "norm" in name and name.endswith("weight") else 0.0, std=0.1)
-            elif "relative_bias" in name:
-                param.normal_(std=0.5)
-    return model.eval()
 
 
 @pytest.mark.parametrize("overrides,kind", [
