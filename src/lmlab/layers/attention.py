@@ -150,7 +150,9 @@ def kernel_mask(mask: AttentionMask | None, q_len: int) -> tuple[bool, torch.Ten
         return True, None
     if mask.tensor is None:  # everything allowed: for a single newest query, the same as causal
         return q_len == 1, None
-    return mask.tensor.dtype == torch.bool, mask.tensor if mask.tensor.dtype == torch.bool else None
+    if mask.tensor.dtype != torch.bool:
+        return False, None
+    return True, mask.tensor
 
 
 class CrossAttention(Attention):
