@@ -10,7 +10,7 @@ from transformers.generation.logits_process import (
 
 from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig, generate, stream_tokens, top_k_filter, top_p_filter
-from lmlab.generation.generate import choose_next_token
+from lmlab.generation import Sampling
 from lmlab.generation.processors import apply_temperature
 from lmlab.models import ModelConfig, build_model
 
@@ -89,7 +89,8 @@ def test_temperature_equals_transformers(t):
 def test_sampling_never_picks_filtered_tokens():
     logits = random_logits(2, batch=1, vocab=30).expand(2000, 30)
     gen = torch.Generator().manual_seed(0)
-    picks = choose_next_token(logits, GenerationConfig(strategy="sample", top_k=3), gen)
+    config = GenerationConfig(strategy="sample", top_k=3)
+    picks = Sampling().choose(logits, torch.zeros(2000, 0, dtype=torch.long), Sampling().pipeline(config, 0), gen)
     assert set(picks.tolist()) == set(logits[0].topk(3).indices.tolist())
 
 
@@ -188,3 +189,11 @@ def test_empty_prompt_is_an_error(model):
 def test_greedy_ignores_sampling_settings(model):
     out = generate(model, [1], GenerationConfig(max_new_tokens=4, strategy="greedy", temperature=0.0))
     assert len(out) == 4
+
+
+def test_every_strategy_name_has_its_strategy_object():
+    from lmlab.generation import STRATEGIES, BeamSearch, Greedy, Sampling
+    from lmlab.generation.config import STRATEGY_NAMES
+
+    assert tuple(STRATEGIES) == STRATEGY_NAMES
+    assert [type(s) for s in STRATEGIES.values()] == [Greedy, Sampling, BeamSearch]

@@ -15,7 +15,7 @@ from transformers.generation.logits_process import (
 from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig, generate_batch, generate_seq2seq, min_p_filter, no_repeat_ngram_ban
 from lmlab.generation import repetition_penalty
-from lmlab.generation.generate import _run
+from lmlab.generation.loop import decode, strategy_for
 from lmlab.generation.processors import LogitsPipeline
 from lmlab.generation.scoring import format_alternatives, score_continuation, top_alternatives
 from lmlab.generation.session import left_pad
@@ -80,6 +80,8 @@ def model():
 class UncachedSession:
     """Recomputes the whole (left-padded) history at every step: the reference for the cache."""
 
+    draft = None  # no speculative decoding
+
     def __init__(self, model, ids, mask, seq2seq=None):
         self.model, self.ids, self.mask, self.seq2seq = model, ids, mask, seq2seq
 
@@ -113,7 +115,7 @@ def test_cached_decoding_equals_uncached(model, settings):
     ids, mask = left_pad(PROMPTS, 0)
     ids, mask = ids.repeat_interleave(copies, 0), mask.repeat_interleave(copies, 0)
     with torch.inference_mode():
-        uncached = _run(UncachedSession(model, ids, mask), ids, config, 0, len(PROMPTS))
+        uncached = decode(UncachedSession(model, ids, mask), strategy_for(config), ids, config, 0, len(PROMPTS))
     assert generate_batch(model, PROMPTS, config).sequences == uncached.sequences
 
 
@@ -139,7 +141,7 @@ def test_encoder_decoder_cached_equals_uncached():
             memory = model.encode(ids, mask).repeat_interleave(copies, 0)
             start = torch.ones(2 * copies, 1, dtype=torch.long)
             session = UncachedSession(model, start, torch.ones_like(start, dtype=torch.bool), (memory, mask.repeat_interleave(copies, 0)))
-            assert _run(session, start, gen, 0, 2).sequences == cached
+            assert decode(session, strategy_for(gen), start, gen, 0, 2).sequences == cached
 
 
 def test_sampling_with_several_return_sequences_is_seeded(model):

@@ -5,10 +5,12 @@ import dataclasses
 import pytest
 import torch
 
-from lmlab.generation import GenerationConfig, generate, generate_batch
-from lmlab.generation import speculative
+from lmlab.generation import GenerationConfig, Greedy, generate, generate_batch
+from lmlab.generation import speculative, strategies
+from lmlab.generation.fast import fast_path
+from lmlab.generation.fast.draft import Int8Draft
 from lmlab.generation.session import DecoderSession
-from lmlab.generation.speculative import Int8Draft, can_speculate, int8_draft
+from lmlab.generation.speculative import can_speculate
 from lmlab.kernels import load_native
 from lmlab.models import ModelConfig, build_model
 
@@ -75,16 +77,15 @@ def test_the_draft_mostly_agrees(model, monkeypatch):
     agreed = []
     original = speculative.speculative_decode
 
-    def counting(session, config, draft):
-        for token in original(session, config, draft):
+    def counting(session, strategy, config, generator=None):
+        for token in original(session, strategy, config, generator):
             agreed.append(session.position)
             yield token
 
-    monkeypatch.setattr(speculative, "speculative_decode", counting)
+    monkeypatch.setattr(strategies, "speculative_decode", counting)
     config = GenerationConfig(max_new_tokens=60, strategy="greedy", draft_tokens=6)
     session = DecoderSession(model, torch.tensor([[3, 4, 5]]), None, 60, 1)
-    draft = int8_draft(model)
-    produced = list(speculative.speculative_decode(session, config, draft))
+    produced = list(strategies.speculative_decode(session, Greedy(), config))
     checks = len(set(agreed))  # positions only move at a check
     assert len(produced) == 60 and checks < 60 / 2  # fewer float32 passes than tokens
 
@@ -99,15 +100,17 @@ def test_when_it_applies(model):
     padded = DecoderSession(model, torch.tensor([[0, 2], [3, 4]]), torch.tensor([[False, True], [True, True]]), 5, 1)
     assert not can_speculate(padded, greedy)
     assert can_speculate(one, GenerationConfig(max_new_tokens=5, strategy="sample", top_p=0.9))
-    assert not can_speculate(one, GenerationConfig(max_new_tokens=5, strategy="beam", num_beams=2))
+    hooked = model.lm_head.register_forward_hook(lambda module, args, output: None)
+    assert not can_speculate(DecoderSession(model, torch.tensor([[1, 2]]), None, 5, 1), greedy)  # plain modules
+    hooked.remove()
 
 
 def test_draft_is_cached_and_rebuilt_after_the_weights_change(model):
-    draft = int8_draft(model)
-    assert int8_draft(model) is draft
+    draft = fast_path(model).draft()
+    assert fast_path(model).draft() is draft
     with torch.no_grad():
         model.backbone.blocks[0].ffn.up.weight.mul_(1.5)
-    assert int8_draft(model) is not draft
+    assert fast_path(model).draft() is not draft
 
 
 def test_draft_tokens_must_leave_room_in_one_check():

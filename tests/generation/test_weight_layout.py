@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from lmlab.generation import GenerationConfig, generate
-from lmlab.generation.session import ready_for_decoding
+from lmlab.generation.session import decoding_model
 from lmlab.generation.weight_layout import is_input_major, prepare_for_decoding, store_input_major
 from lmlab.kernels import load_native
 from lmlab.models import ModelConfig, build_model
@@ -43,7 +43,7 @@ def test_other_dtypes_and_models_in_training_are_left_alone():
     store_input_major(model)
     assert not any(is_input_major(w) for w in linear_weights(model))
     training = tiny_model().train()
-    ready_for_decoding(training)
+    decoding_model(training)
     assert not any(is_input_major(w) for w in linear_weights(training))
 
 

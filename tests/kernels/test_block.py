@@ -1,5 +1,5 @@
 """The native block's weight table: it refuses what it would misread (the modules' equality is in
-tests/layers/test_fused_block.py)."""
+tests/generation/fast/test_native_block.py)."""
 
 import pytest
 import torch

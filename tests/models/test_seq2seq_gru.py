@@ -59,8 +59,8 @@ def test_cached_decoding_equals_teacher_forcing():
         full = model(source, target)
         memory = model.encode(source)
         cache = model.new_cache(2)
-        steps = [model.decode(target[:, :2], memory, cache, 0)]
-        steps += [model.decode(target[:, t : t + 1], memory, cache, t) for t in range(2, 6)]
+        steps = [model.decode(target[:, :2], memory, None, cache, 0)]
+        steps += [model.decode(target[:, t : t + 1], memory, None, cache, t) for t in range(2, 6)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-6, rtol=1e-5)
 
 

@@ -15,8 +15,10 @@ from lmlab.errors import LmlabError
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from lmlab.generation.generate import fit_prompt
+    from lmlab.generation.loop import fit_prompt
+    from lmlab.generation import strategy_for
     from lmlab.generation.scoring import format_alternatives, top_alternatives
+    from lmlab.models.interface import is_encoder_decoder, require_generative
     from lmlab.training.run import load_run
 
     if args.show_alternatives is not None and args.show_alternatives < 1:
@@ -28,11 +30,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         model = model.to(torch.bfloat16)
     config = _generation_config(args, tokenizer)
     encoded = [tokenizer.encode(p) for p in prompts]
-    seq2seq = hasattr(model, "encode") and hasattr(model, "decode")
-    max_positions = getattr(model, "max_positions", None)
+    require_generative(model)
+    seq2seq = is_encoder_decoder(model)
+    max_positions = model.max_positions
     for ids in encoded:  # fail before printing anything
         fit_prompt(ids, max_positions, config.prompt_overflow)
-    single = len(prompts) == 1 and config.num_return_sequences == 1 and config.strategy != "beam" and not seq2seq
+    whole = strategy_for(config).whole_sequences
+    single = len(prompts) == 1 and config.num_return_sequences == 1 and not whole and not seq2seq
     if args.stream and not single:
         raise LmlabError("--stream prints one sequence as it is made; it does not combine with beam search, "
                          "--batch-file, --num-return-sequences or encoder-decoder models")
@@ -72,11 +76,11 @@ def _generation_config(args: argparse.Namespace, tokenizer):
 def _stream_one(args: argparse.Namespace, model, tokenizer, prompt: str, ids: list[int], config) -> None:
     """One decoder-only sequence, printed token by token as it is made."""
     from lmlab.generation import stream_tokens
-    from lmlab.generation.generate import fit_prompt
+    from lmlab.generation.loop import fit_prompt
     from lmlab.generation.scoring import score_continuation
     from lmlab.generation.streaming import TextStreamer
 
-    max_positions = getattr(model, "max_positions", None)
+    max_positions = model.max_positions
     sys.stdout.write(prompt)
     streamer = TextStreamer(tokenizer.decode, config.stop)
     for token in stream_tokens(model, ids, config):
@@ -155,11 +159,12 @@ def _print_score(score) -> None:
 # ----------------------------------------------------------------------------------- score
 def cmd_score(args: argparse.Namespace) -> int:
     from lmlab.generation.scoring import score_continuation
+    from lmlab.models.interface import DECODER
     from lmlab.training.run import load_run
 
     run = load_run(args.run_dir, err)
-    if hasattr(run.model, "encode") and hasattr(run.model, "decode"):
-        raise LmlabError("score works with decoder-only models")
+    if run.model.structure != DECODER:
+        raise LmlabError(f"score works with decoder-only models; {args.run_dir} holds an {run.model.structure} model")
     prompt = run.tokenizer.encode(args.prompt)
     continuation = run.tokenizer.encode(args.continuation)
     score = score_continuation(run.model, prompt, continuation)

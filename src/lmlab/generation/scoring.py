@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lmlab.errors import LmlabError
-from lmlab.generation.session import check_length
+from lmlab.generation.session import DecoderSession, check_length
 
 
 @dataclass
@@ -54,8 +54,6 @@ class AlternativesRow:
 def top_alternatives(model: nn.Module, prompt_ids: list[int], steps: int, n: int) -> list[AlternativesRow]:
     """Greedy decoding for ``steps`` tokens, recording the top ``n`` choices at each step (the
     textbook's greedy table: ``Input | Choice 1 (8.53%) | Choice 2 ...``)."""
-    from lmlab.generation.session import DecoderSession
-
     if n < 1:
         raise LmlabError(f"show-alternatives must be at least 1, got {n}")
     device = next(model.parameters()).device

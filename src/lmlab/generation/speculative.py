@@ -2,12 +2,12 @@
 
 At batch 1 a decoding step costs one pass over the weights, however few rows it computes, and the
 native kernel makes that true up to 8 rows. So an int8 copy of the same model (a quarter of the
-bytes, see :class:`Int8Draft`) proposes ``k`` tokens one by one, then the float32 model checks all
+bytes, see :class:`~lmlab.generation.fast.draft.Int8Draft`) proposes ``k`` tokens one by one, then the float32 model checks all
 of them in one step of ``k + 1`` rows: the proposals it agrees with are kept, and its own choice
 follows the first disagreement. Every token is the float32 model's own choice — its argmax, or
 its sample at the same uniform number plain sampling would draw — so the output is plain
 decoding's; only the number of passes over the float32 weights drops (an int8 draft of GPT-2
-agrees with it about 95% of the time).
+agrees with it nearly always).
 
 The draft writes its guesses into the same KV cache; the check overwrites those positions with
 the float32 keys and values, and the cache position is rewound past the rejected ones.
@@ -18,61 +18,16 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch import nn
-
-from lmlab.generation.head_screen import screened_head
-from lmlab.kernels import quantize_weight, skinny_linear_int8_float
-from lmlab.layers.linear import Linear, quantized_weights
-
-
-def _weight_versions(model: nn.Module) -> tuple:
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
-
-
-class Int8Draft:
-    """Int8 copies (per-row scales) of a decoder's :class:`~lmlab.layers.linear.Linear` layers and
-    LM head. ``propose`` runs the same backbone with them through the native int8 kernel."""
-
-    def __init__(self, model: nn.Module):
-        self.table = {m: quantize_weight(m.weight) for m in model.backbone.modules() if isinstance(m, Linear)}
-        screen = screened_head(model)  # its int8 head serves the draft too
-        self.head = (screen.qweight, screen.scale)
-        self.versions = _weight_versions(model)
-
-    def propose(self, session, token: torch.Tensor, k: int, choose, uniform: torch.Tensor | None) -> list[int]:
-        """The draft's ``k`` tokens after ``token`` (1,), each picked by ``choose(logits (1, V),
-        uniform (1, V) or None)`` with ``uniform[i]``, written into ``session``'s cache from its
-        current position, which is left unchanged."""
-        start, proposals = session.position, []
-        with quantized_weights(self.table):
-            for i in range(k):
-                hidden = session.model.backbone(token[:, None], session.cache, start + i)[:, -1]  # (1, C)
-                logits = skinny_linear_int8_float(hidden, *self.head)  # (1, V)
-                token = choose(logits, None if uniform is None else uniform[i : i + 1])  # (1,)
-                proposals.append(int(token))
-        return proposals
-
-
-def int8_draft(model: nn.Module) -> Int8Draft:
-    """The model's cached :class:`Int8Draft`, rebuilt when any weight changed."""
-    draft = model.__dict__.get("_int8_draft")
-    if draft is None or draft.versions != _weight_versions(model):
-        draft = Int8Draft(model)
-        model.__dict__["_int8_draft"] = draft
-    return draft
 
 
 def can_speculate(session, config) -> bool:
-    """Whether ``session`` can decode ``config`` speculatively: greedy decoding or sampling (no
-    processor that reads the history) of one unpadded sequence of a float32 CPU decoder the native
-    kernel runs."""
-    return (
-        config.strategy in ("greedy", "sample") and config.draft_tokens > 0 and not config.reads_history()
-        and getattr(session, "draftable", False)
-    )
+    """Whether ``session`` can decode ``config`` speculatively: drafts asked for, no processor
+    that reads the history, and a session with an int8 draft (one unpadded row of a float32 CPU
+    decoder the native kernels run)."""
+    return config.draft_tokens > 0 and not config.reads_history() and session.draft is not None
 
 
-def speculative_decode(session, config, draft: Int8Draft, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+def speculative_decode(session, strategy, config, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
     """Greedy decoding or sampling of a one-row session, ``config.draft_tokens`` proposals per
     check: yields each new token (1,) — exactly the tokens plain decoding yields.
 
@@ -83,15 +38,16 @@ def speculative_decode(session, config, draft: Int8Draft, generator: torch.Gener
     sampling would leave it."""
     if config.max_new_tokens == 0:
         return
-    sampling = config.strategy == "sample"
+    sampling = strategy.samples
     if sampling and generator is None:
         generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))
-    pipeline = config.pipeline(session.ids.size(1))
+    pipeline = strategy.pipeline(config, session.ids.size(1))
     vocab = session.model.lm_head.out_features
+    draft = session.draft
 
     def choose(logits: torch.Tensor, uniform: torch.Tensor | None) -> torch.Tensor:
         """logits (n, V), uniform (n, V) → tokens (n,)."""
-        return pipeline.pick(session.ids, logits.float(), uniform) if sampling else logits.argmax(dim=-1)
+        return strategy.pick(logits, uniform, pipeline, session.ids)
 
     def draw(n: int) -> tuple[torch.Tensor | None, list]:
         """Uniform numbers for n tokens (n, V), as plain sampling draws them, and the generator's

@@ -6,7 +6,8 @@ from typing import Callable, Iterator
 
 from torch import nn
 
-from lmlab.generation.generate import GenerationConfig, stream_tokens
+from lmlab.generation.config import GenerationConfig
+from lmlab.generation.loop import stream_tokens
 
 REPLACEMENT = "\ufffd"  # what a decoder makes of an incomplete UTF-8 sequence
 

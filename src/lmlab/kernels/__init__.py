@@ -13,7 +13,8 @@ runs a whole pre-norm Transformer block for the tokens of a step in one call.
 log-softmax (a beam-search step).
 
 Modules: ``build`` compiles and loads the library, ``linear`` wraps the matrix products,
-``attention`` the softmax kernels, ``block`` the whole block.
+``attention`` the cache attention, ``block`` the whole block, ``topk`` the log-softmax top-k.
+The modules that put them to work in a model are in :mod:`lmlab.generation.fast`.
 
 The C sources ship with the package and are compiled once per machine with the system C compiler
 (``$CC``, else ``cc``/``gcc``; ``-O3 -march=native -fopenmp``) into the lmlab cache, then loaded
@@ -22,8 +23,9 @@ Where it cannot be built (no compiler, a CPU without AVX2/FMA, a PyTorch not on 
 ``LMLAB_NATIVE_KERNELS=0``) every caller falls back to PyTorch; :func:`native_status` says why.
 """
 
-from lmlab.kernels.attention import decode_attention, log_softmax_topk
+from lmlab.kernels.attention import decode_attention
 from lmlab.kernels.build import DISABLE_ENV, MAX_ROWS, load_native, native_status
+from lmlab.kernels.topk import log_softmax_topk
 from lmlab.kernels.linear import (
     int8_activation_range,
     quantize_rows,

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.layers.kv_cache import CrossAttentionCache, KVCache
-from lmlab.layers.linear import Linear
 from lmlab.layers.masks import AttentionMask, allowed_keys, build_attention_mask
 from lmlab.layers.positional import Rotary
 
@@ -52,7 +51,7 @@ class Attention(nn.Module):
         self.n_head = n_head
         self.n_kv_heads = n_kv_heads
         self.head_dim = head_dim or d_model // n_head  # an explicit head size need not divide d_model (T5)
-        self.out_proj = Linear(n_head * self.head_dim, d_model, bias=bias)
+        self.out_proj = nn.Linear(n_head * self.head_dim, d_model, bias=bias)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
         self.keep_weights = False
@@ -63,7 +62,7 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, n, self.head_dim).transpose(1, 2)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
         """q (B, H, T, D) over k, v (B, H_kv, S, D) → projected output (B, T, C)."""
         B, H, T, D = q.shape
         if self.keep_weights:
@@ -77,7 +76,10 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=attn_mask, is_causal=mask.is_causal,
                 dropout_p=self.dropout if self.training else 0.0, enable_gqa=H != k.size(1),
             )  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, H * D)
+        return self.output(y.transpose(1, 2).reshape(B, T, H * D))
+
+    def output(self, y: torch.Tensor) -> torch.Tensor:
+        """The heads' concatenated outputs (B, T, H·D) → projected back to the model (B, T, C)."""
         return self.resid_dropout(self.out_proj(y))
 
 
@@ -95,7 +97,7 @@ class MultiHeadAttention(Attention):
         head_dim: int | None = None,
     ):
         super().__init__(d_model, n_head, n_kv_heads, bias, dropout, head_dim)
-        self.qkv = Linear(d_model, (n_head + 2 * self.n_kv_heads) * self.head_dim, bias=bias)
+        self.qkv = nn.Linear(d_model, (n_head + 2 * self.n_kv_heads) * self.head_dim, bias=bias)
 
     def forward(
         self,
@@ -111,6 +113,11 @@ class MultiHeadAttention(Attention):
         rotary: RoPE rotation of these T positions, applied to queries and keys.
         cache: keys/values of earlier positions; these T are written into it.
         """
+        q, k, v = self.project(x, rotary)
+        return self.attend_with_cache(q, k, v, cache, start_pos, mask)
+
+    def project(self, x: torch.Tensor, rotary: Rotary | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, C) → queries (B, H, T, D), keys and values (B, H_kv, T, D), rotated by ``rotary``."""
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_heads * self.head_dim
         q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
         q = self._heads(q, self.n_head)  # (B, H, T, D)
@@ -118,41 +125,24 @@ class MultiHeadAttention(Attention):
         v = self._heads(v, self.n_kv_heads)  # (B, H_kv, T, D)
         if rotary is not None:
             q, k = rotary(q), rotary(k)
+        return q, k, v
+
+    def attend_with_cache(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cache: KVCache | None,
+        start_pos: int,
+        mask: AttentionMask | None,
+    ) -> torch.Tensor:
+        """Write k, v (B, H_kv, T, D) into the cache (if any) at [start_pos, start_pos+T), then
+        attend with q (B, H, T, D) over every key so far → projected output (B, T, C)."""
         if cache is not None:
-            y = self._attend_cache(q, k, v, cache, start_pos, mask)
-            if y is not None:
-                return y
             k, v = cache.update(start_pos, k, v)  # (B, H_kv, start_pos+T, D)
         if mask is None:
-            mask = build_attention_mask(q.size(2), k.size(2), causal=True, device=x.device)
-        return self._attend(q, k, v, mask)
-
-    def _attend_cache(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache, start_pos: int, mask: AttentionMask | None
-    ) -> torch.Tensor | None:
-        """Store k, v in the cache and attend with q (B, H, T, D) over it, in the native kernel →
-        projected output (B, T, C); None, with nothing stored, where it does not apply (training,
-        kept weights, additive masks, …)."""
-        if self.keep_weights or self.training:
-            return None
-        usable, allowed = kernel_mask(mask, q.size(2))
-        y = cache.attend(q, k, v, start_pos, allowed) if usable else None  # (B, T, H, D)
-        if y is None:
-            return None
-        B, T, H, D = y.shape
-        return self.resid_dropout(self.out_proj(y.view(B, T, H * D)))
-
-
-def kernel_mask(mask: AttentionMask | None, q_len: int) -> tuple[bool, torch.Tensor | None]:
-    """An :class:`AttentionMask` as the native cache kernel takes it: (whether it can, the boolean
-    "may attend" tensor or None for causal). Additive masks (position biases) it cannot take."""
-    if mask is None or mask.is_causal:
-        return True, None
-    if mask.tensor is None:  # everything allowed: for a single newest query, the same as causal
-        return q_len == 1, None
-    if mask.tensor.dtype != torch.bool:
-        return False, None
-    return True, mask.tensor
+            mask = build_attention_mask(q.size(2), k.size(2), causal=True, device=q.device)
+        return self.attend(q, k, v, mask)
 
 
 class CrossAttention(Attention):
@@ -168,8 +158,8 @@ class CrossAttention(Attention):
         head_dim: int | None = None,
     ):
         super().__init__(d_model, n_head, n_kv_heads, bias, dropout, head_dim)
-        self.q_proj = Linear(d_model, n_head * self.head_dim, bias=bias)
-        self.kv_proj = Linear(d_model, 2 * self.n_kv_heads * self.head_dim, bias=bias)
+        self.q_proj = nn.Linear(d_model, n_head * self.head_dim, bias=bias)
+        self.kv_proj = nn.Linear(d_model, 2 * self.n_kv_heads * self.head_dim, bias=bias)
 
     def forward(
         self,
@@ -190,7 +180,7 @@ class CrossAttention(Attention):
             k, v = (self._heads(t, self.n_kv_heads) for t in self.kv_proj(memory).chunk(2, dim=-1))  # (B, H_kv, S, D)
             if cache is not None:
                 cache.keys, cache.values = k, v
-        return self._attend(q, k, v, mask or AttentionMask())
+        return self.attend(q, k, v, mask or AttentionMask())
 
 
 @contextmanager

@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.layers.linear import Linear
-
 ACTIVATIONS = {
     "relu": F.relu,
     "gelu": F.gelu,
@@ -24,8 +22,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, activation: str, bias: bool = True, dropout: float = 0.0):
         super().__init__()
-        self.up = Linear(d_model, d_ff, bias=bias)
-        self.down = Linear(d_ff, d_model, bias=bias)
+        self.up = nn.Linear(d_model, d_ff, bias=bias)
+        self.down = nn.Linear(d_ff, d_model, bias=bias)
         self.activation = activation
         self.act = ACTIVATIONS[activation]
         self.dropout = nn.Dropout(dropout)
@@ -40,9 +38,9 @@ class GatedFeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, activation: str, bias: bool = True, dropout: float = 0.0):
         super().__init__()
-        self.gate = Linear(d_model, d_ff, bias=bias)
-        self.up = Linear(d_model, d_ff, bias=bias)
-        self.down = Linear(d_ff, d_model, bias=bias)
+        self.gate = nn.Linear(d_model, d_ff, bias=bias)
+        self.up = nn.Linear(d_model, d_ff, bias=bias)
+        self.down = nn.Linear(d_ff, d_model, bias=bias)
         self.activation = activation
         self.act = ACTIVATIONS[activation]
         self.dropout = nn.Dropout(dropout)

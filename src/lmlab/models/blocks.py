@@ -12,11 +12,10 @@ from torch import nn
 
 from lmlab.layers.attention import CrossAttention, MultiHeadAttention
 from lmlab.layers.feedforward import build_feedforward
-from lmlab.layers.fused_block import fused_decode_step
 from lmlab.layers.kv_cache import CrossAttentionCache, KVCache
 from lmlab.layers.masks import AttentionMask, build_attention_mask
 from lmlab.layers.moe import MoEFeedForward
-from lmlab.layers.norms import PLACEMENTS, build_norm, pre_norm
+from lmlab.layers.norms import PLACEMENTS, build_norm
 from lmlab.layers.positional import (
     ALiBiPositionalEncoding,
     LearnedPositionalEmbedding,
@@ -77,10 +76,6 @@ class TransformerBlock(nn.Module):
         start_pos: int = 0,
     ) -> torch.Tensor:
         """x: (B, T, C) → (B, T, C)."""
-        if cache is not None and self.residual is pre_norm:  # a decoding step: one native call
-            y = fused_decode_step(self.attn_norm, self.attn, self.ffn_norm, self.ffn, x, cache, start_pos, mask, rotary)
-            if y is not None:
-                return y
         x = self.residual(x, self.attn_norm, lambda h: self.attn(h, cache, start_pos, mask, rotary))
         return self.residual(x, self.ffn_norm, self.ffn)
 

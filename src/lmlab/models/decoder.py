@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmlab.layers.kv_cache import KVCache, reorder_layers
-from lmlab.layers.linear import Linear
+from lmlab.layers.kv_cache import KVCache, reorder_rows
 from lmlab.models.blocks import TransformerBlock, TransformerStack, init_weights
 from lmlab.models.config import ModelConfig
+from lmlab.models.interface import DECODER
 
 
 class DecoderCache(nn.Module):
@@ -30,7 +30,11 @@ class DecoderCache(nn.Module):
     def reorder(self, index: torch.Tensor, length: int | None = None) -> None:
         """Rows become rows ``index`` of before, in every layer, in place (beam search); only the
         first ``length`` positions (default: all)."""
-        reorder_layers(list(self.layers), index, length)
+        reorder_rows(self.kv_caches(), index, length)
+
+    def kv_caches(self) -> list[KVCache]:
+        """Every layer's self-attention cache, in order."""
+        return list(self.layers)
 
 
 class DecoderBackbone(TransformerStack):
@@ -70,14 +74,17 @@ class DecoderLM(nn.Module):
     ``model(ids)`` returns logits (B, T, V). For incremental decoding, make a cache with
     :meth:`new_cache` and pass it with the position of the first token in ``ids``; the cache is
     filled in place. ``attention_mask`` (padding) and ``prefix_lengths`` (prefix LM) are optional
-    keywords, see :meth:`DecoderBackbone.forward`.
+    keywords, see :meth:`DecoderBackbone.forward`. A :class:`~lmlab.models.interface.DecoderModel`.
     """
+
+    structure = DECODER
+    takes_padding = True
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.backbone = DecoderBackbone(config)
-        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.backbone.tok_emb.weight
         init_weights(self, config.n_layer)
@@ -99,6 +106,18 @@ class DecoderLM(nn.Module):
     ) -> torch.Tensor:
         """ids: (B, T) → logits (B, T, V)."""
         return self.lm_head(self.backbone(ids, cache, start_pos, attention_mask, prefix_lengths, position_ids))
+
+    def hidden_states(
+        self,
+        ids: torch.Tensor,
+        cache: DecoderCache | None = None,
+        start_pos: int = 0,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """ids: (B, T) → the final norm's output (B, T, C), what the LM head reads."""
+        return self.backbone(ids, cache, start_pos, attention_mask, None, position_ids)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> DecoderCache:
         """An empty static KV cache for ``batch_size`` sequences of up to ``max_len`` positions."""

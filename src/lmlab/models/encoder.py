@@ -8,6 +8,7 @@ from torch import nn
 from lmlab.models.blocks import TransformerBlock, TransformerStack, init_weights
 from lmlab.models.config import ModelConfig
 from lmlab.models.heads import ClassificationHead, MLMHead
+from lmlab.models.interface import ENCODER
 
 
 class EncoderBackbone(TransformerStack):
@@ -34,6 +35,9 @@ class EncoderMLM(nn.Module):
     ``model(ids, attention_mask=None)`` returns logits (B, T, V).
     """
 
+    structure = ENCODER
+    takes_padding = True
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -59,6 +63,9 @@ class EncoderClassifier(nn.Module):
     has the same parameter names as :class:`EncoderMLM`'s, so a pretrained encoder loads into it.
     """
 
+    structure = ENCODER
+    takes_padding = True
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -78,6 +85,9 @@ class EncoderClassifier(nn.Module):
 class EncoderModel(nn.Module):
     """A bare encoder (``head="none"``): ``model(ids, attention_mask=None)`` returns the hidden
     states (B, T, C), e.g. for sentence embeddings. Same parameter names as :class:`EncoderMLM`'s backbone."""
+
+    structure = ENCODER
+    takes_padding = True
 
     def __init__(self, config: ModelConfig):
         super().__init__()

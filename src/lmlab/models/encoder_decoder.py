@@ -6,12 +6,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmlab.layers.kv_cache import reorder_layers
-from lmlab.layers.linear import Linear
+from lmlab.layers.kv_cache import KVCache, reorder_rows
 from lmlab.layers.masks import build_attention_mask
 from lmlab.models.blocks import CrossAttentionBlock, LayerCache, TransformerStack, init_weights
 from lmlab.models.config import ModelConfig
 from lmlab.models.decoder import new_kv_caches
+from lmlab.models.interface import ENCODER_DECODER
 from lmlab.models.encoder import EncoderBackbone
 
 
@@ -29,7 +29,16 @@ class EncoderDecoderCache(nn.Module):
     def reorder(self, index: torch.Tensor, length: int | None = None) -> None:
         """Rows become rows ``index`` of before, in place (beam search). The encoder keys/values
         are left alone: beams of one input share them, and beams never move between inputs."""
-        reorder_layers([layer.self_attn for layer in self.layers], index, length)
+        reorder_rows(self.kv_caches(), index, length)
+
+    def copy_rows_from(self, other: "EncoderDecoderCache", index: torch.Tensor) -> None:
+        """Rows become rows ``index`` of ``other``'s self-attention caches (over its positions)."""
+        for mine, theirs in zip(self.kv_caches(), other.kv_caches()):
+            mine.copy_rows_from(theirs, index)
+
+    def kv_caches(self) -> list[KVCache]:
+        """Every decoder layer's self-attention cache, in order."""
+        return [layer.self_attn for layer in self.layers]
 
 
 class CrossDecoderBackbone(TransformerStack):
@@ -75,15 +84,19 @@ class EncoderDecoderLM(nn.Module):
 
     ``attention_mask`` is always the encoder's padding mask (False at padding).
     ``config.share_embeddings`` gives both stacks one token embedding; ``config.tie_embeddings``
-    ties the LM head to the decoder's.
+    ties the LM head to the decoder's. An :class:`~lmlab.models.interface.EncoderDecoderModel`.
     """
+
+    structure = ENCODER_DECODER
+    takes_padding = True
+    memory_batch_dim = 0  # memory is (B, S, C)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.encoder = EncoderBackbone(config)
         self.decoder = CrossDecoderBackbone(config, self.encoder.tok_emb if config.share_embeddings else None)
-        self.lm_head = Linear(config.d_model, config.vocab_size, bias=config.head_bias)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.head_bias)
         if config.tie_embeddings:
             self.lm_head.weight = self.decoder.tok_emb.weight
         init_weights(self, config.n_layer)

@@ -8,13 +8,28 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from lmlab.models.config import ModelConfig
+from lmlab.models.interface import DECODER, ENCODER_DECODER
 
 
 class GRUCache:
-    """The GRU's hidden state between decoding calls (updated in place)."""
+    """The GRU's hidden state between decoding calls (updated in place); a
+    :class:`~lmlab.models.interface.DecodingCache` without key/value caches."""
 
     def __init__(self) -> None:
         self.hidden: torch.Tensor | None = None  # (n_layer, B, H)
+
+    def reorder(self, index: torch.Tensor, length: int | None = None) -> None:
+        """Rows become rows ``index`` (B,) of before (a state has no positions to limit)."""
+        if self.hidden is not None:
+            self.hidden = self.hidden.index_select(1, index)
+
+    def copy_rows_from(self, other: "GRUCache", index: torch.Tensor) -> None:
+        """Rows become rows ``index`` of ``other``'s state."""
+        self.hidden = other.hidden.index_select(1, index) if other.hidden is not None else None
+
+    def kv_caches(self) -> list:
+        """A GRU keeps no keys or values."""
+        return []
 
 
 def _gru(config: ModelConfig) -> nn.GRU:
@@ -28,7 +43,11 @@ def _gru(config: ModelConfig) -> nn.GRU:
 
 
 class GRULM(nn.Module):
-    """Recurrent baseline. ``model(ids)`` returns logits (B, T, V) like :class:`DecoderLM`."""
+    """Recurrent baseline. ``model(ids)`` returns logits (B, T, V) like :class:`DecoderLM`; a
+    :class:`~lmlab.models.interface.DecoderModel` whose ``lm_head`` is its dense output layer."""
+
+    structure = DECODER
+    takes_padding = False
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -42,11 +61,20 @@ class GRULM(nn.Module):
 
     def forward(self, ids: torch.Tensor, cache: GRUCache | None = None, start_pos: int = 0) -> torch.Tensor:
         """ids: (B, T) → logits (B, T, V); with a cache, continues from its hidden state."""
+        return self.head(self.hidden_states(ids, cache, start_pos))
+
+    def hidden_states(self, ids: torch.Tensor, cache: GRUCache | None = None, start_pos: int = 0) -> torch.Tensor:
+        """ids: (B, T) → the GRU's outputs after dropout (B, T, H), what the head reads."""
         hidden = cache.hidden if cache is not None and start_pos > 0 else None
         out, hidden = self.gru(self.embedding(ids), hidden)  # (B, T, H)
         if cache is not None:
             cache.hidden = hidden
-        return self.head(self.dropout(out))
+        return self.dropout(out)
+
+    @property
+    def lm_head(self) -> nn.Linear:
+        """The output layer (hidden → vocabulary)."""
+        return self.head
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> GRUCache:
         """A recurrent state holder (batch size and length need no preallocation)."""
@@ -60,8 +88,13 @@ class GRUSeq2Seq(nn.Module):
 
     - ``model(input_ids, decoder_input_ids, attention_mask=None)`` → logits (B, T, V);
     - ``encode(input_ids, attention_mask=None)`` → final state (n_layer, B, H), the "memory";
-    - ``decode(decoder_input_ids, memory, cache=None, start_pos=0)`` → logits.
+    - ``decode(decoder_input_ids, memory, attention_mask=None, cache=None, start_pos=0)`` → logits
+      (the encoder mask is not needed there: the memory is one state per row).
     """
+
+    structure = ENCODER_DECODER
+    takes_padding = True
+    memory_batch_dim = 1  # memory is (n_layer, B, H)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -98,6 +131,7 @@ class GRUSeq2Seq(nn.Module):
         self,
         decoder_input_ids: torch.Tensor,
         memory: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         cache: GRUCache | None = None,
         start_pos: int = 0,
     ) -> torch.Tensor:

@@ -4,10 +4,11 @@ float32 head's, so greedy and top-k decoding choose the same tokens with and wit
 import pytest
 import torch
 
-from lmlab.generation import GenerationConfig, generate, generate_batch
-from lmlab.generation.head_screen import MAX_ROWS, ScreenedHead, screened_head
-from lmlab.kernels import load_native
+from lmlab.generation import GenerationConfig, generate, generate_batch, strategy_for
+from lmlab.generation.fast import ScreenedHead, fast_path
+from lmlab.generation.loop import decode
 from lmlab.generation.session import DecoderSession
+from lmlab.kernels import MAX_ROWS, load_native
 from lmlab.models import ModelConfig, build_model
 
 pytestmark = pytest.mark.skipif(load_native() is None, reason="the native kernel cannot be built here")
@@ -79,21 +80,19 @@ def model():
 
 
 def test_model_screen_is_cached_and_rebuilt_after_the_weights_change(model):
-    first = screened_head(model)
-    assert first is not None and screened_head(model) is first
+    first = fast_path(model).screen()
+    assert first is not None and fast_path(model).screen() is first
     with torch.no_grad():
         model.lm_head.weight.mul_(2)
-    assert screened_head(model) is not first
-    assert screened_head(model.to(torch.bfloat16)) is None
+    assert fast_path(model).screen() is not first
+    assert fast_path(model.to(torch.bfloat16)).screen() is None
 
 
 def unscreened(model, prompts, config):
     """The same decoding with every logit computed (no screen)."""
     session = DecoderSession(model, torch.tensor(prompts), None, config.max_new_tokens, top_logits=None)
     assert session.screen is None
-    from lmlab.generation.generate import _run
-
-    return _run(session, torch.tensor(prompts), config, 0, len(prompts)).sequences
+    return decode(session, strategy_for(config), torch.tensor(prompts), config, 0, len(prompts)).sequences
 
 
 @pytest.mark.parametrize("config", [
@@ -102,17 +101,22 @@ def unscreened(model, prompts, config):
 ])
 def test_decoding_with_the_screen_equals_decoding_without(model, config):
     prompts = [[5, 9, 2, 7], [1, 2, 3, 4]]
-    session = DecoderSession(model, torch.tensor(prompts), None, config.max_new_tokens, config.decisive_logits())
+    session = DecoderSession(model, torch.tensor(prompts), None, config.max_new_tokens, strategy_for(config).decisive_logits(config))
     assert session.screen is not None
     assert generate_batch(model, prompts, config).sequences == unscreened(model, prompts, config)
     assert generate(model, prompts[0], config) == unscreened(model, prompts[:1], config)[0]
 
 
+def decisive(**settings):
+    config = GenerationConfig(**settings)
+    return strategy_for(config).decisive_logits(config)
+
+
 def test_decisive_logits():
-    assert GenerationConfig(strategy="greedy").decisive_logits() == 1
-    assert GenerationConfig(strategy="sample", top_k=50).decisive_logits() == 50
-    assert GenerationConfig(strategy="sample").decisive_logits() is None
-    assert GenerationConfig(strategy="beam", num_beams=2).decisive_logits() is None
-    assert GenerationConfig(strategy="greedy", repetition_penalty=1.2).decisive_logits() is None
-    assert GenerationConfig(strategy="greedy", no_repeat_ngram_size=2).decisive_logits() is None
-    assert GenerationConfig(strategy="greedy", min_new_tokens=3, eos_ids=(1,)).decisive_logits() is None
+    assert decisive(strategy="greedy") == 1
+    assert decisive(strategy="sample", top_k=50) == 50
+    assert decisive(strategy="sample") is None
+    assert decisive(strategy="beam", num_beams=2) is None
+    assert decisive(strategy="greedy", repetition_penalty=1.2) is None
+    assert decisive(strategy="greedy", no_repeat_ngram_size=2) is None
+    assert decisive(strategy="greedy", min_new_tokens=3, eos_ids=(1,)) is None

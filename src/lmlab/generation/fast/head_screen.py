@@ -1,7 +1,7 @@
 """Exact top-k logits from a quarter of the LM head's bytes.
 
 Greedy decoding needs only the best logit of each step, top-k sampling only the k best; yet the
-LM head is the largest matrix a small model reads per token (GPT-2: 154 of 498 MB). A
+LM head is the largest matrix a small model reads per token (about a third of GPT-2's bytes). A
 :class:`ScreenedHead` keeps an int8 copy of the head's weight (one scale per vocabulary row) and
 finds the k best logits in two passes:
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from lmlab.kernels import MAX_ROWS, int8_activation_range, load_native, quantize_rows, quantize_weight, skinny_linear_int8
+from lmlab.kernels import MAX_ROWS, int8_activation_range, quantize_rows, quantize_weight, skinny_linear_int8
 
 MAX_CANDIDATES = 512  # beyond this the screen saves nothing; compute the full logits instead
 
@@ -78,20 +78,3 @@ class ScreenedHead:
         logits = torch.full_like(approx, float("-inf"))
         logits[:, candidates] = exact
         return logits
-
-
-def screened_head(model: torch.nn.Module) -> ScreenedHead | None:
-    """The model's cached :class:`ScreenedHead` (rebuilt when the head's weight changed), or None
-    where screening does not apply: not a backbone plus a bias-free float32 CPU ``lm_head``, or no
-    native kernel (:mod:`lmlab.kernels`)."""
-    head = getattr(model, "lm_head", None)
-    if not hasattr(model, "backbone") or not isinstance(head, torch.nn.Linear) or head.bias is not None or load_native() is None:
-        return None
-    weight = head.weight
-    if weight.dtype != torch.float32 or weight.device.type != "cpu":
-        return None
-    screen = model.__dict__.get("_head_screen")
-    if screen is None or not screen.is_current(weight):
-        screen = ScreenedHead(weight)
-        model.__dict__["_head_screen"] = screen
-    return screen

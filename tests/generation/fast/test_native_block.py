@@ -4,14 +4,15 @@ import pytest
 import torch
 
 from lmlab.generation import GenerationConfig, generate_batch
-from lmlab.kernels import load_native, native_status
-from lmlab.layers import fused_block
+from lmlab.generation.fast import block as native_block
+from lmlab.generation.fast.block import NativeBlock, runs_natively
+from lmlab.generation.fast.modules import NativeLinear, adopt, int8_weights
+from lmlab.generation.fast.swap import decoding_twin
+from lmlab.kernels import load_native, native_status, quantize_weight
 from lmlab.layers.kv_cache import KVCache
-from lmlab.kernels import quantize_weight
-from lmlab.layers.linear import Linear, quantized_weights
 from lmlab.layers.masks import build_attention_mask
 from lmlab.layers.positional import RotaryPositionalEncoding
-from lmlab.models import ModelConfig, blocks, build_model
+from lmlab.models import ModelConfig, build_model
 from lmlab.models.blocks import TransformerBlock
 from lmlab.models.config import MoEConfig
 
@@ -39,6 +40,11 @@ def random_block(cfg: ModelConfig) -> TransformerBlock:
         for p in block.parameters():  # norms and biases away from their 1/0 start
             p.add_(torch.randn_like(p) * 0.2)
     return block
+
+
+def fused_step(block, x, cache, pos, mask, rotary=None):
+    """The block's step in the native kernel, or None where it does not apply."""
+    return adopt(NativeBlock, block)._native_step(x, mask, rotary, cache, pos)
 
 
 def by_modules(block, x, cache, pos, mask, rotary=None):
@@ -79,7 +85,7 @@ def test_native_block_equals_its_modules(variant, padded, rope_fraction):
     calls = []
 
     def native_step(block, x, cache, pos, mask, rotary):
-        y = fused_block.fused_decode_step(block.attn_norm, block.attn, block.ffn_norm, block.ffn, x, cache, pos, mask, rotary)
+        y = fused_step(block, x, cache, pos, mask, rotary)
         calls.append(y is not None)
         return y if y is not None else by_modules(block, x, cache, pos, mask, rotary)
 
@@ -95,32 +101,38 @@ def test_native_block_equals_its_modules(variant, padded, rope_fraction):
 def one_step(block, x=None, mask=None, cache=None):
     x = torch.randn(1, 1, block.attn.out_proj.out_features) if x is None else x
     cache = cache or KVCache(1, block.attn.n_kv_heads, 8, block.attn.head_dim, dtype=x.dtype)
-    return fused_block.fused_decode_step(block.attn_norm, block.attn, block.ffn_norm, block.ffn, x, cache, 0, mask)
+    return fused_step(block, x, cache, 0, mask)
 
 
 @native
-def test_steps_aside_where_the_modules_must_run():
+def test_steps_aside_where_the_modules_must_run(monkeypatch):
     block = random_block(config(**VARIANTS["gpt2-like"]))
     with torch.no_grad():
         assert one_step(block) is not None
-        block.attn.keep_weights = True  # attention capture needs the weights
-        assert one_step(block) is None
-        block.attn.keep_weights = False
-        handle = block.ffn.down.register_forward_hook(lambda module, args, output: None)
-        assert one_step(block) is None  # a hook expects its module to run
-        handle.remove()
-        assert one_step(block) is not None
-        with quantized_weights({block.attn.qkv: (torch.zeros(96, 32, dtype=torch.int8), torch.ones(96))}):
+        with int8_weights({block.attn.qkv: (torch.zeros(96, 32, dtype=torch.int8), torch.ones(96))}):
             assert one_step(block) is None  # a block only partly int8 runs as modules
         additive = build_attention_mask(1, 1, causal=True, position_bias=torch.zeros(1, 4, 1, 1))
         assert one_step(block, mask=additive) is None  # ALiBi / T5 biases
         assert one_step(block.double(), x=torch.randn(1, 1, 32, dtype=torch.float64)) is None
-        block.float().train()
-        assert one_step(block) is None
-    assert one_step(block.eval()) is None  # gradients wanted
+    x, cache = torch.randn(1, 1, 32), KVCache(1, 4, 8, 8)
+    native = adopt(NativeBlock, block.float().eval())
     with torch.no_grad():
-        assert one_step(random_block(config(ffn="selu"))) is None
-        assert one_step(random_block(config(moe=MoEConfig(num_experts=2)))) is None
+        torch.testing.assert_close(native(x, None, None, cache, 0), by_modules(block, x, KVCache(1, 4, 8, 8), 0, None),
+                                   rtol=1e-5, atol=1e-5)
+    calls = []
+    original = native_block.decode_block
+    monkeypatch.setattr(native_block, "decode_block", lambda *args: calls.append(1) or original(*args))
+    native(x, None, None, KVCache(1, 4, 8, 8), 0)  # gradients wanted: the modules run
+    with torch.no_grad():
+        native.train()(x, None, None, KVCache(1, 4, 8, 8), 0)
+    assert calls == []
+
+
+def test_which_blocks_run_natively():
+    assert runs_natively(random_block(config(**VARIANTS["llama-like"])))
+    assert not runs_natively(random_block(config(ffn="selu")))
+    assert not runs_natively(random_block(config(moe=MoEConfig(num_experts=2))))
+    assert not runs_natively(random_block(config(norm_placement="post")))
 
 
 @native
@@ -135,7 +147,7 @@ def test_generation_is_the_same_with_and_without_the_native_block(variant, setti
     prompts = [[5, 6, 7, 8], [9, 10]]
     gen = GenerationConfig(max_new_tokens=12, **settings)
     with_block = [generate_batch(model, [p], gen) for p in prompts] + [generate_batch(model, prompts, gen)]
-    monkeypatch.setattr(blocks, "fused_decode_step", lambda *args: None)
+    monkeypatch.setattr(NativeBlock, "_native_step", lambda *args: None)
     without = [generate_batch(model, [p], gen) for p in prompts] + [generate_batch(model, prompts, gen)]
     for a, b in zip(with_block, without):
         assert a.sequences == b.sequences
@@ -144,32 +156,20 @@ def test_generation_is_the_same_with_and_without_the_native_block(variant, setti
 
 
 @native
-def test_a_model_that_decoded_natively_still_copies_and_pickles():
-    import copy
-    import pickle
-
-    model = build_model(config(**VARIANTS["llama-rope"])).eval()
-    generate_batch(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=3, draft_tokens=0))
-    twin = copy.deepcopy(model)
-    pickle.dumps(model)
-    assert generate_batch(twin, [[1, 2, 3]], GenerationConfig(max_new_tokens=3)).sequences == \
-        generate_batch(model, [[1, 2, 3]], GenerationConfig(max_new_tokens=3)).sequences
-
-
-@native
 @pytest.mark.parametrize("variant", ["gpt2-like", "llama-like"])
 def test_int8_projections_of_a_draft_run_in_the_native_block(variant):
     block = random_block(config(**VARIANTS[variant]))
-    table = {m: quantize_weight(m.weight) for m in block.modules() if isinstance(m, Linear)}
+    with_native_layers = decoding_twin(block)  # its projections are native linear layers, which read int8 copies
+    table = {m: quantize_weight(m.weight) for m in with_native_layers.modules() if isinstance(m, NativeLinear)}
 
     def native_step(block, x, cache, pos, mask, rotary):
-        y = fused_block.fused_decode_step(block.attn_norm, block.attn, block.ffn_norm, block.ffn, x, cache, pos, mask, rotary)
+        y = fused_step(block, x, cache, pos, mask, rotary)
         assert y is not None
         return y
 
-    with torch.no_grad(), quantized_weights(table):
-        got, _ = run_steps(block, native_step, [1, 4, 1])
-        want, _ = run_steps(block, by_modules, [1, 4, 1])
+    with torch.no_grad(), int8_weights(table):
+        got, _ = run_steps(with_native_layers, native_step, [1, 4, 1])
+        want, _ = run_steps(with_native_layers, by_modules, [1, 4, 1])
     # each projection rounds its input to int16, so a float32 rounding apart can move a value by
     # one step: the two agree to about 1e-4, where the int8 model is some 1e-2 from the float32 one
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
