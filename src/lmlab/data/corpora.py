@@ -16,6 +16,7 @@ interrupted or corrupted download never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import ast
 import base64
 import contextlib
 import fnmatch
@@ -200,8 +201,8 @@ def _pip_settings() -> dict[str, str]:
     settings = {}
     for line in result.stdout.splitlines():
         name, sep, value = line.partition("=")
-        if sep:
-            settings[name.strip()] = value.strip().strip("'\"")
+        with contextlib.suppress(ValueError, SyntaxError):
+            settings[name.strip()] = str(ast.literal_eval(value.strip()))  # pip prints each value's repr
     return settings
 
 
