@@ -147,7 +147,12 @@ def kernel_library(compiler: str, cpu_flags: set[str]) -> ctypes.CDLL:
     _raise_if_failed_before(library)
     recorded = _read_private_text(_digest_path(library))
     cached = _load_verified(library, recorded) if recorded else None
-    return cached or _build(compiler, library)
+    if cached is not None:
+        return cached
+    try:
+        return _build(compiler, library)
+    except OSError as exc:
+        raise _Unavailable(f"cannot write the kernel library into {library.parent} ({_one_line(exc)})") from exc
 
 
 def kernel_dir() -> Path:
