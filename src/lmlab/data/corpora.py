@@ -200,7 +200,7 @@ def _pip_settings() -> dict[str, str]:
         return {}
     settings = {}
     for line in result.stdout.splitlines():
-        name, sep, value = line.partition("=")
+        name, _, value = line.partition("=")
         with contextlib.suppress(ValueError, SyntaxError):
             settings[name.strip()] = str(ast.literal_eval(value.strip()))  # pip prints each value's repr
     return settings
@@ -237,7 +237,7 @@ def _links_on(page: str) -> list[str]:
         redirected = response.geturl() not in (None, _redacted(page))
         base = response.geturl() if redirected else page  # links on the page keep its credentials
     if len(body) > _INDEX_PAGE_MAX_BYTES:
-        raise _DownloadFailed(page, f"index page larger than {_INDEX_PAGE_MAX_BYTES} bytes")
+        raise _DownloadFailed(_redacted(page), f"index page larger than {_INDEX_PAGE_MAX_BYTES} bytes")
     collector = _LinkCollector(base)
     collector.feed(body.decode("utf-8", errors="replace"))
     return collector.links
