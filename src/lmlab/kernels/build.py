@@ -1,5 +1,15 @@
 """Building and loading the native kernels: the C sources beside this file are compiled once per
-machine and CPU into the lmlab cache, then loaded with ctypes (see the package docstring)."""
+machine and CPU into the lmlab cache, then loaded with ctypes (see the package docstring).
+
+The libraries live in ``<cache>/kernels``, a directory only the current user may enter (created
+with mode 0700, tightened if it is looser; refused, so PyTorch is used, if it belongs to someone
+else or is a symlink). Beside each ``lmlab_kernels-<key>.so`` its sha256 is recorded at build time
+(``.so.sha256``); a library is loaded only if it is a regular file of the current user that
+neither group nor others may write and whose bytes match the recorded hash; anything else is
+rebuilt. A compiler failure is remembered per key in ``lmlab_kernels-<key>.failed`` (with the
+compiler's message), so it is not retried on every run: only when the key (sources, compiler,
+CPU flags, compile options) changes or the marker is deleted.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +18,16 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
 import torch  # noqa: F401  (loads PyTorch's OpenMP runtime, which the kernels share)
 
 from lmlab.cache import cache_dir
+from lmlab.errors import LmlabError
 
 SOURCES = [
     Path(__file__).with_name(name) for name in ("skinny_linear.c", "decode_attention.c", "log_softmax_topk.c", "decode_block.c")
@@ -22,6 +35,9 @@ SOURCES = [
 HEADERS = [Path(__file__).with_name(name) for name in ("exp_nonpositive.h", "lmlab_kernels.h")]
 DISABLE_ENV = "LMLAB_NATIVE_KERNELS"
 MAX_ROWS = 8
+COMPILE_OPTIONS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+_COMPILE_TIMEOUT_S = 120
+_SMALL_FILE_BYTES = 4096  # a recorded hash or failure message is read up to this size
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
@@ -85,11 +101,7 @@ def _build_and_load() -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise _Unavailable("no C compiler found (set CC)")
-    library = _cached_build(compiler, flags)
-    try:
-        lib = ctypes.CDLL(str(library))
-    except OSError as exc:
-        raise _Unavailable(f"the compiled kernel does not load ({exc})") from exc
+    lib = kernel_library(compiler, flags)
     lib.skinny_linear.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
     lib.skinny_linear_int8.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 5
     lib.skinny_linear_int8_f32.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
@@ -128,24 +140,165 @@ def _torch_uses_gnu_openmp() -> bool:
         return False
 
 
-def _cached_build(compiler: str, flags: set[str]) -> Path:
-    """The shared library for this source, compiler and CPU, compiled into the cache if missing."""
-    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
-    key = hashlib.sha256(source + compiler.encode() + " ".join(sorted(flags)).encode()).hexdigest()[:16]
-    folder = cache_dir() / "kernels"
-    folder.mkdir(parents=True, exist_ok=True)
-    library = folder / f"lmlab_kernels-{key}.so"
-    if library.is_file():
-        return library
-    partial = folder / f".{library.name}.{os.getpid()}.tmp"
-    command = [compiler, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", *map(str, SOURCES), "-o", str(partial), "-lm"]
+def kernel_library(compiler: str, cpu_flags: set[str]) -> ctypes.CDLL:
+    """The kernel library for these sources, ``compiler`` and CPU, loaded from the private kernel
+    directory if a trustworthy copy is there, else compiled (raises :class:`_Unavailable`)."""
+    library = kernel_dir() / f"lmlab_kernels-{build_key(compiler, cpu_flags)}.so"
+    _raise_if_failed_before(library)
+    recorded = _read_private_text(_digest_path(library))
+    cached = _load_verified(library, recorded) if recorded else None
+    if cached is not None:
+        return cached
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise _Unavailable(f"compiling the kernel failed ({exc})") from exc
-    if done.returncode != 0:
+        return _build(compiler, library)
+    except OSError as exc:
+        raise _Unavailable(f"cannot write the kernel library into {library.parent} ({_one_line(exc)})") from exc
+
+
+def kernel_dir() -> Path:
+    """``<cache>/kernels``, created with mode 0700 and tightened to it if looser. Raises
+    :class:`_Unavailable` if it is not a real directory of the current user."""
+    try:
+        folder = cache_dir() / "kernels"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+    except (LmlabError, OSError) as exc:
+        raise _Unavailable(
+            f"no private kernel directory ({_one_line(exc)}); set LMLAB_CACHE to a directory of your own"
+        ) from exc
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise _Unavailable(
+            f"the kernel directory {folder} is not a directory of the current user; "
+            "remove it or set LMLAB_CACHE to a directory of your own"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        folder.chmod(0o700)
+    return folder
+
+
+def build_key(compiler: str, cpu_flags: set[str]) -> str:
+    """Names one build: a hash of the sources, the compiler (its path, size and modification time),
+    the compile options and the CPU flags, so changing any of them builds afresh."""
+    digest = hashlib.sha256()
+    for path in SOURCES + HEADERS:
+        digest.update(path.read_bytes())
+    digest.update(_compiler_identity(compiler).encode())
+    digest.update(" ".join(COMPILE_OPTIONS).encode())
+    digest.update(" ".join(sorted(cpu_flags)).encode())
+    return digest.hexdigest()[:16]
+
+
+def _compiler_identity(compiler: str) -> str:
+    resolved = shutil.which(compiler) or compiler
+    try:
+        info = os.stat(resolved)
+    except OSError:
+        return resolved
+    return f"{resolved} {info.st_size} {info.st_mtime_ns}"
+
+
+def _digest_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _failure_path(library: Path) -> Path:
+    return library.with_suffix(".failed")
+
+
+def _raise_if_failed_before(library: Path) -> None:
+    """Raise the failure recorded for this build key, if any, instead of compiling again."""
+    marker = _failure_path(library)
+    if not marker.exists():
+        return
+    raise _compile_failed(_read_private_text(marker) or "no message recorded", marker)
+
+
+def _compile_failed(reason: str, marker: Path) -> _Unavailable:
+    return _Unavailable(
+        f"compiling the kernel failed ({reason}); not retried until the sources, compiler or CPU "
+        f"change, or until you delete {marker}"
+    )
+
+
+def _build(compiler: str, library: Path) -> ctypes.CDLL:
+    """Compile the sources into ``library``, record its sha256 beside it and load it."""
+    partial = library.with_name(f".{library.name}.{os.getpid()}.tmp")
+    try:
+        _compile(compiler, partial, library)
+        partial.chmod(0o700)
+        with open(partial, "rb") as built:
+            digest = hashlib.file_digest(built, "sha256").hexdigest()
+        lib = _load_verified(partial, digest)  # under this process's own name: no concurrent build replaces it
+        if lib is None:
+            raise _Unavailable(f"the compiled kernel {partial} changed before it was loaded")
+        _write_private_text(_digest_path(library), digest)
+        os.replace(partial, library)  # atomic: another process sees all of it or nothing
+        return lib
+    finally:
         partial.unlink(missing_ok=True)
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise _Unavailable(f"compiling the kernel failed ({last})")
-    os.replace(partial, library)  # atomic: another process sees all of it or nothing
-    return library
+
+
+def _compile(compiler: str, output: Path, library: Path) -> None:
+    """Run the compiler; on failure remember its message for this build key and raise."""
+    command = [compiler, *COMPILE_OPTIONS, *map(str, SOURCES), "-o", str(output), "-lm"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        reason = _one_line(exc)
+    else:
+        if done.returncode == 0:
+            return
+        reason = _one_line((done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1])
+    marker = _failure_path(library)
+    _write_private_text(marker, reason)
+    raise _compile_failed(reason, marker)
+
+
+def _load_verified(path: Path, sha256: str) -> ctypes.CDLL | None:
+    """The library at ``path`` loaded if it is a private file of ours whose bytes hash to
+    ``sha256``, else None. Only the current user can write the kernel directory, so nobody else
+    can swap the file between the check and the load."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with open(fd, "rb") as handle:
+        if not _is_private(os.fstat(fd)) or hashlib.file_digest(handle, "sha256").hexdigest() != sha256:
+            return None
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise _Unavailable(f"the compiled kernel {path} does not load ({_one_line(exc)})") from exc
+
+
+def _is_private(info: os.stat_result) -> bool:
+    """A regular file owned by the current user that neither group nor others may write."""
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
+
+
+def _read_private_text(path: Path) -> str | None:
+    """The stripped text of a small private file (see :func:`_is_private`), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with open(fd, "rb") as handle:
+        if not _is_private(os.fstat(fd)):
+            return None
+        return handle.read(_SMALL_FILE_BYTES).decode("utf-8", errors="replace").strip() or None
+
+
+def _write_private_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable and writable by the current user only."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with open(handle, "w", encoding="utf-8") as out:
+            out.write(text + "\n")
+        os.replace(name, path)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _one_line(reason: object) -> str:
+    """``str(reason)`` squeezed onto one line (the type name if it is empty)."""
+    return " ".join(str(reason).split()) or type(reason).__name__

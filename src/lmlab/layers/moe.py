@@ -3,14 +3,22 @@
 Two routers, chosen by name (:data:`ROUTERS`):
 
 - ``token-choice``: each token picks its top-k experts (k=1 as in Switch, k=2 as in GShard /
-  Mixtral). An expert takes at most ``capacity = ⌈capacity_factor · N · k / E⌉`` of the N tokens;
-  the overflow is dropped (first choices are served before second choices, as in GShard) unless
-  token dropping is off. Gates are the router probabilities, renormalised over the k picks when
-  k > 1.
-- ``expert-choice`` (Zhou et al., 2022): each expert takes its top ``⌈capacity_factor · N / E⌉``
-  tokens, so load is balanced by construction; a token may get any number of experts, including
-  none. The choice looks at every token of the batch, future ones included, so in a causal
-  decoder it is not strictly causal — a known property of the method.
+  Mixtral). In training an expert takes at most ``capacity = ⌈capacity_factor · N · k / E⌉`` of
+  the N tokens; the overflow is dropped (first choices are served before second choices, as in
+  GShard) unless token dropping is off. Gates are the router probabilities, renormalised over the
+  k picks when k > 1.
+- ``expert-choice`` (Zhou et al., 2022): in training each expert takes its top
+  ``⌈capacity_factor · N / E⌉`` tokens, so load is balanced by construction; a token may get any
+  number of experts, including none. Gates are the raw router probabilities.
+
+Capacity is a training device only. Whether a token is dropped (token-choice) or which tokens an
+expert takes (expert-choice) depends on every token of the batch, later positions and other
+sequences included, so at evaluation and generation (``not self.training``) it would let future
+tokens change the outputs of earlier positions of a causal decoder, and make cached decoding
+disagree with the full pass. There, each token is routed on its own: token-choice sends it to its
+top-k experts with no capacity limit, and expert-choice, which cannot be made causal as it is,
+sends it to its top ``round(capacity_factor)`` experts (at least one) — the number of experts a
+token gets on average in training — with the same raw-probability gates.
 
 After each forward the layer holds its weighted auxiliary loss (``aux_loss``: the Switch
 load-balancing loss E·Σᵢ fᵢ·Pᵢ and the router z-loss) and per-expert utilisation (``load``).
@@ -58,6 +66,15 @@ def expert_choice(probs: torch.Tensor, capacity: int) -> Routing:
     return Routing(token.reshape(-1), expert.reshape(-1), gate.reshape(-1), assigned=None)
 
 
+def per_token_top_k(probs: torch.Tensor, k: int) -> Routing:
+    """Each token's top-k experts, gated by the raw router probabilities, decided for each token
+    alone (causal: expert-choice's stand-in outside training). probs: (N, E)."""
+    N, E = probs.shape
+    gate, expert = probs.topk(k, dim=-1)  # (N, k)
+    token = torch.arange(N, device=probs.device).repeat_interleave(k)  # (N·k,)
+    return Routing(token, expert.reshape(-1), gate.reshape(-1), assigned=None)
+
+
 ROUTERS = ("token-choice", "expert-choice")
 
 
@@ -75,7 +92,8 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
 class MoEFeedForward(nn.Module):
     """A router and ``len(experts)`` expert feed-forwards in place of one dense FFN.
 
-    ``drop_tokens`` False lifts the token-choice capacity so no token is ever dropped.
+    ``drop_tokens`` False lifts the token-choice capacity in training too, so no token is ever
+    dropped (outside training there is no capacity either way).
     ``balance_weight`` and ``z_weight`` scale the two auxiliary losses in :attr:`aux_loss`.
     """
 
@@ -123,12 +141,22 @@ class MoEFeedForward(nn.Module):
         return out.view(B, T, C)
 
     def route(self, probs: torch.Tensor) -> Routing:
-        """The (token, expert) pairs for router probabilities ``probs`` (N, E)."""
+        """The (token, expert) pairs for router probabilities ``probs`` (N, E): with capacity in
+        training, token by token (causal, nothing dropped) otherwise."""
         N, E = probs.shape
         if self.router_kind == "expert-choice":
+            if not self.training:
+                return per_token_top_k(probs, self.experts_per_token_at_inference)
             return expert_choice(probs, math.ceil(self.capacity_factor * N / E))
-        capacity = math.ceil(self.capacity_factor * N * self.top_k / E) if self.drop_tokens else N
+        drops = self.drop_tokens and self.training
+        capacity = math.ceil(self.capacity_factor * N * self.top_k / E) if drops else N
         return token_choice(probs, self.top_k, capacity)
+
+    @property
+    def experts_per_token_at_inference(self) -> int:
+        """Expert-choice outside training: ``round(capacity_factor)`` experts per token (the
+        average in training), at least 1 and at most all of them."""
+        return min(max(round(self.capacity_factor), 1), self.num_experts)
 
     def _run_experts(self, tokens: torch.Tensor, routing: Routing) -> torch.Tensor:
         """Σ over pairs of gate · expert(token), grouped so each expert runs once. tokens: (N, C)."""
