@@ -1,30 +1,66 @@
-"""The import-direction rule of ARCHITECTURE.md, checked on the source with ``ast``."""
+"""The import-direction rule of docs/architecture.md, checked on the source with ``ast``.
+
+The rule is the document's packages table: its "may import" column is read here, so the code, the
+document and this test cannot disagree. A cell names lmlab packages and modules in backticks
+(outside libraries in plain words), ``everything`` (the CLI) or ``nothing`` (a leaf).
+"""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-import lmlab
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "lmlab"  # the tree this test belongs to, whatever lmlab is installed from
+DOC = ROOT / "docs" / "architecture.md"
 
-SRC = Path(lmlab.__file__).resolve().parent
-EVERYONE = {"errors", "cache"}  # leaf modules (they import only lmlab.errors); every package may use them
-
-# package → the lmlab packages it may import (besides itself and lmlab.errors)
-ALLOWED = {
-    "tokenizers": set(),
-    "kernels": set(),
-    "layers": {"kernels"},
-    "models": {"layers"},
-    "objectives": {"tokenizers"},
-    "data": {"tokenizers", "objectives"},
-    "generation": {"models", "layers", "tokenizers", "kernels"},
-    "evaluation": {"models", "data", "objectives", "generation"},
-    "interop": {"models", "tokenizers", "layers"},
-    "training": {"tokenizers", "layers", "models", "objectives", "data", "generation", "evaluation", "interop"},
-    "viz": set(),
+# Target rules of the table that do not hold yet on this branch (issue 11 is moving the code):
+# (importing package, imported package) → why. A module whose only violations are these xfails;
+# any other violation fails. Delete an entry once its rule holds.
+PENDING = {
+    ("layers", "kernels"): "layers/ still calls the native kernels; issue 11 moves that to generation/fast/",
 }
-TOP_LEVEL = {"cli", "errors", "cache", "__init__"}
+# A top-level module being renamed → its name in the table: until the rename lands its imports (and
+# imports of it) are checked under the new name, and the top-level check xfails.
+PENDING_TOP_LEVEL = {"cache": "storage"}
+
+
+def read_table(text: str) -> tuple[dict[str, set[str] | None], dict[str, str]]:
+    """From the markdown table whose header is ``| package | owns | may import |``: name
+    (``tokenizers``, ``errors``, ``__init__``) → the lmlab names it may import (None for
+    ``everything``), and name → ``"/"`` (a package) or ``".py"`` (a top-level module)."""
+    lines = text.splitlines()
+    start = next(
+        (i for i, line in enumerate(lines) if [c.strip() for c in line.strip().strip("|").split("|")]
+         == ["package", "owns", "may import"]),
+        None,
+    )
+    assert start is not None, f"{DOC} has no '| package | owns | may import |' table"
+    table: dict[str, set[str] | None] = {}
+    kinds: dict[str, str] = {}
+    for line in lines[start + 2:]:
+        if not line.strip().startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        assert len(cells) == 3, f"table row with {len(cells)} cells (no '|' inside a cell): {line}"
+        name = re.fullmatch(r"`([a-z_]+)(/|\.py)`", cells[0])
+        assert name, f"the package cell must be `name/` or `name.py`: {cells[0]}"
+        kinds[name[1]] = name[2]
+        cell = cells[2]
+        if cell.startswith("everything"):
+            table[name[1]] = None
+        elif cell.startswith("nothing"):
+            table[name[1]] = set()
+        else:
+            table[name[1]] = set(re.findall(r"`([^`]+)`", cell))
+    for row, allowed in table.items():
+        unknown = (allowed or set()) - set(table)
+        assert not unknown, f"the {row} row may import {sorted(unknown)}, which the table does not list"
+    return table, kinds
+
+
+TABLE, KINDS = read_table(DOC.read_text(encoding="utf-8"))
 
 
 def module_name(path: Path) -> str:
@@ -65,17 +101,54 @@ def imported_modules(path: Path, this: str | None = None) -> list[tuple[int, str
 
 
 def owner(module: str) -> str:
-    """The package (or top-level module) of ``lmlab.x.y``: ``x``."""
+    """The package (or top-level module) of ``lmlab.x.y``: ``x``; ``__init__`` for ``lmlab``."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 else "__init__"
+    name = parts[1] if len(parts) > 1 else "__init__"
+    return PENDING_TOP_LEVEL.get(name, name)
 
 
-def test_every_package_is_covered():
+def violations(path: Path) -> list[tuple[str, str]]:
+    """(imported package, message) for every import of ``path`` the table does not allow."""
+    me = owner(module_name(path))
+    allowed = TABLE.get(me, set())
+    found = []
+    for line, name in imported_modules(path):
+        if name != "lmlab" and not name.startswith("lmlab."):
+            continue
+        target = owner(name)
+        if target == me or allowed is None:  # "everything"
+            continue
+        if target not in TABLE:
+            found.append((target, f"line {line}: {name} ({target} is not in the table)"))
+        elif target not in allowed:
+            found.append((target, f"line {line}: {name} ({me} may import {sorted(allowed) or 'nothing'})"))
+    return found
+
+
+def test_the_table_is_read():
+    assert TABLE["cli"] is None
+    assert TABLE["errors"] == set()
+    assert TABLE["layers"] == {"errors"}
+    assert {"models", "layers", "tokenizers", "kernels"} <= TABLE["generation"]
+    assert all("cli" not in (allowed or ()) for allowed in TABLE.values()), "nothing imports cli"
+
+
+def test_every_package_is_in_the_table():
     packages = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
-    top = {p.stem for p in SRC.glob("*.py")}
-    packages -= TOP_LEVEL  # lmlab.cli is a package; like a top-level module it may import everything
-    assert packages <= set(ALLOWED), f"add the new package(s) {packages - set(ALLOWED)} to the table"
-    assert top <= TOP_LEVEL, f"new top-level module(s) {top - TOP_LEVEL}"
+    listed = {name for name, kind in KINDS.items() if kind == "/"}
+    assert packages <= listed, f"add the new package(s) {packages - listed} to docs/architecture.md"
+    assert listed <= packages, f"docs/architecture.md lists package(s) {listed - packages} that src/lmlab lacks"
+
+
+def test_every_top_level_module_is_in_the_table():
+    top = {p.stem for p in SRC.glob("*.py")}  # the file names, not owner()'s renamed ones
+    listed = {name for name, kind in KINDS.items() if kind == ".py"}
+    unknown, missing = top - listed, listed - top
+    assert not unknown - set(PENDING_TOP_LEVEL), f"new top-level module(s) {unknown}: add them to docs/architecture.md"
+    assert not missing - set(PENDING_TOP_LEVEL.values()), f"docs/architecture.md lists {missing}, which src/lmlab lacks"
+    pending = {old: new for old, new in PENDING_TOP_LEVEL.items() if old in unknown or new in missing}
+    if pending:
+        pytest.xfail(f"top-level module(s) not yet renamed to the table's names: {pending}")
 
 
 def test_resolver_handles_relative_imports(tmp_path):
@@ -92,24 +165,27 @@ def test_resolver_handles_relative_imports(tmp_path):
     assert [n for _, n in imported_modules(init, "lmlab.data")] == ["lmlab.data.base", "lmlab.errors"]
 
 
+def test_the_table_reader_reads_cells():
+    text = (
+        "| package | owns | may import |\n|---|---|---|\n"
+        "| `a/` | x | `b`, `c`; torch — never d |\n| `b.py` | y | nothing |\n"
+        "| `c/` | z | `b` |\n| `cli/` | w | everything |\n\nafter\n"
+    )
+    assert read_table(text) == (
+        {"a": {"b", "c"}, "b": set(), "c": {"b"}, "cli": None}, {"a": "/", "b": ".py", "c": "/", "cli": "/"}
+    )
+    with pytest.raises(AssertionError, match="does not list"):
+        read_table(text.replace("| `b` |", "| `b`, `zz` |"))
+
+
 @pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(SRC)))
 def test_imports_follow_the_table(path):
-    this = module_name(path)
-    me = owner(this)
-    violations = []
-    for line, name in imported_modules(path):
-        if name != "lmlab" and not name.startswith("lmlab."):
-            continue
-        target = owner(name)
-        if target == "cli" and me != "cli":
-            violations.append(f"line {line}: {name} (nobody imports cli)")
-        elif me in ("cli", "__init__") or target in EVERYONE or target == me:
-            continue
-        elif me == "errors":
-            violations.append(f"line {line}: {name} (lmlab.errors imports nothing from lmlab)")
-        elif target not in ALLOWED.get(me, set()):
-            violations.append(f"line {line}: {name} ({me} may import {sorted(ALLOWED[me]) or 'nothing else'})")
-    assert not violations, f"{this} breaks the import rule: " + "; ".join(violations)
+    me = owner(module_name(path))
+    found = violations(path)
+    hard = [message for target, message in found if (me, target) not in PENDING]
+    assert not hard, f"{module_name(path)} breaks docs/architecture.md's table: " + "; ".join(hard)
+    if found:
+        pytest.xfail("; ".join(f"{message} — {PENDING[me, target]}" for target, message in found))
 
 
 @pytest.mark.parametrize(
