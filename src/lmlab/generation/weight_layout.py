@@ -3,8 +3,8 @@
 A decoding step multiplies one row (or a few) by every weight matrix, so its speed is how fast
 the weights stream from memory. Where the native kernel (:mod:`lmlab.kernels`) is available it
 does those products on ``nn.Linear``'s own (out, in) layout, and nothing changes. Without it,
-MKL does them, and MKL streams an (in, out) matrix faster (on a 2-core Xeon: about 5% at one row,
-20–45% at 4–8 rows): :func:`prepare_for_decoding` then stores each float32 CPU weight that way —
+MKL does them, and MKL streams an (in, out) matrix faster (the README's Benchmarks say by how
+much): :func:`prepare_for_decoding` then stores each float32 CPU weight that way —
 the same values, the parameter becomes the transposed view of an (in, out) tensor — so
 ``F.linear`` hands MKL the better layout with no change to any ``forward``.
 """

@@ -2,7 +2,7 @@
 
 :func:`skinny_linear` computes ``x · Wᵀ + b`` for 1–8 rows of float32 ``x`` on the CPU — every
 matrix product of a decoding step. MKL streams a weight matrix at memory speed for one row but
-takes about twice as long for 2–8 (batched greedy decoding, beam search); the kernel in
+takes much longer for 2–8 (batched greedy decoding, beam search); the kernel in
 ``skinny_linear.c`` stays near one pass over memory for all of them. :func:`skinny_linear_int8`
 is the same product over an int8 weight with per-row scales, in exact integer arithmetic on
 int16 activations. :func:`decode_attention` (``decode_attention.c``) is the attention of a few new
