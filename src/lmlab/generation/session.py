@@ -175,10 +175,11 @@ class DecoderSession:
 
     def reorder(self, index: torch.Tensor) -> None:
         """Rows become rows ``index`` (B,) of before: through the row table on the fast path
-        (nothing moves), by moving the rows that change otherwise."""
+        (nothing moves), by moving the rows that change otherwise (also once a layer that cannot
+        read through the table made it settle)."""
         if bool((index == torch.arange(index.numel(), device=index.device)).all()):
             return
-        if self.row_table is not None:
+        if self.row_table is not None and not self.row_table.fell_back:
             self.row_table.follow(index, self.position)
         else:
             self.cache.reorder(index, self.position)

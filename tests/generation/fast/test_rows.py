@@ -4,9 +4,12 @@ and settling it moves the rows where it points."""
 import pytest
 import torch
 
+from lmlab.generation import BeamSearch, GenerationConfig, generate_batch
 from lmlab.generation.fast.rows import RowTable
+from lmlab.generation.session import DecoderSession
 from lmlab.kernels import decode_attention, load_native, native_status
 from lmlab.layers.kv_cache import KVCache, reorder_rows
+from lmlab.models import ModelConfig, build_model
 
 pytestmark = pytest.mark.skipif(load_native() is None, reason=f"native kernel unavailable: {native_status()}")
 
@@ -65,3 +68,17 @@ def test_settling_moves_every_layer_to_where_the_table_points():
     for cache in caches:
         assert torch.equal(cache.keys[:, :, :5], reference.keys[:, :, :5])
         assert torch.equal(cache.values[:, :, :5], reference.values[:, :, :5])
+
+
+def test_beam_search_of_a_model_whose_attention_cannot_read_the_table_moves_rows_instead():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=40, n_layer=2, n_head=4, d_model=32, context_length=32,
+                                    position="alibi", dropout=0.0)).eval()
+    config = GenerationConfig(strategy="beam", num_beams=3, max_new_tokens=8)
+    session = DecoderSession(model, torch.tensor([[1, 2, 3]]), None, 8, copies=3)
+    with torch.inference_mode():
+        fast = BeamSearch().run(session, torch.tensor([[1, 2, 3]] * 3), config, None, 0).sequences
+    assert session.row_table.fell_back  # ALiBi's biases keep the attention in PyTorch
+    handle = model.lm_head.register_forward_hook(lambda module, args, output: None)  # plain modules
+    assert generate_batch(model, [[1, 2, 3]], config).sequences == fast
+    handle.remove()

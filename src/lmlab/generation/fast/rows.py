@@ -31,6 +31,7 @@ class RowTable:
         self.table = self.own.repeat(1, first.size(2))  # (B, S_max) int32
         self.identity = True
         self.length = 0  # positions the table covers
+        self.fell_back = False  # a layer had to read the buffers directly: following rows did not pay
 
     def follow(self, index: torch.Tensor, length: int) -> None:
         """Rows become rows ``index`` (B,) of before over positions [0, length)."""
@@ -48,6 +49,7 @@ class RowTable:
         table is then the identity."""
         if self.identity:
             return
+        self.fell_back = True
         n = self.length
         positions = torch.arange(n, device=self.table.device)  # (n,)
         rows = self.table[:, :n].long()  # (B, n)
