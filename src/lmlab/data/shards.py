@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from lmlab.data.corpora import KNOWN_CORPORA, load_corpus, local_files
-from lmlab.data.tasks import is_pgn_file, iter_pgn_games
+from lmlab.data.readers import is_pgn_file, iter_pgn_games
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import Tokenizer, load_tokenizer
 
