@@ -20,7 +20,7 @@ import yaml
 
 from lmlab.errors import LmlabError
 from lmlab.models.config import ModelConfig, choice
-from lmlab.training.tasks import OBJECTIVES
+from lmlab.training.objective_registry import OBJECTIVES
 
 
 @dataclass

@@ -20,7 +20,7 @@ from lmlab.tokenizers import CharTokenizer, Tokenizer, tokenizer_from_json, toke
 from lmlab.tokenizers.named import resolve_tokenizer
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import RunConfig
-from lmlab.training.tasks import ObjectiveTask, check_objective, tokens_needed
+from lmlab.training.objective_registry import ObjectiveTask, check_objective, tokens_needed
 from lmlab.training.trainer import Trainer
 
 
