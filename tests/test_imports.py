@@ -8,7 +8,7 @@ import pytest
 import lmlab
 
 SRC = Path(lmlab.__file__).resolve().parent
-EVERYONE = {"errors", "cache"}  # leaf modules (they import only lmlab.errors); every package may use them
+EVERYONE = {"errors", "storage"}  # leaf modules (they import only lmlab.errors); every package may use them
 
 # package → the lmlab packages it may import (besides itself and lmlab.errors)
 ALLOWED = {
@@ -24,7 +24,7 @@ ALLOWED = {
     "training": {"tokenizers", "layers", "models", "objectives", "data", "generation", "evaluation", "interop"},
     "viz": set(),
 }
-TOP_LEVEL = {"cli", "errors", "cache", "__init__"}
+TOP_LEVEL = {"cli", "errors", "storage", "__init__"}
 
 
 def module_name(path: Path) -> str:

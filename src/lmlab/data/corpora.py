@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from lmlab.cache import cache_dir
+from lmlab.storage import cache_dir
 from lmlab.errors import LmlabError
 
 TINYSHAKESPEARE_URL = (
