@@ -35,7 +35,7 @@ import torch
 
 from lmlab.data.corpora import KNOWN_CORPORA, load_corpus, local_files
 from lmlab.data.readers import is_pgn_file, iter_pgn_games
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, read_json_file
 from lmlab.tokenizers import Tokenizer, load_tokenizer
 
 INDEX_FILE = "index.json"
@@ -461,10 +461,7 @@ def _read_index(path: Path) -> Any:
         raise LmlabError(
             f"no {INDEX_FILE} in {path.parent}; prepare the shards with 'lmlab data prepare'"
         )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LmlabError(f"{path} is not valid JSON ({exc}); re-run 'lmlab data prepare'") from None
+    return read_json_file(path, "re-run 'lmlab data prepare'")
 
 
 def _check_shard_file(path: Path, expected_bytes: int) -> None:

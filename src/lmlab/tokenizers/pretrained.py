@@ -25,14 +25,13 @@ Encoding adds special tokens only with ``add_special_tokens=True``, which then m
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
 from tokenizers import Tokenizer as HFBackend
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, read_json_file
 from lmlab.tokenizers.base import Tokenizer
 from lmlab.tokenizers.chat_template import ChatTemplateMixin, render_chat_template
 from lmlab.tokenizers.gguf_vocab import (
@@ -137,13 +136,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``, or an empty dict when there is no such file."""
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LmlabError(f"{path} is not valid JSON ({exc}); fix or re-download it") from exc
-    if not isinstance(data, dict):
-        raise LmlabError(f"{path} does not hold a JSON object; fix or re-download it")
-    return data
+    return read_json_file(path, "fix or re-download it", dict)
 
 
 def _chat_template(folder: Path, config: Mapping[str, Any]) -> str | None:
