@@ -95,11 +95,6 @@ def load_sentence_encoder(directory: str | Path) -> SentenceEncoder:
     return SentenceEncoder(loaded, pooling, normalize)
 
 
-def sentence_embeddings(directory: str | Path, texts: Sequence[str]) -> torch.Tensor:
-    """(N, C) sentence embeddings of ``texts`` with the encoder in ``directory``."""
-    return load_sentence_encoder(directory).encode(texts)
-
-
 def cosine_similarity_matrix(embeddings: torch.Tensor) -> torch.Tensor:
     """(N, N) cosine similarities of (N, C) embeddings."""
     unit = F.normalize(embeddings, p=2, dim=-1)

@@ -5,7 +5,6 @@ from lmlab.tokenizers.base import (
     Tokenizer,
     load_tokenizer,
     register_tokenizer,
-    registered_kinds,
     tokenizer_from_json,
     tokenizer_to_json,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "Tokenizer",
     "load_tokenizer",
     "register_tokenizer",
-    "registered_kinds",
     "tokenizer_from_json",
     "tokenizer_to_json",
     "ChessPGNTokenizer",

@@ -108,8 +108,3 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     if not path.is_file():
         raise LmlabError(f"no tokenizer in {directory}: expected {TOKENIZER_FILE} there")
     return tokenizer_from_json(read_json_file(path, "re-save the tokenizer", dict))
-
-
-def registered_kinds() -> list[str]:
-    """Names of every registered tokenizer kind."""
-    return sorted(_KINDS)
