@@ -47,6 +47,7 @@ print(json.dumps({"peak_mb": peak_mb(), "tokens": index.total_tokens, "shards": 
 """
 TRAIN = SETUP + """
 import torch
+from lmlab.data.windows import random_windows
 from lmlab.objectives import causal_lm_batch, token_cross_entropy
 tokens = ShardedTokens.open(sys.argv[3])
 vocab = tokens.index.vocab_size
@@ -56,7 +57,7 @@ generator = torch.Generator().manual_seed(0)
 
 def train(steps):
     for _ in range(steps):
-        batch = causal_lm_batch(tokens.random_windows(16, 64, generator))
+        batch = causal_lm_batch(random_windows(tokens, 16, 64, generator))
         loss = token_cross_entropy(model(batch.input_ids), batch)
         optimizer.zero_grad()
         loss.backward()
