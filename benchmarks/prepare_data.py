@@ -21,7 +21,7 @@ from array import array
 from pathlib import Path
 
 from lmlab.data.shards import DEFAULT_BATCH_DOCS, prepare_shards
-from lmlab.tokenizers import Tokenizer, resolve_tokenizer, train_tokenizer
+from lmlab.tokenizers import Tokenizer, load_pretrained_tokenizer, train_tokenizer
 
 VOCAB_SIZE = 4096
 
@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.tokenizer:
-        tokenizer = resolve_tokenizer(args.tokenizer)
+        tokenizer = load_pretrained_tokenizer(args.tokenizer)
     else:
         tokenizer = train_tokenizer("bpe", args.data, VOCAB_SIZE)
     with tempfile.TemporaryDirectory(prefix="lmlab-bench-") as tmp:

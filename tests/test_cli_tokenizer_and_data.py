@@ -11,7 +11,7 @@ import pytest
 
 from lmlab.cli import main
 from lmlab.data.shards import ShardedTokens
-from lmlab.tokenizers import HFTokenizer, resolve_tokenizer
+from lmlab.tokenizers import HFTokenizer, load_pretrained_tokenizer
 
 WORDS = "a bb ccc dddd the quick brown fox naïve café".split()
 LINES = ["Hello there, fox.", "", "  the naïve café  ", "日本 quick"]
@@ -41,7 +41,7 @@ def test_train_encode_decode_round_trip(tmp_path, monkeypatch, capsys, corpus, k
         "--min-frequency", "1", "--out", str(out),
     ])
     assert code == 0
-    tokenizer = resolve_tokenizer(out)
+    tokenizer = load_pretrained_tokenizer(out)
     assert json.loads(stdout) == {"out": str(out), "kind": kind, "vocab_size": tokenizer.vocab_size}
     assert tokenizer.vocab_size <= 300  # at most: the small corpus may have fewer merges to learn
     assert HFTokenizer.from_file(out / "tokenizer.json").vocab_size == tokenizer.vocab_size
@@ -79,7 +79,7 @@ def test_chess_tokenizer_by_name(monkeypatch, capsys):
     [
         (["tokenizer", "decode", "--tokenizer", "chess-pgn"], "1 2 x\n", "stdin line 1 is not"),
         (["tokenizer", "encode", "--tokenizer", "chess-pgn"], "hello\n", "cannot tokenize 'hello'"),
-        (["tokenizer", "encode", "--tokenizer", "/nowhere"], "", "cannot find tokenizer"),
+        (["tokenizer", "encode", "--tokenizer", "/nowhere"], "", "tokenizer '/nowhere' does not exist"),
         (["tokenizer", "train", "--vocab-size", "10", "--data", "/nowhere", "--out", "x"], "",
          "no corpus named /nowhere"),
         (["tokenizer", "frobnicate"], "", "invalid choice"),

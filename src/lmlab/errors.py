@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean"}
+
 
 class LmlabError(Exception):
     """A user-facing error whose message is one line: what is wrong and how to fix it."""
@@ -35,5 +37,5 @@ def read_json_file(path: Path | str, fix: str, kind: type | None = None) -> Any:
     except json.JSONDecodeError as exc:
         raise LmlabError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None
     if kind is not None and not isinstance(value, kind):
-        raise LmlabError(f"{path} does not hold a JSON {kind.__name__}; {fix}")
+        raise LmlabError(f"{path} does not hold a JSON {JSON_TYPE_NAMES.get(kind, kind.__name__)}; {fix}")
     return value

@@ -47,7 +47,8 @@ print(json.dumps({"peak_mb": peak_mb(), "tokens": index.total_tokens, "shards": 
 """
 TRAIN = SETUP + """
 import torch
-from lmlab.objectives import causal_lm_batch, causal_lm_loss
+from lmlab.data.windows import random_windows
+from lmlab.objectives import causal_lm_batch, token_cross_entropy
 tokens = ShardedTokens.open(sys.argv[3])
 vocab = tokens.index.vocab_size
 model = torch.nn.Sequential(torch.nn.Embedding(vocab, 16), torch.nn.Linear(16, vocab))
@@ -56,8 +57,8 @@ generator = torch.Generator().manual_seed(0)
 
 def train(steps):
     for _ in range(steps):
-        batch = causal_lm_batch(tokens.random_windows(16, 64, generator))
-        loss = causal_lm_loss(model(batch.input_ids), batch)
+        batch = causal_lm_batch(random_windows(tokens, 16, 64, generator))
+        loss = token_cross_entropy(model(batch.input_ids), batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

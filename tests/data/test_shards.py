@@ -219,7 +219,7 @@ def test_windows_cross_shard_boundaries(sharded):
 def test_random_windows_match_the_in_memory_contract(sharded):
     tokens, flat = sharded
     for length in (1, 9, 10, 30, 102):
-        got = tokens.random_windows(8, length, torch.Generator().manual_seed(length))
+        got = windows.random_windows(tokens, 8, length, torch.Generator().manual_seed(length))
         want = windows.random_windows(flat, 8, length, torch.Generator().manual_seed(length))
         assert got.shape == (8, length + 1) and got.dtype == torch.int64
         assert torch.equal(got, want)
@@ -228,7 +228,7 @@ def test_random_windows_match_the_in_memory_contract(sharded):
 @pytest.mark.parametrize("length,batch_size", [(1, 7), (10, 3), (11, 2), (50, 4), (101, 1), (102, 2)])
 def test_sequential_windows_match_the_in_memory_contract(sharded, length, batch_size):
     tokens, flat = sharded
-    got = list(tokens.sequential_windows(batch_size, length))
+    got = list(windows.sequential_windows(tokens, batch_size, length))
     want = list(windows.sequential_windows(flat, batch_size, length))
     assert len(got) == len(want)
     for a, b in zip(got, want):
@@ -242,7 +242,7 @@ def test_window_errors(sharded):
     with pytest.raises(LmlabError, match="outside"):
         tokens.window(-1, 2)
     with pytest.raises(LmlabError, match="103 tokens but one window needs 104"):
-        tokens.random_windows(2, 103, torch.Generator())
+        windows.random_windows(tokens, 2, 103, torch.Generator())
 
 
 # ------------------------------------------------------------------------ corrupt directories

@@ -55,6 +55,11 @@ def test_random_windows_reach_both_ends():
     assert starts == set(range(12 - 4))  # every start from 0 to n - window - 1
 
 
+
+def test_random_windows_need_one_window_of_tokens():
+    with pytest.raises(LmlabError, match="8 tokens but one window needs 9"):
+        random_windows(token_tensor(list(range(8))), 2, 8, torch.Generator())
+
 @settings(max_examples=150, deadline=None)
 @given(n=st.integers(0, 200), batch=st.integers(1, 6), window=st.integers(1, 40))
 def test_sequential_windows_label_every_token_exactly_once(n, batch, window):

@@ -6,7 +6,7 @@ import torch
 
 from lmlab.models import EncoderClassifier, EncoderMLM, ModelConfig, build_model
 from lmlab.models.config import POSITIONS
-from lmlab.objectives import mlm_batch, mlm_loss
+from lmlab.objectives import mlm_batch, token_cross_entropy
 from lmlab.training.config import RunConfig, TrainConfig
 from lmlab.training.trainer import Trainer
 
@@ -117,7 +117,7 @@ class MLMTask:
                          special_ids=[PAD, MASK])
 
     def loss(self, model, batch):
-        return mlm_loss(model(batch.input_ids, attention_mask=batch.attention_mask), batch)
+        return token_cross_entropy(model(batch.input_ids, attention_mask=batch.attention_mask), batch)
 
     @torch.no_grad()
     def evaluate(self, model, num_batches, seed):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmlab.objectives import IGNORE_INDEX, LMBatch, causal_lm_batch, causal_lm_loss
+from lmlab.objectives import IGNORE_INDEX, LMBatch, causal_lm_batch, token_cross_entropy
 
 
 def test_labels_are_the_next_tokens():
@@ -47,7 +47,7 @@ def test_loss_equals_cross_entropy_by_hand():
     logits = torch.randn(3, 6, 11, generator=gen)
     windows = torch.randint(0, 11, (3, 7), generator=gen)
     batch = causal_lm_batch(windows)
-    loss = causal_lm_loss(logits, batch)
+    loss = token_cross_entropy(logits, batch)
     assert loss.shape == ()
     assert math.isclose(loss.item(), hand_loss(logits, batch.labels), rel_tol=1e-6)
     reference = F.cross_entropy(logits.reshape(-1, 11), batch.labels.reshape(-1))
@@ -60,14 +60,14 @@ def test_ignored_labels_contribute_nothing():
     labels = torch.randint(0, 7, (2, 5), generator=gen)
     labels[0, 1] = labels[1, 3] = labels[1, 4] = IGNORE_INDEX
     batch = LMBatch(input_ids=torch.zeros(2, 5, dtype=torch.long), labels=labels)
-    loss = causal_lm_loss(logits, batch)
+    loss = token_cross_entropy(logits, batch)
     assert math.isclose(loss.item(), hand_loss(logits, labels), rel_tol=1e-6)
 
     # Changing the logits at ignored positions leaves the loss unchanged...
     changed = logits.clone()
     changed[0, 1] += 100 * torch.randn(7, generator=gen)
     changed[1, 3:] = 0.0
-    assert torch.equal(causal_lm_loss(changed, batch), loss)
+    assert torch.equal(token_cross_entropy(changed, batch), loss)
     # ...and the loss is the mean over the kept positions only (not diluted by the ignored ones).
     keep = labels != IGNORE_INDEX
     per_token = F.cross_entropy(logits[keep], labels[keep], reduction="none")
@@ -77,7 +77,7 @@ def test_ignored_labels_contribute_nothing():
 def test_gradient_flows_only_to_kept_positions():
     logits = torch.randn(1, 4, 5, requires_grad=True)
     labels = torch.tensor([[1, IGNORE_INDEX, 3, IGNORE_INDEX]])
-    causal_lm_loss(logits, LMBatch(input_ids=torch.zeros(1, 4, dtype=torch.long), labels=labels)).backward()
+    token_cross_entropy(logits, LMBatch(input_ids=torch.zeros(1, 4, dtype=torch.long), labels=labels)).backward()
     grad_norms = logits.grad[0].abs().sum(-1)
     assert grad_norms[1] == 0 and grad_norms[3] == 0
     assert grad_norms[0] > 0 and grad_norms[2] > 0

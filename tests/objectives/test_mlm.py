@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import IGNORE_INDEX
-from lmlab.objectives.mlm import mlm_batch, mlm_loss
+from lmlab.objectives.base import IGNORE_INDEX, token_cross_entropy
+from lmlab.objectives.mlm import mlm_batch
 
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
 SPECIALS = (PAD, CLS, SEP, MASK)
@@ -131,7 +131,7 @@ def test_loss_equals_cross_entropy_at_masked_positions():
     batch = run(sentences(4, 32, seed=5), seed=6)
     logits = torch.randn(4, 32, VOCAB, generator=torch.Generator().manual_seed(0))
     keep = batch.labels != IGNORE_INDEX
-    loss = mlm_loss(logits, batch)
+    loss = token_cross_entropy(logits, batch)
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss, F.cross_entropy(logits[keep], batch.labels[keep]))
 

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import IGNORE_INDEX
-from lmlab.objectives.prefix_lm import prefix_lm_batch, prefix_lm_loss
+from lmlab.objectives.base import IGNORE_INDEX, token_cross_entropy
+from lmlab.objectives.prefix_lm import prefix_lm_batch
 
 
 def windows(batch: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -62,7 +62,7 @@ def test_loss_equals_cross_entropy_after_the_prefix():
     batch = prefix_lm_batch(windows(4, 16), torch.Generator().manual_seed(0))
     logits = torch.randn(4, 16, 100, generator=torch.Generator().manual_seed(0))
     keep = batch.labels != IGNORE_INDEX
-    loss = prefix_lm_loss(logits, batch)
+    loss = token_cross_entropy(logits, batch)
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss, F.cross_entropy(logits[keep], batch.labels[keep]))
 

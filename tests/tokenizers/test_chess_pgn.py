@@ -13,13 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmlab.errors import LmlabError
-from lmlab.tokenizers import (
-    ChessPGNTokenizer,
-    get_named_tokenizer,
-    load_tokenizer,
-    named_tokenizers,
-    resolve_tokenizer,
-)
+from lmlab.tokenizers import ChessPGNTokenizer, load_pretrained_tokenizer, load_tokenizer
 from lmlab.tokenizers.chess_pgn import CASTLES, FILES, PIECES, RANKS, RESULTS, SQUARES
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -250,17 +244,15 @@ def test_unknown_version_is_an_error():
         ChessPGNTokenizer(max_move_number=0)
 
 
-def test_named_and_resolved_tokenizers(tmp_path):
-    assert "chess-pgn" in named_tokenizers()
-    assert isinstance(get_named_tokenizer("chess-pgn"), ChessPGNTokenizer)
-    assert isinstance(resolve_tokenizer("chess-pgn"), ChessPGNTokenizer)
+def test_built_in_and_saved_tokenizers_load_by_name_or_path(tmp_path):
+    assert isinstance(load_pretrained_tokenizer("chess-pgn"), ChessPGNTokenizer)
     saved = ChessPGNTokenizer(max_move_number=20).save(tmp_path / "run")
-    assert resolve_tokenizer(tmp_path / "run").vocab_size == 122
-    assert resolve_tokenizer(str(saved)).vocab_size == 122
-    with pytest.raises(LmlabError, match="chess-pgn"):
-        get_named_tokenizer("chess")
-    with pytest.raises(LmlabError, match="chess-pgn"):
-        resolve_tokenizer(str(tmp_path / "nowhere"))
+    assert load_pretrained_tokenizer(tmp_path / "run").vocab_size == 122
+    assert load_pretrained_tokenizer(str(saved)).vocab_size == 122
+    with pytest.raises(LmlabError, match="neither a built-in name \\(chess-pgn\\)"):
+        load_pretrained_tokenizer("chess")
+    with pytest.raises(LmlabError, match="does not exist.*chess-pgn"):
+        load_pretrained_tokenizer(str(tmp_path / "nowhere"))
 
 
 # ---------------------------------------------------------------- the shared game collections

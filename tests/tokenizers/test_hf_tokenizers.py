@@ -13,8 +13,8 @@ from lmlab.errors import LmlabError
 from lmlab.tokenizers import (
     TOKENIZER_TRAINING_KINDS,
     HFTokenizer,
+    load_pretrained_tokenizer,
     load_tokenizer,
-    resolve_tokenizer,
     train_tokenizer,
 )
 
@@ -244,7 +244,7 @@ def test_from_file_infers_or_reads_the_roles(corpus, tmp_path):
         "additional_special_tokens": ["<mask>"],
     }))
     assert HFTokenizer.from_file(tmp_path).special_tokens == {"eos": 2, "pad": 0}
-    resolved = resolve_tokenizer(tmp_path)
+    resolved = load_pretrained_tokenizer(tmp_path)
     assert isinstance(resolved, HFTokenizer) and resolved.special_tokens == {"eos": 2, "pad": 0}
 
 

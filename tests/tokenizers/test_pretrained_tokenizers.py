@@ -14,14 +14,8 @@ from tokenizers import Tokenizer as HFBackend
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from lmlab.errors import LmlabError
-from lmlab.tokenizers import load_tokenizer
-from lmlab.tokenizers.pretrained import (
-    PretrainedHFTokenizer,
-    load_pretrained_tokenizer,
-    merges_from_scores,
-    render_chat_template,
-    tokenizer_from_gguf_metadata,
-)
+from lmlab.tokenizers import PretrainedHFTokenizer, load_pretrained_tokenizer, load_tokenizer, render_chat_template
+from lmlab.tokenizers.gguf_vocab import merges_from_scores, tokenizer_from_gguf_metadata
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 EXCERPT = Path(__file__).resolve().parents[1] / "fixtures" / "shakespeare_excerpt.txt"

@@ -1,7 +1,13 @@
 """Run configuration: presets, ``--set`` overrides, YAML files and their one-line errors."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+import lmlab
 from lmlab.errors import LmlabError
 from lmlab.training.config import (
     RunConfig,
@@ -10,6 +16,7 @@ from lmlab.training.config import (
     load_preset,
     preset_names,
 )
+from lmlab.training.objective_names import OBJECTIVE_NAMES
 
 
 def one_line_error(excinfo) -> str:
@@ -200,3 +207,21 @@ def test_missing_config_file(tmp_path):
     with pytest.raises(LmlabError) as info:
         load_config_file(tmp_path / "nope.yaml")
     assert "nope.yaml" in one_line_error(info)
+
+
+def test_importing_the_config_leaves_the_task_stack_unimported():
+    code = (
+        "import sys, lmlab.training.config; "
+        "print(sorted(m for m in sys.modules if m.startswith(('lmlab.objectives', 'lmlab.data', "
+        "'lmlab.evaluation', 'lmlab.training.objective_registry'))))"
+    )
+    src = Path(lmlab.__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_the_config_knows_every_registered_objective_in_order():
+    from lmlab.training.objective_registry import OBJECTIVES
+
+    assert OBJECTIVE_NAMES == tuple(OBJECTIVES)

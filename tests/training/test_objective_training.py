@@ -10,8 +10,8 @@ from lmlab.data.shards import prepare_shards
 from lmlab.errors import LmlabError
 from lmlab.tokenizers import CharTokenizer
 from lmlab.training.config import RunConfig, apply_overrides
+from lmlab.training.objective_registry import OBJECTIVES, sentinel_count
 from lmlab.training.run import load_run, make_trainer
-from lmlab.training.tasks import OBJECTIVES, sentinel_count
 
 BACKBONE = {"causal-lm": "decoder", "prefix-lm": "decoder", "mlm": "encoder",
             "span-corruption": "encoder-decoder", "bart": "encoder-decoder", "ul2": "encoder-decoder"}

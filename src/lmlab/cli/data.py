@@ -32,9 +32,9 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
     from itertools import islice
 
-    from lmlab.tokenizers import resolve_tokenizer
+    from lmlab.tokenizers import load_pretrained_tokenizer
 
-    tokenizer = resolve_tokenizer(args.tokenizer)
+    tokenizer = load_pretrained_tokenizer(args.tokenizer)
     while lines := list(islice(sys.stdin, _ENCODE_BATCH_LINES)):
         texts = [line.removesuffix("\n").removesuffix("\r") for line in lines]
         for ids in tokenizer.encode_batch(texts):
@@ -43,9 +43,9 @@ def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_decode(args: argparse.Namespace) -> int:
-    from lmlab.tokenizers import resolve_tokenizer
+    from lmlab.tokenizers import load_pretrained_tokenizer
 
-    tokenizer = resolve_tokenizer(args.tokenizer)
+    tokenizer = load_pretrained_tokenizer(args.tokenizer)
     for number, line in enumerate(sys.stdin, start=1):
         print(tokenizer.decode(_parse_ids(line, number)))
     return 0
@@ -65,9 +65,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     import time
 
     from lmlab.data.shards import prepare_shards
-    from lmlab.tokenizers import resolve_tokenizer
+    from lmlab.tokenizers import load_pretrained_tokenizer
 
-    tokenizer = resolve_tokenizer(args.tokenizer)
+    tokenizer = load_pretrained_tokenizer(args.tokenizer)
     sizes = {} if args.shard_tokens is None else {"shard_tokens": positive(args.shard_tokens, "--shard-tokens")}
     start = time.perf_counter()
     index = prepare_shards(

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from lmlab.cli.common import err
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, read_json_file
 
 
 # ----------------------------------------------------------------------------------- generate
@@ -138,10 +138,7 @@ def _decoder_start(run_dir: str, tokenizer) -> int:
     tokenizer's bos / eos / pad."""
     config = Path(run_dir) / "config.json"
     if config.is_file():
-        try:
-            value = json.loads(config.read_text(encoding="utf-8")).get("decoder_start_token_id")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            value = None
+        value = read_json_file(config, "fix or re-download it", dict).get("decoder_start_token_id")
         if isinstance(value, int):
             return value
     special = tokenizer.special_tokens

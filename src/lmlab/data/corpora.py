@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Iterator
 
-from lmlab.cache import cache_dir
+from lmlab.storage import cache_dir
 from lmlab.errors import LmlabError
 
 TINYSHAKESPEARE_URL = (

@@ -17,8 +17,8 @@ one text each, so for a lossless tokenizer (byte-level BPE, characters) decoding
 back the input exactly, EOS tokens between files. ``batch_docs`` texts (documents in line mode,
 runs of lines in file mode) go to each ``encode_batch`` call.
 
-:class:`ShardedTokens` memory-maps the shards read-only and cuts windows across shard boundaries,
-with the same contract as :mod:`lmlab.data.windows`.
+:class:`ShardedTokens` memory-maps the shards read-only and reads windows across shard boundaries;
+it is a token store, so :mod:`lmlab.data.windows` cuts it into training windows like a tensor.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from lmlab.data.corpora import KNOWN_CORPORA, load_corpus, local_files
-from lmlab.data.tasks import is_pgn_file, iter_pgn_games
-from lmlab.errors import LmlabError
+from lmlab.data.readers import is_pgn_file, iter_pgn_games
+from lmlab.errors import LmlabError, read_json_file
 from lmlab.tokenizers import Tokenizer, load_tokenizer
 
 INDEX_FILE = "index.json"
@@ -365,7 +365,8 @@ def _describe(inputs: str | Path | Sequence[str | Path]) -> str:
 
 # ------------------------------------------------------------------------ reading the shards
 class ShardedTokens:
-    """The tokens of a shard directory as one read-only sequence, cut into training windows."""
+    """The tokens of a shard directory as one read-only sequence (a token store for
+    :mod:`lmlab.data.windows`: ``len()`` and :meth:`window`)."""
 
     def __init__(self, directory: Path, index: ShardIndex):
         self.directory = directory
@@ -422,49 +423,13 @@ class ShardedTokens:
             self._maps[number] = mapped
         return mapped
 
-    def random_windows(
-        self, batch_size: int, length: int, generator: torch.Generator
-    ) -> torch.Tensor:
-        """``batch_size`` random windows of ``length`` + 1 consecutive tokens: (B, length+1) int64.
-
-        Same contract as :func:`lmlab.data.windows.random_windows`.
-        """
-        self._check_enough(length)
-        starts = torch.randint(len(self) - length, (batch_size,), generator=generator)  # (B,)
-        return torch.stack([self.window(int(s), length + 1) for s in starts])  # (B, length+1)
-
-    def sequential_windows(self, batch_size: int, length: int) -> Iterator[torch.Tensor]:
-        """Windows covering the tokens once, in order: batches of (b, length+1).
-
-        Same contract as :func:`lmlab.data.windows.sequential_windows`: consecutive windows share
-        one token, and a shorter tail window is yielded alone.
-        """
-        n = len(self)
-        full = (n - 1) // length if n > 0 else 0
-        for first in range(0, full, batch_size):
-            rows = range(first, min(first + batch_size, full))
-            yield torch.stack([self.window(k * length, length + 1) for k in rows])  # (b, L+1)
-        tail = full * length
-        if n - tail >= 2:
-            yield self.window(tail, n - tail)[None, :]  # (1, n-tail)
-
-    def _check_enough(self, length: int) -> None:
-        if len(self) < length + 1:
-            raise LmlabError(
-                f"the shards in {self.directory} hold {len(self)} tokens but one window needs "
-                f"{length + 1}; use more text or a shorter window"
-            )
-
 
 def _read_index(path: Path) -> Any:
     if not path.is_file():
         raise LmlabError(
             f"no {INDEX_FILE} in {path.parent}; prepare the shards with 'lmlab data prepare'"
         )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LmlabError(f"{path} is not valid JSON ({exc}); re-run 'lmlab data prepare'") from None
+    return read_json_file(path, "re-run 'lmlab data prepare'")
 
 
 def _check_shard_file(path: Path, expected_bytes: int) -> None:

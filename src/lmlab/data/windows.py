@@ -14,31 +14,43 @@ def token_tensor(ids: list[int]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.int32)
 
 
-def random_windows(
-    tokens: torch.Tensor, batch_size: int, window: int, generator: torch.Generator
-) -> torch.Tensor:
-    """``batch_size`` random windows of ``window`` + 1 consecutive tokens: (B, window+1) int64."""
-    starts = torch.randint(tokens.numel() - window, (batch_size,), generator=generator)  # (B,)
-    offsets = torch.arange(window + 1)  # (window+1,)
-    return tokens[starts[:, None] + offsets].long()
+def random_windows(tokens, batch_size: int, window: int, generator: torch.Generator) -> torch.Tensor:
+    """``batch_size`` random windows of ``window`` + 1 consecutive tokens: (B, window+1) int64.
+
+    ``tokens`` is a 1-D tensor or a token store: anything with ``len()`` and
+    ``window(start, length)``, such as memory-mapped :class:`~lmlab.data.shards.ShardedTokens`.
+    """
+    if len(tokens) < window + 1:
+        raise LmlabError(
+            f"there are {len(tokens)} tokens but one window needs {window + 1}; "
+            "use more text or a shorter window"
+        )
+    starts = torch.randint(len(tokens) - window, (batch_size,), generator=generator)  # (B,)
+    return _gather(tokens, starts, window + 1)
 
 
-def sequential_windows(tokens: torch.Tensor, batch_size: int, window: int) -> Iterator[torch.Tensor]:
+def sequential_windows(tokens, batch_size: int, window: int) -> Iterator[torch.Tensor]:
     """Non-overlapping windows covering the tokens once, in order: batches of (b, window+1).
 
     Consecutive windows share one token (the last label of a window is the first input of the
     next), so every token after the first is predicted exactly once; a shorter tail window is
-    yielded alone.
+    yielded alone. ``tokens`` is a 1-D tensor or a token store (see :func:`random_windows`).
     """
-    n = tokens.numel()
-    starts = list(range(0, n - 1, window))
-    full = [s for s in starts if s + window + 1 <= n]
-    for i in range(0, len(full), batch_size):
-        chunk = torch.tensor(full[i : i + batch_size])  # (b,)
-        yield tokens[chunk[:, None] + torch.arange(window + 1)].long()
-    tail = [s for s in starts if s + window + 1 > n]
-    if tail and n - tail[0] >= 2:
-        yield tokens[tail[0] :].long()[None, :]
+    n = len(tokens)
+    full = max(0, (n - 1) // window)  # windows of window+1 tokens that fit
+    for first in range(0, full, batch_size):
+        starts = torch.arange(first, min(first + batch_size, full)) * window  # (b,)
+        yield _gather(tokens, starts, window + 1)
+    tail = full * window
+    if n - tail >= 2:
+        yield _gather(tokens, torch.tensor([tail]), n - tail)  # (1, n-tail)
+
+
+def _gather(tokens, starts: torch.Tensor, length: int) -> torch.Tensor:
+    """The ``length`` tokens from each of ``starts`` (b,): (b, length) int64."""
+    if torch.is_tensor(tokens):
+        return tokens[starts[:, None] + torch.arange(length)].long()
+    return torch.stack([tokens.window(int(s), length) for s in starts])
 
 
 class TokenSpan:
@@ -66,30 +78,25 @@ class TokenSpan:
                 "use more text or a smaller model.context_length"
             )
 
+    def window(self, start: int, length: int) -> torch.Tensor:
+        """The span's tokens ``start`` … ``start + length - 1`` as a (length,) int64 tensor."""
+        first = self.start + start
+        if torch.is_tensor(self.store):
+            return self.store[first : first + length].long()
+        return self.store.window(first, length)
+
     def random_windows(self, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
         """``batch_size`` random windows of ``length`` + 1 tokens: (B, length+1) int64."""
-        starts = torch.randint(len(self) - length, (batch_size,), generator=generator) + self.start  # (B,)
-        return self._gather(starts, length + 1)
+        return random_windows(self._tokens(), batch_size, length, generator)
 
     def sequential_windows(self, batch_size: int, length: int) -> Iterator[torch.Tensor]:
         """Windows covering the span once, in order (see :func:`sequential_windows`)."""
-        if torch.is_tensor(self.store):
-            return sequential_windows(self.store[self.start : self.stop], batch_size, length)
-        return self._sequential_from_store(batch_size, length)
+        return sequential_windows(self._tokens(), batch_size, length)
 
-    def _sequential_from_store(self, batch_size: int, length: int) -> Iterator[torch.Tensor]:
-        starts = list(range(self.start, self.stop - 1, length))
-        full = [s for s in starts if s + length + 1 <= self.stop]
-        for i in range(0, len(full), batch_size):
-            yield self._gather(torch.tensor(full[i : i + batch_size]), length + 1)  # (b, length+1)
-        tail = [s for s in starts if s + length + 1 > self.stop]
-        if tail and self.stop - tail[0] >= 2:
-            yield self.store.window(tail[0], self.stop - tail[0])[None, :]
-
-    def _gather(self, starts: torch.Tensor, length: int) -> torch.Tensor:
-        if torch.is_tensor(self.store):
-            return self.store[starts[:, None] + torch.arange(length)].long()  # (B, length)
-        return torch.stack([self.store.window(int(s), length) for s in starts])  # (B, length)
+    def _tokens(self):
+        """The span for the window functions: a slice (a view) of a tensor store, else the span,
+        which reads its store one window at a time."""
+        return self.store[self.start : self.stop] if torch.is_tensor(self.store) else self
 
 
 def split_span(store, val_fraction: float) -> tuple[TokenSpan, TokenSpan]:

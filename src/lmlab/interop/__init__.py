@@ -22,7 +22,6 @@ __all__ = [
     "load_pretrained",
     "load_gguf",
     "export_hf",
-    "sentence_embeddings",
     "SUPPORTED_MODEL_TYPES",
     "Target",
     "TensorInfo",
@@ -37,7 +36,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """Lazily expose the GGUF loader, the exporter and sentence embeddings."""
+    """Lazily expose the GGUF loader and the exporter."""
     if name == "load_gguf":
         from lmlab.interop.gguf_llama import load_gguf
 
@@ -46,8 +45,4 @@ def __getattr__(name: str):
         from lmlab.interop.export import export_hf
 
         return export_hf
-    if name == "sentence_embeddings":
-        from lmlab.interop.embeddings import sentence_embeddings
-
-        return sentence_embeddings
     raise AttributeError(name)

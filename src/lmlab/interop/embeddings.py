@@ -8,7 +8,6 @@ directory without ``modules.json`` is mean-pooled, not normalised.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, read_json_file
 from lmlab.interop.pretrained import LoadedPretrained, load_hf
 from lmlab.tokenizers import Tokenizer
 
@@ -96,11 +95,6 @@ def load_sentence_encoder(directory: str | Path) -> SentenceEncoder:
     return SentenceEncoder(loaded, pooling, normalize)
 
 
-def sentence_embeddings(directory: str | Path, texts: Sequence[str]) -> torch.Tensor:
-    """(N, C) sentence embeddings of ``texts`` with the encoder in ``directory``."""
-    return load_sentence_encoder(directory).encode(texts)
-
-
 def cosine_similarity_matrix(embeddings: torch.Tensor) -> torch.Tensor:
     """(N, N) cosine similarities of (N, C) embeddings."""
     unit = F.normalize(embeddings, p=2, dim=-1)
@@ -111,19 +105,14 @@ def _read_modules(folder: Path) -> list[dict]:
     file = folder / MODULES_FILE
     if not file.is_file():
         return []
-    try:
-        modules = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LmlabError(f"{file} is not valid JSON ({exc}); fix or re-download it") from exc
-    if not isinstance(modules, list):
-        raise LmlabError(f"{file} does not hold a list of modules; fix or re-download it")
+    modules = read_json_file(file, "fix or re-download it", list)
     return sorted(modules, key=lambda m: m.get("idx", 0))
 
 
 def _pooling_mode(file: Path) -> str:
     if not file.is_file():
         raise LmlabError(f"no pooling config {file}; the sentence-transformers directory is incomplete")
-    config = json.loads(file.read_text(encoding="utf-8"))
+    config = read_json_file(file, "fix or re-download it", dict)
     modes = [mode for key, mode in POOLING_MODES.items() if config.get(key)]
     unsupported = [k for k, v in config.items() if k.startswith("pooling_mode") and v and k not in POOLING_MODES]
     if len(modes) != 1 or unsupported:

@@ -24,7 +24,7 @@ from gguf.quants import dequantize
 from lmlab.errors import LmlabError
 from lmlab.interop.weights import TensorInfo, shorten
 from lmlab.tokenizers import Tokenizer
-from lmlab.tokenizers.pretrained import tokenizer_from_gguf_metadata
+from lmlab.tokenizers.gguf_vocab import tokenizer_from_gguf_metadata
 
 _INTERNAL_PREFIX = "GGUF."  # the reader's own fields: version, tensor and key counts
 

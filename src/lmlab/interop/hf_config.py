@@ -8,12 +8,11 @@ per-family maps.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, read_json_file
 
 CONFIG_FILE = "config.json"
 
@@ -114,7 +113,7 @@ def read_hf_config(
         file = file / CONFIG_FILE
     if not file.is_file():
         raise LmlabError(f"no {CONFIG_FILE} at {path}; pass a Hugging Face model directory")
-    values = _read_json_object(file)
+    values = read_json_file(file, "re-download it", dict)
     model_type = values.get("model_type")
     if model_type not in supported:
         raise LmlabError(
@@ -124,17 +123,6 @@ def read_hf_config(
     config = HFConfig(model_type, tuple(values.get("architectures") or ()), values, file)
     _check_values(config)
     return config
-
-
-def _read_json_object(file: Path) -> dict[str, Any]:
-    """The JSON object stored in ``file``."""
-    try:
-        values = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LmlabError(f"{file} is not valid JSON ({exc}); re-download it") from exc
-    if not isinstance(values, dict):
-        raise LmlabError(f"{file} does not hold a JSON object; re-download it")
-    return values
 
 
 def _check_values(config: HFConfig) -> None:

@@ -14,7 +14,6 @@ Every name of the source must be used or explicitly ignored, and every target te
 from __future__ import annotations
 
 import fnmatch
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
@@ -22,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, read_json_file
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
@@ -167,12 +166,9 @@ class WeightSource:
 
 def _shards_of_index(index: Path) -> list[Path]:
     """The shard files an ``*.index.json`` names, checked to exist."""
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise LmlabError(
-            f"{index} is not a valid shard index (no JSON 'weight_map': {exc}); re-download it"
-        ) from exc
+    weight_map = read_json_file(index, "re-download it", dict).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise LmlabError(f"{index} is not a valid shard index (no 'weight_map' object); re-download it")
     shards = list(dict.fromkeys(index.parent / shard for shard in weight_map.values()))
     missing = [shard.name for shard in shards if not shard.is_file()]
     if missing:

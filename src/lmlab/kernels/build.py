@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch  # noqa: F401  (loads PyTorch's OpenMP runtime, which the kernels share)
 
-from lmlab.cache import cache_dir
 from lmlab.errors import LmlabError
+from lmlab.storage import cache_dir
 
 SOURCES = [
     Path(__file__).with_name(name) for name in ("skinny_linear.c", "decode_attention.c", "log_softmax_topk.c", "decode_block.c")

@@ -10,7 +10,7 @@ from lmlab.models.decoder import DecoderLM
 from lmlab.models.encoder import EncoderClassifier, EncoderMLM, EncoderModel
 from lmlab.models.encoder_decoder import EncoderDecoderLM
 from lmlab.models.rnn import GRULM, GRUSeq2Seq
-from lmlab.models.stats import auxiliary_loss, count_parameters, expert_utilisation, parameter_counts
+from lmlab.models.inspection import auxiliary_loss, count_parameters, expert_utilisation, parameter_counts
 
 MODELS: dict[tuple[str, str, str], type[nn.Module]] = {
     ("transformer", "decoder", "lm"): DecoderLM,

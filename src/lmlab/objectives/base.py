@@ -35,11 +35,12 @@ class LMBatch:
         return replace(self, **moved)
 
 
-def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over positions whose label is not IGNORE_INDEX.
+def token_cross_entropy(logits: torch.Tensor, batch: LMBatch) -> torch.Tensor:
+    """Every objective's loss: mean cross-entropy of ``logits`` against ``batch.labels``, skipping
+    positions whose label is IGNORE_INDEX.
 
-    logits: (B, T, V); labels: (B, T).
+    logits: (B, T, V) from the model fed the batch; batch.labels: (B, T).
     """
     return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX
+        logits.reshape(-1, logits.size(-1)).float(), batch.labels.reshape(-1), ignore_index=IGNORE_INDEX
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lmlab.objectives.base import LMBatch, token_cross_entropy
+from lmlab.objectives.base import LMBatch
 
 
 def causal_lm_batch(windows: torch.Tensor) -> LMBatch:
@@ -13,8 +13,3 @@ def causal_lm_batch(windows: torch.Tensor) -> LMBatch:
     windows: (B, T+1) → input_ids (B, T), labels (B, T).
     """
     return LMBatch(input_ids=windows[:, :-1], labels=windows[:, 1:])
-
-
-def causal_lm_loss(logits: torch.Tensor, batch: LMBatch) -> torch.Tensor:
-    """Mean next-token cross-entropy; labels equal to IGNORE_INDEX are skipped."""
-    return token_cross_entropy(logits, batch.labels)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import LMBatch, token_cross_entropy
+from lmlab.objectives.base import LMBatch
 from lmlab.objectives.span_corruption import encoder_decoder_batch
 
 MAX_SPAN_LENGTH = 128  # fairseq truncates the Poisson span distribution to lengths 0..127
@@ -85,11 +85,6 @@ def denoising_batch(
         pad_id=pad_id,
         decoder_start_id=start,
     )
-
-
-def denoising_loss(logits: torch.Tensor, batch: LMBatch) -> torch.Tensor:
-    """Mean cross-entropy of the decoder's logits (B, T_out, V) against ``batch.labels``."""
-    return token_cross_entropy(logits, batch.labels)
 
 
 def bart_noise(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import IGNORE_INDEX, LMBatch, token_cross_entropy
+from lmlab.objectives.base import IGNORE_INDEX, LMBatch
 
 WordStart = torch.Tensor | Callable[[int], bool]
 
@@ -64,11 +64,6 @@ def mlm_batch(
     input_ids = torch.where(to_random, random_ids, input_ids)  # (B, T)
     labels = ids.masked_fill(~chosen, IGNORE_INDEX)  # (B, T)
     return LMBatch(input_ids=input_ids, labels=labels, attention_mask=attention_mask)
-
-
-def mlm_loss(logits: torch.Tensor, batch: LMBatch) -> torch.Tensor:
-    """Mean cross-entropy of the encoder's logits (B, T, V) at the masked positions."""
-    return token_cross_entropy(logits, batch.labels)
 
 
 def _as_padded(ids: torch.Tensor | Sequence[torch.Tensor], pad_id: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import IGNORE_INDEX, LMBatch, token_cross_entropy
+from lmlab.objectives.base import IGNORE_INDEX, LMBatch
 
 
 def prefix_lm_batch(
@@ -46,11 +46,3 @@ def prefix_lm_batch(
     in_prefix = positions[None, :] < (prefix_lengths[:, None] - 1)  # (B, T) label is a prefix token
     labels = windows[:, 1:].masked_fill(in_prefix, IGNORE_INDEX)  # (B, T)
     return LMBatch(input_ids=windows[:, :-1], labels=labels, prefix_lengths=prefix_lengths)
-
-
-def prefix_lm_loss(logits: torch.Tensor, batch: LMBatch) -> torch.Tensor:
-    """Mean next-token cross-entropy over the positions after the prefix.
-
-    logits: (B, T, V) from the decoder fed ``batch.input_ids``.
-    """
-    return token_cross_entropy(logits, batch.labels)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import IGNORE_INDEX, LMBatch, token_cross_entropy
+from lmlab.objectives.base import IGNORE_INDEX, LMBatch
 
 
 def random_spans_noise_mask(
@@ -164,11 +164,6 @@ def span_corruption_batch(
     return encoder_decoder_batch(
         [p[0] for p in pairs], [p[1] for p in pairs], pad_id=pad_id, decoder_start_id=pad_id
     )
-
-
-def span_corruption_loss(logits: torch.Tensor, batch: LMBatch) -> torch.Tensor:
-    """Mean cross-entropy of the decoder's logits (B, T_out, V) against ``batch.labels``."""
-    return token_cross_entropy(logits, batch.labels)
 
 
 def encoder_decoder_batch(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from lmlab.errors import LmlabError
-from lmlab.objectives.base import LMBatch, token_cross_entropy
+from lmlab.objectives.base import LMBatch
 from lmlab.objectives.span_corruption import check_noise_args, corrupt_spans, encoder_decoder_batch
 
 
@@ -93,11 +93,6 @@ def ul2_batch(
         chosen.append(denoiser)
     batch = encoder_decoder_batch(inputs, targets, pad_id=pad_id, decoder_start_id=pad_id)
     return UL2Batch(batch=batch, denoisers=chosen)
-
-
-def ul2_loss(logits: torch.Tensor, batch: LMBatch) -> torch.Tensor:
-    """Mean cross-entropy of the decoder's logits (B, T_out, V) against ``batch.labels``."""
-    return token_cross_entropy(logits, batch.labels)
 
 
 def sequential_split(

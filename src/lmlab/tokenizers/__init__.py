@@ -5,21 +5,16 @@ from lmlab.tokenizers.base import (
     Tokenizer,
     load_tokenizer,
     register_tokenizer,
-    registered_kinds,
     tokenizer_from_json,
     tokenizer_to_json,
 )
 from lmlab.tokenizers.char import CharTokenizer
+from lmlab.tokenizers.chat_template import render_chat_template
 from lmlab.tokenizers.chess_pgn import ChessPGNTokenizer
 from lmlab.tokenizers.hf import HFTokenizer
-from lmlab.tokenizers.named import get_named_tokenizer, named_tokenizers, resolve_tokenizer
-from lmlab.tokenizers.pretrained import (
-    PretrainedHFTokenizer,
-    SentencePieceTokenizer,
-    load_pretrained_tokenizer,
-    render_chat_template,
-    tokenizer_from_gguf_metadata,
-)
+from lmlab.tokenizers.hf_pretrained import PretrainedHFTokenizer
+from lmlab.tokenizers.pretrained import load_pretrained_tokenizer
+from lmlab.tokenizers.sentencepiece_model import SentencePieceTokenizer
 from lmlab.tokenizers.train import TOKENIZER_TRAINING_KINDS, train_tokenizer
 
 __all__ = [
@@ -28,19 +23,14 @@ __all__ = [
     "Tokenizer",
     "load_tokenizer",
     "register_tokenizer",
-    "registered_kinds",
     "tokenizer_from_json",
     "tokenizer_to_json",
     "ChessPGNTokenizer",
     "HFTokenizer",
     "TOKENIZER_TRAINING_KINDS",
-    "get_named_tokenizer",
-    "named_tokenizers",
-    "resolve_tokenizer",
     "train_tokenizer",
     "PretrainedHFTokenizer",
     "SentencePieceTokenizer",
     "load_pretrained_tokenizer",
     "render_chat_template",
-    "tokenizer_from_gguf_metadata",
 ]

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, read_json_file
 
 TOKENIZER_FILE = "lmlab-tokenizer.json"
 
@@ -107,13 +107,4 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
         raise LmlabError(f"no tokenizer in {directory}: expected {TOKENIZER_FILE} there")
-    try:
-        stored = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LmlabError(f"{path} is not valid JSON ({exc}); re-save the tokenizer") from exc
-    return tokenizer_from_json(stored)
-
-
-def registered_kinds() -> list[str]:
-    """Names of every registered tokenizer kind."""
-    return sorted(_KINDS)
+    return tokenizer_from_json(read_json_file(path, "re-save the tokenizer", dict))

@@ -7,13 +7,12 @@ token plays which role (``pad``, ``bos``, ``eos``, ``unk``, ``mask``, ``cls``, `
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Container, Mapping, Sequence
 
 from tokenizers import Tokenizer as HFBackend
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, read_json_file
 from lmlab.tokenizers.base import Tokenizer, register_tokenizer
 
 HF_TOKENIZER_FILE = "tokenizer.json"
@@ -52,10 +51,7 @@ def _roles_from_special_tokens_map(directory: Path) -> dict[str, str] | None:
     path = directory / SPECIAL_TOKENS_MAP_FILE
     if not path.is_file():
         return None
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LmlabError(f"{path} is not valid JSON ({exc}); fix or delete it") from exc
+    stored = read_json_file(path, "fix or delete it", dict)
     roles = {}
     for key, value in stored.items():
         content = value.get("content") if isinstance(value, dict) else value

@@ -1,312 +1,42 @@
-"""The tokenizer of a pretrained model — a Hugging Face directory or GGUF metadata — as an lmlab tokenizer.
+"""The one way to load a tokenizer someone else made: :func:`load_pretrained_tokenizer`.
 
-:func:`load_pretrained_tokenizer` reads, in this order of preference:
-
-* ``tokenizer.json`` — any Hugging Face ``tokenizers`` pipeline, used as stored;
-* ``vocab.json`` + ``merges.txt`` — byte-level BPE as in GPT-2 (``<s> X </s>`` as in RoBERTa
-  when the tokenizer class or model type says so), ``add_prefix_space`` from the config;
-* ``vocab.txt`` — WordPiece as in BERT (``BertNormalizer``, ``[CLS] X [SEP]``), lower-casing
-  per ``do_lower_case``;
-* ``tokenizer.model`` / ``spiece.model`` / ``sentencepiece.bpe.model`` — a SentencePiece model,
-  run by the ``sentencepiece`` package (:class:`SentencePieceTokenizer`).
-
-Special tokens come from ``tokenizer_config.json`` / ``special_tokens_map.json`` (falling back to
-each format's usual tokens), the chat template from ``tokenizer_config.json``'s
-``chat_template`` or a ``chat_template.jinja`` file. :func:`tokenizer_from_gguf_metadata`
-builds the tokenizer a GGUF file describes (``tokenizer.ggml.model`` ``"gpt2"`` or ``"llama"``).
-:class:`SentencePieceTokenizer` lives in :mod:`lmlab.tokenizers.sentencepiece_model`, the GGUF
-tokenizers in :mod:`lmlab.tokenizers.gguf_vocab`, chat templates in
-:mod:`lmlab.tokenizers.chat_template` and :class:`PretrainedHFTokenizer` in
-:mod:`lmlab.tokenizers.hf_pretrained`; they are re-exported here.
-
-Encoding adds special tokens only with ``add_special_tokens=True``, which then matches the
-``transformers`` tokenizer's default encoding.
+It takes a built-in name (``chess-pgn``), a directory saved by :meth:`Tokenizer.save`
+(``lmlab-tokenizer.json``, or that file), a Hugging Face ``tokenizer.json`` file, or a Hugging Face
+model directory, whose formats :mod:`lmlab.tokenizers.hf_directory` reads. The tokenizer a GGUF
+file describes comes from its metadata (:mod:`lmlab.tokenizers.gguf_vocab`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Mapping
-
-from tokenizers import Tokenizer as HFBackend
-from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+from typing import Callable
 
 from lmlab.errors import LmlabError
-from lmlab.tokenizers.base import Tokenizer
-from lmlab.tokenizers.chat_template import ChatTemplateMixin, render_chat_template
-from lmlab.tokenizers.gguf_vocab import (
-    CONTROL_TOKEN,
-    GGUF_KEY,
-    GGUF_PRE_TOKENIZERS,
-    GGUF_ROLE_KEYS,
-    USER_DEFINED_TOKEN,
-    merges_from_scores,
-    tokenizer_from_gguf_metadata,
-)
-from lmlab.tokenizers.hf import HF_TOKENIZER_FILE, SPECIAL_TOKENS_MAP_FILE, first_line
-from lmlab.tokenizers.hf_pretrained import (
-    PretrainedHFTokenizer,
-    add_special_tokens,
-    bos_eos_template,
-)
-from lmlab.tokenizers.sentencepiece_model import SentencePieceTokenizer
+from lmlab.tokenizers.base import TOKENIZER_FILE, Tokenizer, load_tokenizer
+from lmlab.tokenizers.chess_pgn import ChessPGNTokenizer
+from lmlab.tokenizers.hf import HFTokenizer
+from lmlab.tokenizers.hf_directory import read_hf_directory
 
-__all__ = [
-    "load_pretrained_tokenizer",
-    "PretrainedHFTokenizer",
-    "SentencePieceTokenizer",
-    "ChatTemplateMixin",
-    "render_chat_template",
-    "tokenizer_from_gguf_metadata",
-    "merges_from_scores",
-    "TOKENIZER_CONFIG_FILE",
-    "CHAT_TEMPLATE_FILE",
-    "MODEL_CONFIG_FILE",
-    "VOCAB_JSON_FILE",
-    "MERGES_FILE",
-    "VOCAB_TXT_FILE",
-    "SENTENCEPIECE_FILES",
-    "LOOKED_FOR",
-    "ROLES",
-    "GPT2_ROLES",
-    "ROBERTA_ROLES",
-    "BERT_ROLES",
-    "ROBERTA_STYLE",
-    "GGUF_KEY",
-    "CONTROL_TOKEN",
-    "USER_DEFINED_TOKEN",
-    "GGUF_ROLE_KEYS",
-    "GGUF_PRE_TOKENIZERS",
-]
-
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-CHAT_TEMPLATE_FILE = "chat_template.jinja"
-MODEL_CONFIG_FILE = "config.json"
-VOCAB_JSON_FILE, MERGES_FILE, VOCAB_TXT_FILE = "vocab.json", "merges.txt", "vocab.txt"
-SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
-LOOKED_FOR = (
-    HF_TOKENIZER_FILE,
-    f"{VOCAB_JSON_FILE}+{MERGES_FILE}",
-    VOCAB_TXT_FILE,
-    *SENTENCEPIECE_FILES,
-)
-ROLES = ("bos", "eos", "unk", "pad", "mask", "cls", "sep")
-
-# The special tokens each format's transformers class uses when the config names none.
-GPT2_ROLES = {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "unk": "<|endoftext|>"}
-ROBERTA_ROLES = {
-    "bos": "<s>",
-    "eos": "</s>",
-    "sep": "</s>",
-    "cls": "<s>",
-    "unk": "<unk>",
-    "pad": "<pad>",
-    "mask": "<mask>",
+BUILT_IN: dict[str, Callable[[], Tokenizer]] = {
+    "chess-pgn": ChessPGNTokenizer,
 }
-BERT_ROLES = {"unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]", "mask": "[MASK]"}
-ROBERTA_STYLE = (
-    "roberta",
-    "bart",
-    "longformer",
-)  # byte-level BPE families wrapping texts as <s> X </s>
 
 
-def load_pretrained_tokenizer(directory: str | Path) -> Tokenizer:
-    """The tokenizer of a Hugging Face model directory (see the module docstring for the formats)."""
-    folder = Path(directory)
-    if not folder.is_dir():
-        raise LmlabError(f"tokenizer directory {directory} does not exist; pass a model directory")
-    config = _read_json(folder / TOKENIZER_CONFIG_FILE)
-    chat_template = _chat_template(folder, config)
-    if (folder / HF_TOKENIZER_FILE).is_file():
-        return _from_tokenizer_json(folder, config, chat_template)
-    if (folder / VOCAB_JSON_FILE).is_file() and (folder / MERGES_FILE).is_file():
-        return _from_byte_level_bpe(folder, config, chat_template)
-    if (folder / VOCAB_TXT_FILE).is_file():
-        return _from_wordpiece(folder, config, chat_template)
-    for name in SENTENCEPIECE_FILES:
-        if (folder / name).is_file():
-            return _from_sentencepiece(folder / name, config, chat_template)
+def load_pretrained_tokenizer(name_or_path: str | Path) -> Tokenizer:
+    """The tokenizer called ``name_or_path`` (a built-in name) or stored there (a saved lmlab
+    tokenizer, a ``tokenizer.json`` file, or a Hugging Face model directory)."""
+    if str(name_or_path) in BUILT_IN:
+        return BUILT_IN[str(name_or_path)]()
+    path = Path(name_or_path)
+    if (path / TOKENIZER_FILE).is_file():
+        return load_tokenizer(path)
+    if path.is_file() and path.name == TOKENIZER_FILE:
+        return load_tokenizer(path.parent)
+    if path.is_file():
+        return HFTokenizer.from_file(path)
+    if path.is_dir():
+        return read_hf_directory(path)
     raise LmlabError(
-        f"no tokenizer in {directory}: looked for {', '.join(LOOKED_FOR)}; copy the model's tokenizer files there"
-    )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``, or an empty dict when there is no such file."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LmlabError(f"{path} is not valid JSON ({exc}); fix or re-download it") from exc
-    if not isinstance(data, dict):
-        raise LmlabError(f"{path} does not hold a JSON object; fix or re-download it")
-    return data
-
-
-def _chat_template(folder: Path, config: Mapping[str, Any]) -> str | None:
-    """The chat template of ``tokenizer_config.json`` (its ``default`` one when it names several),
-    else of ``chat_template.jinja``, else None."""
-    template = config.get("chat_template")
-    if isinstance(template, list):
-        named = {
-            entry.get("name"): entry.get("template")
-            for entry in template
-            if isinstance(entry, dict)
-        }
-        template = named.get("default")
-    if template is None and (folder / CHAT_TEMPLATE_FILE).is_file():
-        template = (folder / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
-    return template
-
-
-def _token_content(value: Any) -> str | None:
-    """A special token as configured: a string, or a serialised ``AddedToken`` dict."""
-    return value.get("content") if isinstance(value, dict) else value
-
-
-def _roles(folder: Path, config: Mapping[str, Any], defaults: Mapping[str, str]) -> dict[str, str]:
-    """Role → token: ``defaults``, updated by ``special_tokens_map.json`` then ``tokenizer_config.json``
-    (a null there removes the role). bos/eos fall back to cls/sep, as in lmlab's WordPiece."""
-    roles = dict(defaults)
-    for source in (_read_json(folder / SPECIAL_TOKENS_MAP_FILE), config):
-        for role in ROLES:
-            if f"{role}_token" in source:
-                content = _token_content(source[f"{role}_token"])
-                if content is None:
-                    roles.pop(role, None)
-                else:
-                    roles[role] = content
-    for role, fallback in (("bos", "cls"), ("eos", "sep")):
-        if role not in roles and fallback in roles:
-            roles[role] = roles[fallback]
-    return roles
-
-
-def _load_backend(path: Path) -> HFBackend:
-    try:
-        return HFBackend.from_file(str(path))
-    except Exception as exc:  # the library raises a bare Exception for malformed files
-        raise LmlabError(
-            f"{path} is not a valid Hugging Face tokenizer file ({first_line(exc)})"
-        ) from exc
-
-
-def _from_tokenizer_json(
-    folder: Path, config: Mapping[str, Any], chat_template: str | None
-) -> Tokenizer:
-    """A ``tokenizer.json`` pipeline as stored (its post-processor decides which special tokens
-    encoding adds; like ``transformers``, the config's ``add_bos_token`` does not override it)."""
-    backend = _load_backend(folder / HF_TOKENIZER_FILE)
-    roles = _roles(folder, config, {})
-    add_special_tokens(backend, roles, config)
-    return PretrainedHFTokenizer(backend, roles or None, chat_template)
-
-
-def _read_merges(path: Path) -> list[tuple[str, str]]:
-    """The pairs of a ``merges.txt`` (its ``#version`` header and blank lines skipped)."""
-    merges = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line or (number == 1 and line.startswith("#version")):
-            continue
-        pair = line.split(" ")
-        if len(pair) != 2:
-            raise LmlabError(
-                f"{path} line {number} is not a merge of two tokens: {line!r}; re-download it"
-            )
-        merges.append((pair[0], pair[1]))
-    return merges
-
-
-def _is_roberta_style(folder: Path, config: Mapping[str, Any]) -> bool:
-    """Whether a byte-level BPE wraps texts as ``<s> X </s>`` (RoBERTa, BART), by tokenizer class or model type."""
-    family = str(
-        config.get("tokenizer_class")
-        or _read_json(folder / MODEL_CONFIG_FILE).get("model_type")
-        or ""
-    )
-    return family.lower().startswith(ROBERTA_STYLE)
-
-
-def _from_byte_level_bpe(
-    folder: Path, config: Mapping[str, Any], chat_template: str | None
-) -> Tokenizer:
-    """GPT-2/RoBERTa byte-level BPE from ``vocab.json`` + ``merges.txt``."""
-    vocab = _read_json(folder / VOCAB_JSON_FILE)
-    model = models.BPE(vocab=vocab, merges=_read_merges(folder / MERGES_FILE), fuse_unk=False)
-    backend = HFBackend(model)
-    add_prefix_space = bool(config.get("add_prefix_space", False))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
-    backend.decoder = decoders.ByteLevel()
-    roberta = _is_roberta_style(folder, config)
-    roles = _roles(folder, config, ROBERTA_ROLES if roberta else GPT2_ROLES)
-    add_special_tokens(backend, roles, config)
-    if roberta:
-        backend.post_processor = processors.RobertaProcessing(
-            (roles["sep"], backend.token_to_id(roles["sep"])),
-            (roles["cls"], backend.token_to_id(roles["cls"])),
-            trim_offsets=bool(config.get("trim_offsets", True)),
-            add_prefix_space=add_prefix_space,
-        )
-    else:
-        bos_eos_template(
-            backend, roles, config.get("add_bos_token", False), config.get("add_eos_token", False)
-        )
-    return PretrainedHFTokenizer(backend, roles, chat_template)
-
-
-def _read_vocab_txt(path: Path) -> dict[str, int]:
-    """A WordPiece ``vocab.txt``: one token a line, its line number the id."""
-    lines = path.read_text(encoding="utf-8").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return {token: index for index, token in enumerate(lines)}
-
-
-def _from_wordpiece(
-    folder: Path, config: Mapping[str, Any], chat_template: str | None
-) -> Tokenizer:
-    """BERT's WordPiece from ``vocab.txt``, set up as ``transformers``' ``BertTokenizer``."""
-    roles = _roles(folder, config, BERT_ROLES)
-    backend = HFBackend(
-        models.WordPiece(_read_vocab_txt(folder / VOCAB_TXT_FILE), unk_token=roles["unk"])
-    )
-    backend.normalizer = normalizers.BertNormalizer(
-        clean_text=True,
-        handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
-        strip_accents=config.get("strip_accents"),
-        lowercase=bool(config.get("do_lower_case", True)),
-    )
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.decoder = decoders.WordPiece(prefix="##")
-    add_special_tokens(backend, roles, config)
-    cls, sep = roles["cls"], roles["sep"]
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{cls}:0 $A:0 {sep}:0",
-        pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-        special_tokens=[(cls, backend.token_to_id(cls)), (sep, backend.token_to_id(sep))],
-    )
-    return PretrainedHFTokenizer(backend, roles, chat_template)
-
-
-def _from_sentencepiece(
-    path: Path, config: Mapping[str, Any], chat_template: str | None
-) -> Tokenizer:
-    """A SentencePiece model. bos/eos are added as ``add_bos_token``/``add_eos_token`` say; without
-    them, as ``transformers`` does, none for ``tokenizer.model`` and eos for T5's ``spiece.model``.
-    """
-    model = path.read_bytes()
-    own_roles = SentencePieceTokenizer(model).roles
-    roles = _roles(path.parent, config, own_roles)
-    t5_style = path.name == "spiece.model" or str(config.get("tokenizer_class", "")).startswith(
-        "T5"
-    )
-    return SentencePieceTokenizer(
-        model,
-        roles,
-        add_bos=bool(config.get("add_bos_token", False)) and "bos" in roles,
-        add_eos=bool(config.get("add_eos_token", t5_style)),
-        chat_template=chat_template,
+        f"tokenizer {str(name_or_path)!r} does not exist: it is neither a built-in name "
+        f"({', '.join(sorted(BUILT_IN))}) nor a tokenizer file or directory; pass one of those"
     )

@@ -20,14 +20,14 @@ import yaml
 
 from lmlab.errors import LmlabError
 from lmlab.models.config import ModelConfig, choice
-from lmlab.training.tasks import OBJECTIVES
+from lmlab.training.objective_names import OBJECTIVE_NAMES
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, budgets, evaluation and checkpointing."""
 
-    objective: str = choice("causal-lm", tuple(OBJECTIVES))
+    objective: str = choice("causal-lm", OBJECTIVE_NAMES)
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 1e-3

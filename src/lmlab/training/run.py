@@ -17,10 +17,10 @@ from lmlab.data.windows import TokenSpan, split_span, token_tensor
 from lmlab.errors import LmlabError
 from lmlab.models import ModelConfig, build_model
 from lmlab.tokenizers import CharTokenizer, Tokenizer, tokenizer_from_json, tokenizer_to_json
-from lmlab.tokenizers.named import resolve_tokenizer
+from lmlab.tokenizers import load_pretrained_tokenizer
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import RunConfig
-from lmlab.training.tasks import ObjectiveTask, check_objective, tokens_needed
+from lmlab.training.objective_registry import ObjectiveTask, check_objective, tokens_needed
 from lmlab.training.trainer import Trainer
 
 
@@ -63,7 +63,7 @@ def _checked(config: RunConfig, tokenizer: Tokenizer) -> Tokenizer:
 def build_tokenizer(config: RunConfig, text: str) -> Tokenizer:
     """A character vocabulary of ``text`` (with the objective's special tokens), or a named one."""
     if config.data.tokenizer != "char":
-        return resolve_tokenizer(config.data.tokenizer)
+        return load_pretrained_tokenizer(config.data.tokenizer)
     roles, extra = tokens_needed(config.train.objective, config.model.context_length)
     return CharTokenizer.from_text(text, unk=config.data.unk, special_tokens=roles, extra_tokens=extra)
 

@@ -25,7 +25,7 @@ from lmlab.models import expert_utilisation
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import RunConfig
 from lmlab.training.optim import build_optimizer, learning_rate
-from lmlab.training.tasks import TrainingTask
+from lmlab.training.objective_registry import TrainingTask
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -1,4 +1,4 @@
-"""Task datasets: text pairs and labelled texts from TSV/CSV/JSONL, chess games from PGN."""
+"""Task-data readers: text pairs and labelled texts from TSV/CSV/JSONL, chess games from PGN."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import chess.pgn
 import pytest
 import zstandard
 
-from lmlab.data.tasks import (
+from lmlab.data.readers import (
     PGNGame,
     TextPair,
     iter_pgn_games,

@@ -2,7 +2,8 @@
 
 The trainer only knows the :class:`TrainingTask` interface. Each pretraining objective is an
 :class:`ObjectiveSpec` in :data:`OBJECTIVES`: the backbone it trains, the special tokens it needs,
-how it turns windows into an :class:`~lmlab.objectives.LMBatch`, and how the model is called.
+how it turns windows into an :class:`~lmlab.objectives.LMBatch`, and how the model is called;
+every objective's loss is :func:`~lmlab.objectives.token_cross_entropy`.
 """
 
 from __future__ import annotations
@@ -22,17 +23,12 @@ from lmlab.objectives import (
     DenoisingConfig,
     LMBatch,
     causal_lm_batch,
-    causal_lm_loss,
     denoising_batch,
-    denoising_loss,
     mlm_batch,
-    mlm_loss,
     prefix_lm_batch,
-    prefix_lm_loss,
     span_corruption_batch,
-    span_corruption_loss,
+    token_cross_entropy,
     ul2_batch,
-    ul2_loss,
 )
 from lmlab.objectives.span_corruption import t5_num_noise_spans, t5_num_noise_tokens
 from lmlab.tokenizers import Tokenizer
@@ -75,13 +71,12 @@ def call_encoder_decoder(model: nn.Module, batch: LMBatch) -> torch.Tensor:
 # ----------------------------------------------------------------------------- objectives
 @dataclass(frozen=True)
 class ObjectiveSpec:
-    """How one objective trains: backbone, special tokens, batch transform, model call, loss."""
+    """How one objective trains: backbone, special tokens, batch transform and model call."""
 
     backbone: str
     roles: tuple[str, ...]  # special-token roles the tokenizer must have
     make_transform: Callable[[Tokenizer, int], Transform]  # (tokenizer, window length) → transform
     call: Callable[[nn.Module, LMBatch], torch.Tensor]
-    loss: Callable[[torch.Tensor, LMBatch], torch.Tensor]
     sentinels: bool = False  # needs T5 sentinels <extra_id_k>
     mode_tokens: bool = False  # needs UL2's [NLU] [NLG] [S2S]
 
@@ -130,14 +125,13 @@ def _ul2(tokenizer: Tokenizer, window: int) -> Transform:
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {
-    "causal-lm": ObjectiveSpec("decoder", (), _causal, call_decoder, causal_lm_loss),
-    "prefix-lm": ObjectiveSpec("decoder", (), _prefix, call_decoder, prefix_lm_loss),
-    "mlm": ObjectiveSpec("encoder", ("pad", "mask"), _mlm, call_encoder, mlm_loss),
+    "causal-lm": ObjectiveSpec("decoder", (), _causal, call_decoder),
+    "prefix-lm": ObjectiveSpec("decoder", (), _prefix, call_decoder),
+    "mlm": ObjectiveSpec("encoder", ("pad", "mask"), _mlm, call_encoder),
     "span-corruption": ObjectiveSpec("encoder-decoder", ("pad", "eos"), _span_corruption,
-                                     call_encoder_decoder, span_corruption_loss, sentinels=True),
-    "bart": ObjectiveSpec("encoder-decoder", ("pad", "bos", "eos", "mask"), _bart,
-                          call_encoder_decoder, denoising_loss),
-    "ul2": ObjectiveSpec("encoder-decoder", ("pad", "eos"), _ul2, call_encoder_decoder, ul2_loss,
+                                     call_encoder_decoder, sentinels=True),
+    "bart": ObjectiveSpec("encoder-decoder", ("pad", "bos", "eos", "mask"), _bart, call_encoder_decoder),
+    "ul2": ObjectiveSpec("encoder-decoder", ("pad", "eos"), _ul2, call_encoder_decoder,
                          sentinels=True, mode_tokens=True),
 }
 
@@ -200,7 +194,7 @@ class ObjectiveTask:
 
     def loss(self, model: nn.Module, batch: LMBatch) -> torch.Tensor:
         """The objective's loss plus the model's MoE auxiliary losses (zero when dense)."""
-        return self.spec.loss(self.spec.call(model, batch), batch) + auxiliary_loss(model)
+        return token_cross_entropy(self.spec.call(model, batch), batch) + auxiliary_loss(model)
 
     def evaluate(self, model: nn.Module, num_batches: int, seed: int) -> dict[str, float]:
         """Validation metrics on ``num_batches`` random windows, the same ones at every call."""

@@ -1,4 +1,4 @@
-"""Task datasets read from files: text pairs, labelled texts and chess games.
+"""Readers for task data files: text pairs, labelled texts and chess games.
 
 * :func:`read_text_pairs` — (source, target) pairs for translation or summarisation, from TSV,
   CSV or JSONL, with configurable column / field names.
