@@ -21,7 +21,7 @@ from lmlab.tokenizers.named import resolve_tokenizer
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import RunConfig
 from lmlab.training.tasks import ObjectiveTask, check_objective, tokens_needed
-from lmlab.training.trainer import Trainer
+from lmlab.training.trainer import METRICS_FILE, Trainer
 
 
 @dataclass
@@ -81,6 +81,8 @@ def make_trainer(
     config.train.validate()
     start = _resume_point(out_dir, echo) if resume else None
     _refuse_to_overwrite(out_dir, resume)
+    if start is None:  # a new run in a directory without checkpoints: no log of an earlier attempt
+        (out_dir / METRICS_FILE).unlink(missing_ok=True)
     tokenizer = _stored_tokenizer(start) if start else None
     tokenizer, train_tokens, val_tokens = token_splits(config, tokenizer)
     config.model.vocab_size = tokenizer.vocab_size
