@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from lmlab.errors import LmlabError
 from lmlab.models import expert_utilisation
+from lmlab.output_dir import DirectoryLock
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import RunConfig
 from lmlab.training.optim import build_optimizer, learning_rate
@@ -44,6 +45,8 @@ class Trainer:
     """Trains ``model`` on ``task`` as ``config.train`` says, writing into ``run_dir``.
 
     ``extra_state`` (config, tokenizer, ...) is stored in every checkpoint's ``state.json``.
+    ``lock`` (the run directory's, see :func:`lmlab.output_dir.lock_output_dir`) is released when
+    :meth:`fit` ends.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class Trainer:
         extra_state: dict[str, Any] | None = None,
         progress: bool = True,
         echo: Callable[[str], None] = print,
+        lock: DirectoryLock | None = None,
     ):
         self.config = config
         self.cfg = config.train
@@ -71,6 +75,7 @@ class Trainer:
         self.step_seconds: list[float] = []  # wall time of each step of this session (for benchmarks)
         self._stop_requested = False
         self._saved_step: int | None = None  # the step of the checkpoint this trainer wrote last
+        self._lock = lock
 
     # ----------------------------------------------------------------------------- resume
     def restore(self, path: Path) -> None:
@@ -121,6 +126,8 @@ class Trainer:
         finally:
             bar.close()
             signal.signal(signal.SIGINT, previous_handler)
+            if self._lock is not None:
+                self._lock.release()
         return TrainResult(self.step, stop_reason, self.last_eval, last_checkpoint)
 
     def _train_step(self) -> tuple[float, float]:
