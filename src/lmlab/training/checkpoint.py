@@ -43,7 +43,8 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_KEY = "rng.torch_cpu"
 CHECKPOINT_NAME = re.compile(r"step-\d{8}")
 LEFTOVER_NAME = re.compile(r"\.step-\d{8}\.(tmp|old)-\d+")  # what an interrupted write leaves
-JSON_ALLOWANCE = 1 << 20  # bytes a checkpoint needs beyond its tensors (state.json, manifest.json)
+METADATA_BYTES = 1 << 16  # what a checkpoint needs beyond its tensors and state: the manifest, ...
+HEADER_BYTES_PER_TENSOR = 256  # ... and the safetensors headers
 
 
 class NonFiniteState(LmlabError):
@@ -79,8 +80,6 @@ def save_checkpoint(
     first) until it has; if that is not enough, or the write still fails for want of space, the
     partial write is removed and a one-line :class:`LmlabError` gives the space needed and free.
     """
-    root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     model_tensors, aliases = _model_tensors(model)
     _refuse_non_finite(model_tensors, "weights")
     optimizer_tensors = None
@@ -90,6 +89,8 @@ def save_checkpoint(
         optimizer_tensors[RNG_KEY] = torch.get_rng_state()
         state = {**state, "optimizer_param_groups": groups}
     state = {**state, "step": step}
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
     needed = _bytes_needed([model_tensors, optimizer_tensors or {}], state)
     _make_room(Path(run_dir), needed)
     final = root / checkpoint_name(step)
@@ -151,8 +152,9 @@ def _refuse_non_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
 
 def _bytes_needed(tensor_sets: list[dict[str, torch.Tensor]], state: dict[str, Any]) -> int:
     """About the bytes a checkpoint takes on disk: its tensors, its JSON files and headers."""
-    tensor_bytes = sum(t.numel() * t.element_size() for tensors in tensor_sets for t in tensors.values())
-    return tensor_bytes + len(json.dumps(state, ensure_ascii=False).encode()) + JSON_ALLOWANCE
+    tensors = [t for tensor_set in tensor_sets for t in tensor_set.values()]
+    tensor_bytes = sum(t.numel() * t.element_size() + HEADER_BYTES_PER_TENSOR for t in tensors)
+    return tensor_bytes + len(json.dumps(state, indent=1, ensure_ascii=False).encode()) + METADATA_BYTES
 
 
 def _make_room(run_dir: Path, needed: int) -> None:
@@ -291,14 +293,16 @@ def _state_problem(path: Path, state: dict[str, Any], step: int) -> str | None:
 
 
 def _non_finite_problem(file: Path) -> str | None:
-    """Why the tensors of a safetensors file are unusable (unreadable, inf or NaN), or None."""
+    """Why the tensors of a safetensors file are unusable (unreadable, inf or NaN), or None.
+    Tensors are read one at a time, so memory stays at the largest one."""
     try:
         with safe_open(str(file), framework="pt") as handle:
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            for name in handle.keys():
+                if non_finite_tensors({name: handle.get_tensor(name)}):
+                    return f"holds inf or NaN in {name}"
     except SafetensorError as exc:
         return f"is not a readable safetensors file ({str(exc).strip().splitlines()[0]})"
-    bad = non_finite_tensors(tensors)
-    return f"holds inf or NaN in {bad[0]}" if bad else None
+    return None
 
 
 def _raise_if(path: Path, name: str, problem: str | None) -> None:
