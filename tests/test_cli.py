@@ -340,3 +340,15 @@ def test_a_full_disk_is_one_line_and_resume_then_continues(tmp_path, corpus, mon
     code, stdout, stderr = run("train", "--out", out, "--resume", "--no-progress")
     assert code == 0, stderr
     assert json.loads(stdout.splitlines()[0])["step"] == 9 and "step-00000003" in stderr
+
+
+def test_a_safetensors_error_is_one_line(tmp_path, run_dir, monkeypatch):
+    from safetensors import SafetensorError
+
+    import lmlab.interop.export as export
+
+    def disk_full(*args):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)\nmore")
+
+    monkeypatch.setattr(export, "export_hf", disk_full)
+    assert_one_line_error(run("convert", run_dir[0], tmp_path / "hf", "--to", "hf"), "No space left")
