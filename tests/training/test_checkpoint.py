@@ -380,16 +380,17 @@ def test_old_checkpoints_are_pruned_when_that_makes_room(tmp_path, monkeypatch):
 
 
 def test_the_newest_good_checkpoint_is_never_pruned_for_room(tmp_path, monkeypatch):
+    """Only deleting the newest good checkpoint too would make room: nothing is deleted, one line says why."""
     model, optimizer = trained()
-    save(tmp_path, 1, model, optimizer)
+    older = save(tmp_path, 1, model, optimizer)
     good = save(tmp_path, 2, model, optimizer)
     size = checkpoint_bytes(good)
-    fake_disk(monkeypatch, tmp_path, capacity=size + size // 2)
+    fake_disk(monkeypatch, tmp_path, capacity=size + size // 2 + ckpt.METADATA_BYTES)
     with pytest.raises(LmlabError, match="no room") as info:
         save(tmp_path, 3, model, optimizer)
     assert "\n" not in str(info.value)
-    assert ckpt.list_checkpoints(tmp_path) == [good]
-    assert [p.name for p in (tmp_path / ckpt.CHECKPOINTS).iterdir()] == [good.name]
+    assert ckpt.list_checkpoints(tmp_path) == [older, good]
+    assert sorted(p.name for p in (tmp_path / ckpt.CHECKPOINTS).iterdir()) == [older.name, good.name]
     ckpt.verify_checkpoint(good)
 
 

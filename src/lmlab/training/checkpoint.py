@@ -158,18 +158,25 @@ def _bytes_needed(tensor_sets: list[dict[str, torch.Tensor]], state: dict[str, A
 
 
 def _make_room(run_dir: Path, needed: int) -> None:
-    """Delete checkpoints other than the newest good one, oldest first, until ``needed`` bytes are
-    free; an :class:`LmlabError` if even that is not enough."""
+    """Make ``needed`` bytes free by deleting checkpoints other than the newest good one, oldest
+    first, when that is enough; an :class:`LmlabError` (deleting nothing) when it is not."""
     root = run_dir / CHECKPOINTS
-    if shutil.disk_usage(root).free >= needed:
+    free = shutil.disk_usage(root).free
+    if free >= needed:
         return
     keep = latest_good_checkpoint(run_dir, warn=lambda message: None)
-    for old in list_checkpoints(run_dir):
-        if old != keep:
-            shutil.rmtree(old, ignore_errors=True)
-            if shutil.disk_usage(root).free >= needed:
-                return
-    raise _disk_full_error(root, needed)
+    expendable = [(old, _directory_bytes(old)) for old in list_checkpoints(run_dir) if old != keep]
+    if free + sum(size for _, size in expendable) < needed:
+        raise _disk_full_error(root, needed)
+    for old, size in expendable:
+        shutil.rmtree(old, ignore_errors=True)
+        free += size
+        if free >= needed:
+            return
+
+
+def _directory_bytes(directory: Path) -> int:
+    return sum(file.stat().st_size for file in directory.rglob("*") if file.is_file())
 
 
 def _is_disk_full(exc: BaseException) -> bool:
