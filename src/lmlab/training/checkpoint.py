@@ -77,7 +77,7 @@ def save_checkpoint(
 
     Raises :class:`NonFiniteState`, writing nothing, when a weight or optimizer tensor holds inf or
     NaN. When the disk lacks room, checkpoints other than the newest good one are deleted (oldest
-    first) until it has; if that is not enough, or the write still fails for want of space, the
+    first) if that makes enough; if it cannot, or the write still fails for want of space, the
     partial write is removed and a one-line :class:`LmlabError` gives the space needed and free.
     """
     model_tensors, aliases = _model_tensors(model)
