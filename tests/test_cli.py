@@ -5,6 +5,7 @@ import io
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -267,3 +268,87 @@ def test_usage_mistakes(argv):
 )
 def test_out_of_range_settings_are_one_line_errors(tmp_path, corpus, flags, words):
     assert_one_line_error(tiny_train("--data", corpus, "--out", tmp_path / "r", *flags), *words)
+
+
+# ---------------------------------------------------------------- --out is not trusted blindly
+def home_like(directory):
+    """A directory a user owns: files of their own, some with names lmlab also uses."""
+    (directory / "checkpoints" / ".step-backup").mkdir(parents=True)
+    (directory / "checkpoints" / ".step-backup" / "weights.bin").write_bytes(b"mine")
+    (directory / "metrics.jsonl").write_text("my own log line\n")
+    (directory / "notes.txt").write_text("mine")
+    return {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+def test_train_refuses_a_directory_with_files_lmlab_did_not_write(tmp_path, corpus):
+    before = home_like(tmp_path)
+    assert_one_line_error(tiny_train("--data", corpus, "--out", tmp_path, "--set", *TINY),
+                          str(tmp_path), "did not write", "new or empty")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_resume_refuses_a_directory_with_files_lmlab_did_not_write(tmp_path, run_dir):
+    """An old run sits in a user's directory among their files: resuming must not rewrite any of them."""
+    newest = ckpt.list_checkpoints(run_dir[0])[-1]
+    shutil.copytree(newest, tmp_path / ckpt.CHECKPOINTS / newest.name)
+    before = home_like(tmp_path)
+    assert_one_line_error(tiny_train("--out", tmp_path, "--resume"), str(tmp_path), "did not write")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_train_refuses_the_root_directory(corpus):
+    assert_one_line_error(tiny_train("--data", corpus, "--out", "/", "--set", *TINY), "did not write")
+
+
+def test_a_second_run_on_one_directory_is_refused_while_the_first_holds_it(tmp_path, corpus):
+    import signal
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "training"))
+    from test_output_dir import hold_lock
+
+    out = tmp_path / "run"
+    holder = hold_lock(out)
+    try:
+        assert_one_line_error(tiny_train("--data", corpus, "--out", out, "--set", *TINY),
+                              str(out), "another lmlab process")
+        assert not (out / ckpt.CHECKPOINTS).exists() and not (out / "metrics.jsonl").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    code, _, stderr = tiny_train("--data", corpus, "--out", out, "--set", *TINY)  # the dead holder's lock is gone
+    assert code == 0, stderr
+
+
+# ---------------------------------------------------------------- a full disk
+def test_a_full_disk_is_one_line_and_resume_then_continues(tmp_path, corpus, monkeypatch):
+    from safetensors import SafetensorError
+
+    real_save_file = ckpt.save_file
+
+    def disk_full_at_step_6(tensors, filename, metadata=None):
+        if "step-00000006" in filename:
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        real_save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(ckpt, "save_file", disk_full_at_step_6)
+    out = tmp_path / "run"
+    assert_one_line_error(run("train", "--data", corpus, "--out", out, "--max-steps", 9, "--no-progress",
+                              "--set", *TINY, "train.sample_chars=0"), "no room", "MB", "free")
+    assert [p.name for p in (out / ckpt.CHECKPOINTS).iterdir()] == ["step-00000003"]
+    monkeypatch.undo()
+    code, stdout, stderr = run("train", "--out", out, "--resume", "--no-progress")
+    assert code == 0, stderr
+    assert json.loads(stdout.splitlines()[0])["step"] == 9 and "step-00000003" in stderr
+
+
+def test_a_safetensors_error_is_one_line(tmp_path, run_dir, monkeypatch):
+    from safetensors import SafetensorError
+
+    import lmlab.interop.export as export
+
+    def disk_full(*args):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)\nmore")
+
+    monkeypatch.setattr(export, "export_hf", disk_full)
+    assert_one_line_error(run("convert", run_dir[0], tmp_path / "hf", "--to", "hf"), "No space left")

@@ -349,3 +349,21 @@ def test_glob_inputs(tmp_path, bpe):
     assert index.documents == 2
     prepare_shards(bpe, [tmp_path / "c.md", str(tmp_path / "[ab].txt")], tmp_path / "out")
     assert bpe.decode(all_tokens(tmp_path / "out")) == "c.md\n</s>a.txt\n</s>b.txt\n"
+
+
+def test_prepare_refuses_a_directory_with_files_it_did_not_write(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    write(out / "index.json", '{"mine": true}')
+    with pytest.raises(LmlabError) as info:
+        prepare_shards(CharTokenizer.from_text("ab"), write(tmp_path / "a.txt", "ab"), out, doc_separator=None)
+    assert "did not write" in str(info.value) and "\n" not in str(info.value)
+    assert [p.name for p in out.iterdir()] == ["index.json"] and (out / "index.json").read_text() == '{"mine": true}'
+
+
+def test_rerun_deletes_only_its_own_shard_files(tmp_path):
+    tok = CharTokenizer.from_text("ab")
+    prepare_shards(tok, write(tmp_path / "a.txt", "ab" * 10), tmp_path / "out", shard_tokens=10, doc_separator=None)
+    write(tmp_path / "out" / "shard-notes.bin", "mine")
+    prepare_shards(tok, write(tmp_path / "a.txt", "ab"), tmp_path / "out", shard_tokens=10, doc_separator=None)
+    assert sorted(p.name for p in (tmp_path / "out").glob("shard-*.bin")) == ["shard-00000.bin", "shard-notes.bin"]

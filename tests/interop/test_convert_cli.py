@@ -146,3 +146,27 @@ def test_bad_inputs_give_one_clear_error(gpt2_dir, tmp_path, capsys, case):
     assert main(["convert", str(folder), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("lmlab: error:") and message.split(":")[0] in err
+
+
+# ---------------------------------------------------------------- the destination is not trusted blindly
+def test_convert_to_hf_refuses_an_existing_model_directory(gpt2_dir, tmp_path, capsys):
+    folder, _ = gpt2_dir
+    assert main(["convert", str(folder), str(tmp_path / "run")]) == 0
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "run"), str(folder), "--to", "hf"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did not write" in err and str(folder) in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    for _ in range(2):  # lmlab's own export directory may be written again
+        assert main(["convert", str(tmp_path / "run"), str(tmp_path / "hf"), "--to", "hf"]) == 0
+
+
+def test_convert_to_lmlab_refuses_a_directory_with_foreign_files(gpt2_dir, tmp_path, capsys):
+    folder, _ = gpt2_dir
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "metrics.jsonl").write_text("mine\n")
+    (tmp_path / "mine" / "notes.txt").write_text("mine\n")
+    assert main(["convert", str(folder), str(tmp_path / "mine")]) == 2
+    assert "did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["metrics.jsonl", "notes.txt"]

@@ -1,9 +1,13 @@
 """Checkpoints: exact round trip, pruning, corruption detection with fallback, partial-write cleanup."""
 
+import errno
 import json
+import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from lmlab.errors import LmlabError
 from lmlab.models import ModelConfig, build_model
@@ -38,8 +42,11 @@ def shared_storage(model) -> set[frozenset[str]]:
     return {frozenset(names) for names in by_pointer.values() if len(names) > 1}
 
 
+STATE = {"config": {}, "tokenizer": {"kind": "char", "data": {}}}  # what every run's state holds
+
+
 def save(run_dir, step, model, optimizer=None, keep=3):
-    return ckpt.save_checkpoint(run_dir, step, model, optimizer, {"note": f"step {step}"}, keep=keep)
+    return ckpt.save_checkpoint(run_dir, step, model, optimizer, {**STATE, "note": f"step {step}"}, keep=keep)
 
 
 def test_round_trip_restores_weights_and_optimizer_exactly(tmp_path):
@@ -199,3 +206,204 @@ def test_remove_partial_checkpoints(tmp_path):
     assert ckpt.list_checkpoints(tmp_path) == [good]
     ckpt.verify_checkpoint(good)
     ckpt.remove_partial_checkpoints(tmp_path / "no-run-here")  # nothing to do, no error
+
+
+# ---------------------------------------------------------------- finite weights only
+def test_non_finite_tensors_finds_inf_and_nan_but_not_large_finite_values():
+    tensors = {"ok": torch.ones(4), "inf": torch.tensor([1.0, float("inf")]), "nan": torch.tensor([float("nan")]),
+               "huge": torch.full((16,), 1e30), "half": torch.tensor([float("-inf")], dtype=torch.bfloat16),
+               "ints": torch.arange(3), "empty": torch.zeros(0)}
+    assert sorted(ckpt.non_finite_tensors(tensors)) == ["half", "inf", "nan"]  # the norm of "huge" overflows
+
+
+@pytest.mark.parametrize("poison", ["weights", "optimizer"])
+def test_non_finite_state_is_never_written(tmp_path, poison):
+    model, optimizer = trained()
+    good = save(tmp_path, 1, model, optimizer)
+    with torch.no_grad():
+        if poison == "weights":
+            next(model.parameters()).fill_(float("nan"))
+        else:
+            next(iter(optimizer.state.values()))["exp_avg"].fill_(float("inf"))
+    with pytest.raises(ckpt.NonFiniteState, match="inf or NaN"):
+        save(tmp_path, 2, model, optimizer)
+    assert ckpt.list_checkpoints(tmp_path) == [good]
+    assert [p.name for p in (tmp_path / ckpt.CHECKPOINTS).iterdir()] == [good.name]
+
+
+def test_a_checkpoint_with_non_finite_weights_is_not_good(tmp_path, monkeypatch):
+    model, optimizer = trained()
+    older = save(tmp_path, 1, model, optimizer)
+    with torch.no_grad():
+        next(model.parameters())[0] = float("nan")
+    monkeypatch.setattr(ckpt, "_refuse_non_finite", lambda tensors, what: None)  # as an older lmlab wrote it
+    newer = save(tmp_path, 2, model, optimizer)
+    with pytest.raises(LmlabError, match="inf or NaN") as info:
+        ckpt.verify_checkpoint(newer)
+    assert "\n" not in str(info.value) and ckpt.MODEL_FILE in str(info.value)
+    warnings = []
+    assert ckpt.latest_good_checkpoint(tmp_path, warnings.append) == older
+    assert len(warnings) == 1 and "inf or NaN" in warnings[0]
+
+
+# ---------------------------------------------------------------- malformed but parseable metadata
+def refresh_manifest(path):
+    """Recompute the manifest's sizes and checksums of the files it lists (so only the schema is off)."""
+    manifest = json.loads((path / ckpt.MANIFEST).read_text())
+    manifest["files"] = {name: {"bytes": (path / name).stat().st_size, "sha256": ckpt._sha256(path / name)}
+                         for name in manifest["files"]}
+    (path / ckpt.MANIFEST).write_text(json.dumps(manifest))
+
+
+def edit_manifest(change):
+    def apply(path):
+        manifest = json.loads((path / ckpt.MANIFEST).read_text())
+        (path / ckpt.MANIFEST).write_text(json.dumps(change(manifest)))
+    return apply
+
+
+def edit_state(change):
+    def apply(path):
+        state = json.loads((path / ckpt.STATE).read_text())
+        (path / ckpt.STATE).write_text(json.dumps(change(state)))
+        refresh_manifest(path)
+    return apply
+
+
+def without(record, key):
+    return {k: v for k, v in record.items() if k != key}
+
+
+def write_state_text(text):
+    def apply(path):
+        (path / ckpt.STATE).write_text(text)
+        refresh_manifest(path)
+    return apply
+
+
+MALFORMED = {
+    "manifest not JSON": lambda p: (p / ckpt.MANIFEST).write_text("{'files': "),
+    "manifest a list": edit_manifest(lambda m: [m]),
+    "manifest without step": edit_manifest(lambda m: without(m, "step")),
+    "manifest without files": edit_manifest(lambda m: without(m, "files")),
+    "files a list": edit_manifest(lambda m: {**m, "files": list(m["files"])}),
+    "files empty": edit_manifest(lambda m: {**m, "files": {}}),
+    "entry without sha256": edit_manifest(
+        lambda m: {**m, "files": {**m["files"], ckpt.MODEL_FILE: without(m["files"][ckpt.MODEL_FILE], "sha256")}}),
+    "entry without bytes": edit_manifest(
+        lambda m: {**m, "files": {**m["files"], ckpt.STATE: without(m["files"][ckpt.STATE], "bytes")}}),
+    "entry bytes a string": edit_manifest(
+        lambda m: {**m, "files": {**m["files"], ckpt.STATE: {**m["files"][ckpt.STATE], "bytes": "12"}}}),
+    "entry a list": edit_manifest(lambda m: {**m, "files": {**m["files"], ckpt.STATE: [1, "x"]}}),
+    "optimizer unlisted": edit_manifest(lambda m: {**m, "files": without(m["files"], ckpt.OPTIMIZER_FILE)}),
+    "model unlisted and missing": lambda p: ((p / ckpt.MODEL_FILE).unlink(), edit_manifest(
+        lambda m: {**m, "files": without(m["files"], ckpt.MODEL_FILE)})(p)),
+    "entry outside the checkpoint": edit_manifest(
+        lambda m: {**m, "files": {**m["files"], "../x": m["files"][ckpt.STATE]}}),
+    "state not JSON": write_state_text("step: 2"),
+    "state a list": write_state_text("[2]"),
+    "state without step": edit_state(lambda s: without(s, "step")),
+    "state step a string": edit_state(lambda s: {**s, "step": "2"}),
+    "state step not the manifest's": edit_state(lambda s: {**s, "step": 3}),
+    "state without config": edit_state(lambda s: without(s, "config")),
+    "state without tokenizer": edit_state(lambda s: without(s, "tokenizer")),
+    "tokenizer without data": edit_state(lambda s: {**s, "tokenizer": {"kind": "char"}}),
+    "state without optimizer groups": edit_state(lambda s: without(s, "optimizer_param_groups")),
+    "optimizer groups not objects": edit_state(lambda s: {**s, "optimizer_param_groups": [1, 2]}),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_metadata_is_not_good_and_the_previous_checkpoint_is_used(tmp_path, case):
+    model, optimizer = trained()
+    older = save(tmp_path, 1, model, optimizer)
+    newer = save(tmp_path, 2, model, optimizer)
+    MALFORMED[case](newer)
+    with pytest.raises(LmlabError) as info:
+        ckpt.verify_checkpoint(newer)
+    assert "\n" not in str(info.value) and str(newer) in str(info.value)
+    warnings = []
+    assert ckpt.latest_good_checkpoint(tmp_path, warnings.append) == older
+    assert len(warnings) == 1 and "step-00000002" in warnings[0]
+    assert ckpt.load_snapshot(older).step == 1
+
+
+# ---------------------------------------------------------------- a full disk
+DISK_FULL_ERRORS = {
+    "safetensors": lambda: SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+    "oserror": lambda: OSError(errno.ENOSPC, "No space left on device"),
+}
+
+
+@pytest.mark.parametrize("kind", list(DISK_FULL_ERRORS))
+def test_a_full_disk_is_one_line_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch, kind):
+    model, optimizer = trained()
+    older = save(tmp_path, 1, model, optimizer)
+    real_save_file = ckpt.save_file
+
+    def save_file_until_the_disk_fills(tensors, filename, metadata=None):
+        real_save_file(tensors, filename, metadata=metadata)
+        if filename.endswith(ckpt.OPTIMIZER_FILE):  # the model file is written, the optimizer's half
+            raise DISK_FULL_ERRORS[kind]()
+
+    monkeypatch.setattr(ckpt, "save_file", save_file_until_the_disk_fills)
+    with pytest.raises(LmlabError) as info:
+        save(tmp_path, 2, model, optimizer)
+    message = str(info.value)
+    assert "\n" not in message and "no room" in message and "MB" in message and "free" in message
+    assert [p.name for p in (tmp_path / ckpt.CHECKPOINTS).iterdir()] == [older.name]  # no partial write left
+    ckpt.verify_checkpoint(older)
+    ckpt.load_weights(older, tiny_model(seed=5))
+    assert ckpt.load_snapshot(older).step == 1
+
+
+def fake_disk(monkeypatch, run_dir, capacity):
+    """A disk of ``capacity`` bytes holding only ``run_dir``, as ``shutil.disk_usage`` reports it."""
+    def usage(path):
+        used = sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file())
+        return SimpleNamespace(total=capacity, used=used, free=capacity - used)
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+
+
+def checkpoint_bytes(path):
+    return sum(f.stat().st_size for f in path.iterdir())
+
+
+def test_old_checkpoints_are_pruned_when_that_makes_room(tmp_path, monkeypatch):
+    model, optimizer = trained()
+    first = save(tmp_path, 1, model, optimizer, keep=3)
+    size = checkpoint_bytes(first)
+    save(tmp_path, 2, model, optimizer, keep=3)
+    fake_disk(monkeypatch, tmp_path, capacity=2 * size + size // 2 + ckpt.METADATA_BYTES)
+    save(tmp_path, 3, model, optimizer, keep=3)  # fits once step 1 is gone
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
+
+
+def test_the_newest_good_checkpoint_is_never_pruned_for_room(tmp_path, monkeypatch):
+    """Only deleting the newest good checkpoint too would make room: nothing is deleted, one line says why."""
+    model, optimizer = trained()
+    older = save(tmp_path, 1, model, optimizer)
+    good = save(tmp_path, 2, model, optimizer)
+    size = checkpoint_bytes(good)
+    fake_disk(monkeypatch, tmp_path, capacity=size + size // 2 + ckpt.METADATA_BYTES)
+    with pytest.raises(LmlabError, match="no room") as info:
+        save(tmp_path, 3, model, optimizer)
+    assert "\n" not in str(info.value)
+    assert ckpt.list_checkpoints(tmp_path) == [older, good]
+    assert sorted(p.name for p in (tmp_path / ckpt.CHECKPOINTS).iterdir()) == [older.name, good.name]
+    ckpt.verify_checkpoint(good)
+
+
+# ---------------------------------------------------------------- deleting only lmlab's own files
+def test_only_lmlab_named_leftovers_and_checkpoints_are_deleted(tmp_path):
+    model = tiny_model()
+    root = tmp_path / ckpt.CHECKPOINTS
+    foreign = [root / ".step-backup", root / "step-best", root / ".step-00000004.tmp-12x"]
+    for path in foreign:
+        path.mkdir(parents=True)
+        (path / "precious.bin").write_bytes(b"user data")
+    for step in range(1, 5):
+        save(tmp_path, step, model, keep=1)
+    ckpt.remove_partial_checkpoints(tmp_path)
+    assert all((path / "precious.bin").is_file() for path in foreign)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000004"]

@@ -225,3 +225,32 @@ def test_the_config_knows_every_registered_objective_in_order():
     from lmlab.training.objective_registry import OBJECTIVES
 
     assert OBJECTIVE_NAMES == tuple(OBJECTIVES)
+
+
+FLOAT_SETTINGS = ["train.lr", "train.min_lr", "train.weight_decay", "train.grad_clip", "train.beta1",
+                  "train.beta2", "train.max_time", "model.dropout", "data.val_fraction"]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", ".inf", ".nan", "1e999"])
+@pytest.mark.parametrize("key", FLOAT_SETTINGS)
+def test_non_finite_numbers_are_rejected_when_the_config_is_read(key, value):
+    with pytest.raises(LmlabError) as info:
+        apply_overrides(RunConfig(), [f"{key}={value}"])
+    message = one_line_error(info)
+    assert key in message and "finite" in message
+
+
+@pytest.mark.parametrize("field", ["lr", "min_lr", "weight_decay", "grad_clip", "beta1", "beta2", "max_time"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_validate_rejects_non_finite_train_settings_made_in_code(field, value):
+    from lmlab.training.config import TrainConfig
+
+    with pytest.raises(LmlabError, match=f"train.{field} must be a finite number"):
+        TrainConfig(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("override", ["train.beta1=1.0", "train.beta2=-0.1"])
+def test_betas_outside_zero_one_are_rejected(override):
+    config = apply_overrides(RunConfig(), [override])
+    with pytest.raises(LmlabError, match="beta1 and train.beta2 must be in"):
+        config.train.validate()

@@ -206,3 +206,52 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, corpus):
     assert result.step == 5 and result.stop_reason == "max_steps"
     for name, value in final_parameters(again).items():
         assert torch.equal(value, before[name])
+
+
+# ----------------------------------------------------------------------------- divergence never leaves a poisoned checkpoint
+def test_weights_that_make_the_loss_diverge_are_not_kept_as_a_good_checkpoint(tmp_path, corpus):
+    """train.lr=1e6: step 1's update leaves finite but huge weights whose loss at step 2 is NaN.
+    The checkpoint of step 1 must not be named (or kept) as good: resuming from it diverges again."""
+    config = tiny_config(corpus, "train.lr=1e6", "train.min_lr=0", "train.warmup_steps=0",
+                         "train.checkpoint_every=1")
+    with pytest.raises(LmlabError, match="diverged") as info:
+        trainer_for(config, tmp_path / "run").fit()
+    assert "no good checkpoint" in str(info.value) and "--resume" not in str(info.value)
+    assert ckpt.list_checkpoints(tmp_path / "run") == []
+    fresh = trainer_for(tiny_config(corpus), tmp_path / "run")  # the directory takes a new run
+    assert fresh.fit().step == 60
+    assert train_records(tmp_path / "run")[0]["step"] == 1  # and a fresh log
+
+
+def test_the_checkpoint_named_after_divergence_really_is_good(tmp_path, corpus):
+    config = tiny_config(corpus, "train.lr=1e3", "train.min_lr=0", "train.warmup_steps=0",
+                         "train.checkpoint_every=1", "train.keep_checkpoints=100")
+    trainer = trainer_for(config, tmp_path / "run")
+    with pytest.raises(LmlabError, match="diverged") as info:
+        trainer.fit()
+    named = ckpt.list_checkpoints(tmp_path / "run")[-1]
+    assert str(named) in str(info.value) and "--resume" in str(info.value)
+    assert int(named.name.removeprefix("step-")) < trainer.step  # the diverging step's checkpoint is gone
+    resumed = trainer_for(tiny_config(corpus), tmp_path / "run", resume=True, messages=[])
+    assert math.isfinite(resumed.task.evaluate(resumed.model, 2, seed=0)["loss"])
+
+
+def test_non_finite_weights_are_never_written_to_a_checkpoint(tmp_path, corpus, monkeypatch):
+    config = tiny_config(corpus, "train.checkpoint_every=3", "train.eval_every=100")
+    trainer = trainer_for(config, tmp_path / "run")
+    real_step = trainer.optimizer.step
+
+    def step_that_poisons_the_weights():
+        real_step()
+        if trainer.step + 1 == 6:
+            with torch.no_grad():
+                next(trainer.model.parameters())[0, 0] = float("inf")
+
+    monkeypatch.setattr(trainer.optimizer, "step", step_that_poisons_the_weights)
+    with pytest.raises(LmlabError) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "\n" not in message and "diverged" in message and "inf or NaN" in message
+    assert "step-00000003" in message
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-00000003"]
+    assert [p.name for p in (tmp_path / "run" / ckpt.CHECKPOINTS).iterdir()] == ["step-00000003"]

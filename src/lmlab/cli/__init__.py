@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Callable, NoReturn, Sequence
 
+from safetensors import SafetensorError
+
 from lmlab.cli import compare, data, generate, interop, train
 from lmlab.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, err as _err
 from lmlab.cli.compare import cmd_compare
@@ -59,5 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except OSError as exc:
         _err(f"lmlab: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        return EXIT_USAGE
+    except SafetensorError as exc:  # a safetensors file that cannot be written (a full disk) or read
+        _err(f"lmlab: error: {str(exc).strip().splitlines()[0]}")
         return EXIT_USAGE
 

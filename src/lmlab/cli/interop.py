@@ -26,16 +26,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from lmlab.tokenizers import tokenizer_to_json
     from lmlab.training.checkpoint import list_checkpoints, save_checkpoint
     from lmlab.training.config import RunConfig
+    from lmlab.training.run import claim_run_dir
 
     dst = Path(args.dst)
-    if list_checkpoints(dst):
-        raise LmlabError(f"{dst} already holds a run; choose another destination")
     loaded = load_pretrained(args.src)
     if loaded.tokenizer is None:
         raise LmlabError(f"{args.src} has no tokenizer files; copy the model's tokenizer there before converting")
     state = {"config": RunConfig(model=loaded.model_config).to_dict(), "tokenizer": tokenizer_to_json(loaded.tokenizer),
              "family": loaded.family, "source": str(args.src)}
-    checkpoint = save_checkpoint(dst, 0, loaded.model, None, state)
+    lock = claim_run_dir(dst, resume=False)
+    try:
+        if list_checkpoints(dst):
+            raise LmlabError(f"{dst} already holds a run; choose another destination")
+        checkpoint = save_checkpoint(dst, 0, loaded.model, None, state)
+    finally:
+        lock.release()
     print(json.dumps({"run_dir": str(dst), "checkpoint": str(checkpoint), "family": loaded.family,
                       "parameters": sum(p.numel() for p in loaded.model.parameters())}))
     return 0

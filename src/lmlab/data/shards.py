@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
@@ -36,11 +37,14 @@ import torch
 from lmlab.data.corpora import KNOWN_CORPORA, load_corpus, local_files
 from lmlab.data.readers import is_pgn_file, iter_pgn_games
 from lmlab.errors import LmlabError, read_json_file
+from lmlab.output_dir import claim_output_dir
 from lmlab.tokenizers import Tokenizer, load_tokenizer
 
 INDEX_FILE = "index.json"
 INDEX_VERSION = 1
 SHARD_PATTERN = "shard-{:05d}.bin"
+SHARD_NAME = re.compile(r"shard-\d{5}\.bin")  # the only files a new run deletes as stale
+SHARDS_KIND = "token-shards"  # the kind of output (see lmlab.output_dir) a shard directory is
 DEFAULT_SHARD_TOKENS = 1 << 24
 DEFAULT_BATCH_DOCS = 64  # ~256 KB of text per encode_batch call: memory stays flat, threads busy
 UINT16_MAX_VOCAB = 65535
@@ -155,12 +159,12 @@ def prepare_shards(
 
     ``inputs`` is a corpus spec (a name from ``KNOWN_CORPORA``, a file, a directory or a glob)
     or a list of files / directories. ``batch_docs`` texts are encoded per ``encode_batch`` call.
+    ``out_dir`` must be new, empty or a shard directory lmlab prepared (see :mod:`lmlab.output_dir`).
     """
     _check_prepare_args(shard_tokens, doc_separator, documents, batch_docs)
     separator = _separator_id(tokenizer, doc_separator)
     sources = _resolve_inputs(inputs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(out_dir, SHARDS_KIND)
     (out / INDEX_FILE).unlink(missing_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)
     writer = _ShardWriter(out, dtype, shard_tokens, tokenizer.vocab_size)
@@ -276,7 +280,7 @@ class _ShardWriter:
         self.handle = None
         kept = {shard.file for shard in self.shards}
         for stale in self.out.glob("shard-*.bin"):
-            if stale.name not in kept:
+            if stale.name not in kept and SHARD_NAME.fullmatch(stale.name):
                 stale.unlink()
         return self.shards
 

@@ -5,6 +5,8 @@ Formats: a decoder with learned positions, pre-LayerNorm and a plain activation 
 → GPT-2; a decoder with RoPE, RMSNorm and SwiGLU → Llama; a post-LayerNorm encoder with learned
 positions (MLM head or none) → BERT (one all-zero token type); a post-LayerNorm encoder-decoder with
 learned positions → BART; a pre-RMSNorm, bias-free encoder-decoder with T5 relative positions → T5.
+The output directory must be new, empty or one lmlab exported to before (see
+:mod:`lmlab.output_dir`), so an existing model directory is never overwritten.
 Tokenizers: a ``tokenizers``-backed one
 is saved as its ``tokenizer.json``; a character tokenizer becomes a WordLevel ``tokenizer.json``
 over its alphabet, split into single characters and decoded by concatenation (special tokens are
@@ -25,6 +27,7 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.interop import bart, bert, gpt2, llama, t5
 from lmlab.models import ModelConfig
+from lmlab.output_dir import claim_output_dir
 from lmlab.tokenizers import CharTokenizer, Tokenizer
 
 FORMATS = {"gpt2": gpt2, "llama": llama, "bert": bert, "bart": bart, "t5": t5}
@@ -32,6 +35,7 @@ BACKBONES = {"gpt2": "decoder", "llama": "decoder", "bert": "encoder", "bart": "
 # The tokenizer role an encoder-decoder's decoder starts from: BART (and lmlab's denoising) start
 # from EOS, T5 (and lmlab's span corruption) from PAD.
 DECODER_START_ROLE = {"bart": "eos", "t5": "pad"}
+HF_KIND = "hf-model"  # the kind of output (see lmlab.output_dir) an exported directory is
 
 
 def export_format(config: ModelConfig) -> str:
@@ -57,8 +61,7 @@ def export_hf(model: nn.Module, model_config: ModelConfig, tokenizer: Tokenizer 
     ``{"format", "files", "notes"}``."""
     kind = export_format(model_config)
     family = FORMATS[kind]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_dir(out_dir, HF_KIND)
     config = family.export_config(model_config)
     config.update(_special_ids(tokenizer))
     start_role = DECODER_START_ROLE.get(kind)

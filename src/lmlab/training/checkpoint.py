@@ -8,15 +8,20 @@ A checkpoint is a directory ``RUN_DIR/checkpoints/step-00000100/`` holding
 - ``manifest.json``: size and sha256 of each file above, written last.
 
 It is written to a temporary directory and renamed into place, so a crash leaves either the
-whole checkpoint or none. Loading verifies the manifest; a corrupt or truncated checkpoint is
-reported and the newest good one is used instead.
+whole checkpoint or none; a failed write (a full disk) removes its temporary directory. Only
+finite weights and optimizer state are written. Loading verifies the manifest and state against
+their schema, the files against the manifest and the weights for inf/NaN; a checkpoint failing
+any of this is reported and the newest good one is used instead. lmlab deletes only what it
+wrote here: ``step-NNNNNNNN`` directories and its own ``.step-NNNNNNNN.tmp-PID`` leftovers.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, read_json_file
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
@@ -36,6 +41,14 @@ STATE = "state.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_KEY = "rng.torch_cpu"
+CHECKPOINT_NAME = re.compile(r"step-\d{8}")
+LEFTOVER_NAME = re.compile(r"\.step-\d{8}\.(tmp|old)-\d+")  # what an interrupted write leaves
+METADATA_BYTES = 1 << 16  # what a checkpoint needs beyond its tensors and state: the manifest, ...
+HEADER_BYTES_PER_TENSOR = 256  # ... and the safetensors headers
+
+
+class NonFiniteState(LmlabError):
+    """Weights or optimizer state hold inf or NaN, so they must not become a checkpoint."""
 
 
 @dataclass
@@ -60,58 +73,248 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 3,
 ) -> Path:
-    """Write the checkpoint for ``step`` atomically, then keep only the newest ``keep``."""
+    """Write the checkpoint for ``step`` atomically, then keep only the newest ``keep``.
+
+    Raises :class:`NonFiniteState`, writing nothing, when a weight or optimizer tensor holds inf or
+    NaN. When the disk lacks room, checkpoints other than the newest good one are deleted (oldest
+    first) if that makes enough; if it cannot, or the write still fails for want of space, the
+    partial write is removed and a one-line :class:`LmlabError` gives the space needed and free.
+    """
+    model_tensors, aliases = _model_tensors(model)
+    _refuse_non_finite(model_tensors, "weights")
+    optimizer_tensors = None
+    if optimizer is not None:
+        optimizer_tensors, groups = _flatten_optimizer(optimizer.state_dict())
+        _refuse_non_finite(optimizer_tensors, "optimizer state")
+        optimizer_tensors[RNG_KEY] = torch.get_rng_state()
+        state = {**state, "optimizer_param_groups": groups}
+    state = {**state, "step": step}
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
+    needed = _bytes_needed([model_tensors, optimizer_tensors or {}], state)
+    _make_room(Path(run_dir), needed)
     final = root / checkpoint_name(step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    tensors, aliases = _model_tensors(model)
-    save_file(tensors, str(tmp / MODEL_FILE), metadata=aliases)
-    if optimizer is not None:
-        tensors, groups = _flatten_optimizer(optimizer.state_dict())
-        tensors[RNG_KEY] = torch.get_rng_state()
-        save_file(tensors, str(tmp / OPTIMIZER_FILE))
-        state = {**state, "optimizer_param_groups": groups}
-    _write_json(tmp / STATE, {**state, "step": step})
-    _write_json(tmp / MANIFEST, {"step": step, "files": _describe_files(tmp)})
-    _fsync_dir(tmp)
+    try:
+        _write_checkpoint_files(tmp, model_tensors, aliases, optimizer_tensors, state)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _is_disk_full(exc):
+            raise _disk_full_error(root, needed) from None
+        raise
     _replace_dir(tmp, final)
-    _prune(root, keep)
+    _prune(Path(run_dir), keep)
     return final
 
 
+def _write_checkpoint_files(
+    tmp: Path,
+    model_tensors: dict[str, torch.Tensor],
+    aliases: dict[str, str],
+    optimizer_tensors: dict[str, torch.Tensor] | None,
+    state: dict[str, Any],
+) -> None:
+    """Every file of a checkpoint, in ``tmp`` (made afresh), the manifest last, all fsynced."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(model_tensors, str(tmp / MODEL_FILE), metadata=aliases)
+    if optimizer_tensors is not None:
+        save_file(optimizer_tensors, str(tmp / OPTIMIZER_FILE))
+    _write_json(tmp / STATE, state)
+    _write_json(tmp / MANIFEST, {"step": state["step"], "files": _describe_files(tmp)})
+    _fsync_dir(tmp)
+
+
+def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold inf or NaN.
+
+    One fused norm per tensor (``torch._foreach_norm``) flags candidates; only a flagged tensor is
+    checked element-wise, since the norm of large finite values can overflow.
+    """
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and tensor.numel():
+            by_device.setdefault(tensor.device, []).append((name, tensor))
+    bad = []
+    for named in by_device.values():
+        norms = torch._foreach_norm([tensor for _, tensor in named])
+        finite = torch.stack([norm.float() for norm in norms]).isfinite().tolist()
+        bad += [name for (name, tensor), ok in zip(named, finite) if not ok and not tensor.isfinite().all()]
+    return bad
+
+
+def _refuse_non_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    bad = non_finite_tensors(tensors)
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise NonFiniteState(f"the {what} hold inf or NaN ({bad[0]}{more})")
+
+
+def _bytes_needed(tensor_sets: list[dict[str, torch.Tensor]], state: dict[str, Any]) -> int:
+    """About the bytes a checkpoint takes on disk: its tensors, its JSON files and headers."""
+    tensors = [t for tensor_set in tensor_sets for t in tensor_set.values()]
+    tensor_bytes = sum(t.numel() * t.element_size() + HEADER_BYTES_PER_TENSOR for t in tensors)
+    return tensor_bytes + len(json.dumps(state, indent=1, ensure_ascii=False).encode()) + METADATA_BYTES
+
+
+def _make_room(run_dir: Path, needed: int) -> None:
+    """Make ``needed`` bytes free by deleting checkpoints other than the newest good one, oldest
+    first, when that is enough; an :class:`LmlabError` (deleting nothing) when it is not."""
+    root = run_dir / CHECKPOINTS
+    free = shutil.disk_usage(root).free
+    if free >= needed:
+        return
+    keep = latest_good_checkpoint(run_dir, warn=lambda message: None)
+    expendable = [(old, _directory_bytes(old)) for old in list_checkpoints(run_dir) if old != keep]
+    if free + sum(size for _, size in expendable) < needed:
+        raise _disk_full_error(root, needed)
+    for old, size in expendable:
+        shutil.rmtree(old, ignore_errors=True)
+        free += size
+        if free >= needed:
+            return
+
+
+def _directory_bytes(directory: Path) -> int:
+    return sum(file.stat().st_size for file in directory.rglob("*") if file.is_file())
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """Whether a failed write failed for want of space (an OSError, or safetensors' own error)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(exc)
+    return isinstance(exc, SafetensorError) and ("No space left" in text or "os error 28" in text)
+
+
+def _disk_full_error(root: Path, needed: int) -> LmlabError:
+    free = shutil.disk_usage(root).free
+    return LmlabError(
+        f"no room for a checkpoint in {root}: it needs about {_megabytes(needed)}, the disk has "
+        f"{_megabytes(free)} free; free some space (or lower train.keep_checkpoints) and train "
+        "again with --resume"
+    )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+def discard_checkpoint(run_dir: Path, step: int) -> bool:
+    """Delete the checkpoint of ``step`` if the run has one; whether it had."""
+    path = Path(run_dir) / CHECKPOINTS / checkpoint_name(step)
+    if not path.is_dir():
+        return False
+    shutil.rmtree(path)
+    return True
+
+
 def remove_partial_checkpoints(run_dir: Path) -> None:
-    """Delete temporary directories a killed process left behind while writing a checkpoint."""
+    """Delete temporary directories a killed process left behind while writing a checkpoint
+    (only lmlab's own ``.step-NNNNNNNN.tmp-PID`` / ``.old-PID`` names)."""
     root = Path(run_dir) / CHECKPOINTS
     if root.is_dir():
-        for leftover in root.glob(".step-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in root.iterdir():
+            if leftover.is_dir() and LEFTOVER_NAME.fullmatch(leftover.name):
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint directories of a run, oldest first."""
+    """Checkpoint directories of a run (named ``step-NNNNNNNN``), oldest first."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    return sorted(p for p in root.iterdir() if p.is_dir() and CHECKPOINT_NAME.fullmatch(p.name))
 
 
 def verify_checkpoint(path: Path) -> None:
-    """Raise :class:`LmlabError` unless every file matches the manifest."""
-    manifest_path = path / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LmlabError(f"checkpoint {path} has no readable manifest ({exc.__class__.__name__})") from exc
-    for name, expected in files.items():
+    """Raise :class:`LmlabError` unless ``path`` is a good checkpoint: a well-formed manifest that
+    lists every file, files that match it, a well-formed state, finite weights and optimizer state."""
+    manifest = read_json_file(path / MANIFEST, "the checkpoint is damaged", dict)
+    _raise_if(path, "manifest.json", _manifest_problem(path, manifest))
+    for name, expected in manifest["files"].items():
         file = path / name
         if not file.is_file():
             raise LmlabError(f"checkpoint {path} is missing {name}")
         if file.stat().st_size != expected["bytes"] or _sha256(file) != expected["sha256"]:
             raise LmlabError(f"checkpoint {path} is corrupt: {name} does not match its checksum")
+    state = read_json_file(path / STATE, "the checkpoint is damaged", dict)
+    _raise_if(path, STATE, _state_problem(path, state, manifest["step"]))
+    for name in (MODEL_FILE, OPTIMIZER_FILE):
+        if (path / name).is_file():
+            _raise_if(path, name, _non_finite_problem(path / name))
+
+
+MANIFEST_KEYS = {"step": int, "files": dict}
+MANIFEST_ENTRY_KEYS = {"bytes": int, "sha256": str}
+STATE_KEYS = {"step": int, "config": dict, "tokenizer": dict}
+TOKENIZER_KEYS = {"kind": str, "data": dict}
+
+
+def schema_problem(record: Any, required: dict[str, type]) -> str | None:
+    """What is wrong with ``record`` (a parsed JSON object) given its ``required`` keys and their
+    types, as a phrase; None when every key is present with its type (a bool is no int)."""
+    if not isinstance(record, dict):
+        return f"is a {type(record).__name__}, not an object"
+    for key, kind in required.items():
+        if key not in record:
+            return f"lacks {key!r}"
+        value = record[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"has {key!r} of type {type(value).__name__}, not {kind.__name__}"
+    return None
+
+
+def _manifest_problem(path: Path, manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a parsed manifest: its shape, its entries, or files it does not list."""
+    problem = schema_problem(manifest, MANIFEST_KEYS)
+    if problem:
+        return problem
+    files = manifest["files"]
+    for name, entry in files.items():
+        if Path(name).name != name or name == MANIFEST:
+            return f"lists {name!r}, which is no file of a checkpoint"
+        problem = schema_problem(entry, MANIFEST_ENTRY_KEYS)
+        if problem:
+            return f"has an entry for {name} that {problem}"
+    needed = {MODEL_FILE, STATE} | {p.name for p in path.iterdir() if p.name != MANIFEST}
+    unlisted = sorted(needed - files.keys())
+    return f"does not list {', '.join(unlisted)}" if unlisted else None
+
+
+def _state_problem(path: Path, state: dict[str, Any], step: int) -> str | None:
+    """What is wrong with a parsed state.json whose checkpoint's manifest says ``step``."""
+    problem = schema_problem(state, STATE_KEYS)
+    if problem:
+        return problem
+    problem = schema_problem(state["tokenizer"], TOKENIZER_KEYS)
+    if problem:
+        return f"has a 'tokenizer' that {problem}"
+    if state["step"] != step:
+        return f"is for step {state['step']}, the manifest for step {step}"
+    if (path / OPTIMIZER_FILE).is_file():
+        groups = state.get("optimizer_param_groups")
+        if not isinstance(groups, list) or any(schema_problem(g, {"params": list}) for g in groups):
+            return "lacks a list of optimizer parameter groups"
+    return None
+
+
+def _non_finite_problem(file: Path) -> str | None:
+    """Why the tensors of a safetensors file are unusable (unreadable, inf or NaN), or None.
+    Tensors are read one at a time, so memory stays at the largest one."""
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                if non_finite_tensors({name: handle.get_tensor(name)}):
+                    return f"holds inf or NaN in {name}"
+    except SafetensorError as exc:
+        return f"is not a readable safetensors file ({str(exc).strip().splitlines()[0]})"
+    return None
+
+
+def _raise_if(path: Path, name: str, problem: str | None) -> None:
+    if problem:
+        raise LmlabError(f"checkpoint {path} is not usable: its {name} {problem}")
 
 
 def latest_good_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path | None:
@@ -148,7 +351,7 @@ def why_no_good_checkpoint(run_dir: Path) -> str:
 
 def read_state(path: Path) -> dict[str, Any]:
     """The ``state.json`` of a verified checkpoint."""
-    return json.loads((path / STATE).read_text())
+    return read_json_file(path / STATE, "the checkpoint is damaged", dict)
 
 
 def _model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -256,7 +459,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
-def _prune(root: Path, keep: int) -> None:
-    checkpoints = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+def _prune(run_dir: Path, keep: int) -> None:
+    checkpoints = list_checkpoints(run_dir)
     for old in checkpoints[: max(0, len(checkpoints) - keep)]:
         shutil.rmtree(old, ignore_errors=True)

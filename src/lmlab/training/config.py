@@ -9,6 +9,7 @@ field's type and, for named variants, its list of valid choices; a mistake is a 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`LmlabError` for settings a run cannot use."""
+        for f in dataclasses.fields(self):
+            _check_finite(getattr(self, f.name), f"train.{f.name}")
         for name in ("batch_size", "max_steps", "eval_every", "checkpoint_every", "keep_checkpoints",
                      "grad_accum", "eval_batches"):
             if getattr(self, name) < 1:
@@ -61,6 +64,8 @@ class TrainConfig:
             raise LmlabError(f"train.seed must be in [0, 2^32), got {self.seed}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0 or self.sample_chars < 0:
             raise LmlabError("train.warmup_steps, grad_clip, weight_decay and sample_chars must be ≥ 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise LmlabError(f"train.beta1 and train.beta2 must be in [0, 1); got {self.beta1} and {self.beta2}")
 
 
 @dataclass
@@ -183,10 +188,17 @@ def _coerce(value: Any, config: Any, f: dataclasses.Field, name: str) -> Any:
     converted = _convert(value, allowed)
     if converted is None:
         raise LmlabError(f"{name} must be {_type_names(allowed)}, got {value!r}")
+    _check_finite(converted, name)
     choices = f.metadata.get("choices")
     if choices and converted not in choices:
         raise LmlabError(f"{name} must be one of {', '.join(choices)}; got {converted!r}")
     return converted
+
+
+def _check_finite(value: Any, name: str) -> None:
+    """A float setting must be a finite number: inf or NaN is an :class:`LmlabError`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise LmlabError(f"{name} must be a finite number, got {value}")
 
 
 def _allowed_types(hint: Any) -> tuple[type, ...]:

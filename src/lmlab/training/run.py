@@ -16,12 +16,15 @@ from lmlab.data.shards import ShardedTokens
 from lmlab.data.windows import TokenSpan, split_span, token_tensor
 from lmlab.errors import LmlabError
 from lmlab.models import ModelConfig, build_model
+from lmlab.output_dir import DirectoryLock, claim_output_dir, lock_output_dir
 from lmlab.tokenizers import CharTokenizer, Tokenizer, tokenizer_from_json, tokenizer_to_json
 from lmlab.tokenizers import load_pretrained_tokenizer
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import RunConfig
 from lmlab.training.objective_registry import ObjectiveTask, check_objective, tokens_needed
-from lmlab.training.trainer import Trainer
+from lmlab.training.trainer import METRICS_FILE, Trainer
+
+RUN_KIND = "run"  # the kind of output (see lmlab.output_dir) a training run directory is
 
 
 @dataclass
@@ -76,11 +79,42 @@ def make_trainer(
     echo: Callable[[str], None] = print,
 ) -> tuple[Trainer, Tokenizer]:
     """A :class:`Trainer` for ``config`` in ``out_dir`` and the run's tokenizer; with ``resume``,
-    the trainer continues from the run's newest good checkpoint."""
+    the trainer continues from the run's newest good checkpoint.
+
+    ``out_dir`` must be new, empty or an lmlab run directory; it stays locked against other lmlab
+    processes until the trainer's :meth:`~Trainer.fit` ends (or the process exits).
+    """
     out_dir = Path(out_dir)
     config.train.validate()
+    lock = claim_run_dir(out_dir, resume)
+    try:
+        return _build_trainer(config, out_dir, resume, progress, echo, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def claim_run_dir(out_dir: Path, resume: bool) -> DirectoryLock:
+    """Claim ``out_dir`` as a run directory (see :func:`lmlab.output_dir.claim_output_dir`) and
+    lock it for this process; with ``resume`` it must exist already."""
+    if resume and not out_dir.is_dir():
+        raise LmlabError(f"nothing to resume in {out_dir}: it does not exist; drop --resume to start a new run")
+    claim_output_dir(out_dir, RUN_KIND, legacy_names=(ckpt.CHECKPOINTS, METRICS_FILE))
+    return lock_output_dir(out_dir)
+
+
+def _build_trainer(
+    config: RunConfig,
+    out_dir: Path,
+    resume: bool,
+    progress: bool,
+    echo: Callable[[str], None],
+    lock: DirectoryLock,
+) -> tuple[Trainer, Tokenizer]:
     start = _resume_point(out_dir, echo) if resume else None
     _refuse_to_overwrite(out_dir, resume)
+    if start is None:  # a new run in a directory without checkpoints: no log of an earlier attempt
+        (out_dir / METRICS_FILE).unlink(missing_ok=True)
     tokenizer = _stored_tokenizer(start) if start else None
     tokenizer, train_tokens, val_tokens = token_splits(config, tokenizer)
     config.model.vocab_size = tokenizer.vocab_size
@@ -89,7 +123,7 @@ def make_trainer(
     model = build_model(config.model)
     task = ObjectiveTask(config.train.objective, tokenizer, train_tokens, val_tokens, config.train.batch_size, window)
     extra = {"tokenizer": tokenizer_to_json(tokenizer)}
-    trainer = Trainer(config, model, task, out_dir, extra_state=extra, progress=progress, echo=echo)
+    trainer = Trainer(config, model, task, out_dir, extra_state=extra, progress=progress, echo=echo, lock=lock)
     ckpt.remove_partial_checkpoints(out_dir)
     if start is not None:
         trainer.restore(start)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from lmlab.errors import LmlabError
 from lmlab.models import expert_utilisation
+from lmlab.output_dir import DirectoryLock
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import RunConfig
 from lmlab.training.optim import build_optimizer, learning_rate
@@ -44,6 +45,8 @@ class Trainer:
     """Trains ``model`` on ``task`` as ``config.train`` says, writing into ``run_dir``.
 
     ``extra_state`` (config, tokenizer, ...) is stored in every checkpoint's ``state.json``.
+    ``lock`` (the run directory's, see :func:`lmlab.output_dir.lock_output_dir`) is released when
+    :meth:`fit` ends.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class Trainer:
         extra_state: dict[str, Any] | None = None,
         progress: bool = True,
         echo: Callable[[str], None] = print,
+        lock: DirectoryLock | None = None,
     ):
         self.config = config
         self.cfg = config.train
@@ -70,6 +74,8 @@ class Trainer:
         self.last_eval: dict[str, float] | None = None
         self.step_seconds: list[float] = []  # wall time of each step of this session (for benchmarks)
         self._stop_requested = False
+        self._saved_step: int | None = None  # the step of the checkpoint this trainer wrote last
+        self._lock = lock
 
     # ----------------------------------------------------------------------------- resume
     def restore(self, path: Path) -> None:
@@ -120,6 +126,8 @@ class Trainer:
         finally:
             bar.close()
             signal.signal(signal.SIGINT, previous_handler)
+            if self._lock is not None:
+                self._lock.release()
         return TrainResult(self.step, stop_reason, self.last_eval, last_checkpoint)
 
     def _train_step(self) -> tuple[float, float]:
@@ -135,7 +143,7 @@ class Trainer:
             total += loss.item()
         if not math.isfinite(total):
             self.optimizer.zero_grad(set_to_none=True)
-            raise LmlabError(self._divergence_message(total))
+            raise self._diverged(f"the loss is {total} at step {self.step + 1}")
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
@@ -190,20 +198,30 @@ class Trainer:
         """Checkpoint the current step (weights, optimizer, RNG, counters)."""
         state = {**self.extra_state, "elapsed_s": self.elapsed, "last_eval": self.last_eval,
                  "config": self.config.to_dict()}
-        return ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state,
-                                    keep=self.cfg.keep_checkpoints)
+        try:
+            path = ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state,
+                                        keep=self.cfg.keep_checkpoints)
+        except ckpt.NonFiniteState as exc:
+            raise self._diverged(f"{exc} after step {self.step}") from None
+        self._saved_step = self.step
+        return path
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         if self._stop_requested:  # a second Ctrl-C: stop at once (the last checkpoint is intact)
             raise KeyboardInterrupt
         self._stop_requested = True
 
-    def _divergence_message(self, loss: float) -> str:
-        good = ckpt.list_checkpoints(self.run_dir)
-        kept = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written yet"
-        return (
-            f"training diverged: the loss is {loss} at step {self.step + 1}; {kept}. "
-            "Lower train.lr or raise train.warmup_steps, then train again (--resume continues)"
+    def _diverged(self, what: str) -> LmlabError:
+        """The error for a run that broke down (``what`` says how). The checkpoint this trainer
+        wrote of the current step goes first: its weights are the ones that broke, so resuming
+        from it would diverge again. The error names the newest checkpoint that is still good."""
+        if self._saved_step == self.step:
+            ckpt.discard_checkpoint(self.run_dir, self.step)
+        good = ckpt.latest_good_checkpoint(self.run_dir, warn=lambda message: None)
+        kept, again = (f"the last good checkpoint is {good}", "resume from it with --resume") if good \
+            else ("no good checkpoint was written", "train again")
+        return LmlabError(
+            f"training diverged: {what}; {kept}. Lower train.lr or raise train.warmup_steps, then {again}"
         )
 
     def _log(self, record: dict[str, Any]) -> None:
