@@ -56,14 +56,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def _generation_config(args: argparse.Namespace, tokenizer):
     """The validated GenerationConfig of the command line."""
-    from lmlab.generation import GenerationConfig
+    from lmlab.generation import STRATEGIES, GenerationConfig
 
     eos = tokenizer.special_tokens.get("eos")
+    strategy = STRATEGIES.get(args.strategy)  # an unknown name is reported by validate()
     config = GenerationConfig(
         max_new_tokens=args.max_new_tokens, strategy=args.strategy, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size, min_new_tokens=args.min_new_tokens,
-        num_beams=args.num_beams if args.num_beams is not None else (4 if args.strategy == "beam" else 1),
+        num_beams=args.num_beams if args.num_beams is not None else (strategy.default_beams if strategy else 1),
         length_penalty=args.length_penalty, early_stopping=args.early_stopping,
         num_return_sequences=args.num_return_sequences, eos_ids=(eos,) if eos is not None else (),
         stop=tuple(args.stop), seed=args.seed, prompt_overflow="truncate" if args.truncate_prompt else "error",

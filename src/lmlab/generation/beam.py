@@ -119,6 +119,7 @@ class BeamSearch(Strategy):
     once no running beam can improve on it."""
 
     whole_sequences = True
+    default_beams = 4
 
     def copies(self, config: GenerationConfig) -> int:
         return config.num_beams

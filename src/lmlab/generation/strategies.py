@@ -20,10 +20,12 @@ from lmlab.generation.speculative import can_speculate, speculative_decode
 
 class Strategy:
     """How the next token of each row is chosen. ``samples``: it draws random numbers;
-    ``whole_sequences``: its output is known only once decoding ends (nothing streams)."""
+    ``whole_sequences``: its output is known only once decoding ends (nothing streams);
+    ``default_beams``: the ``num_beams`` a command line gives it when none is asked for."""
 
     samples = False
     whole_sequences = False
+    default_beams = 1
 
     def copies(self, config: GenerationConfig) -> int:
         """How many rows each prompt decodes as."""
