@@ -131,10 +131,11 @@ class BeamSearch(Strategy):
         max_length = ids.size(1) + config.max_new_tokens
         beams = Beams.start(ids, nb, max_length, pad_id)
         pipeline = self.pipeline(config, ids.size(1))
+        eos = torch.tensor(config.eos_ids, dtype=torch.long, device=ids.device)
         offset = torch.arange(beams.running.size(0), device=ids.device)[:, None] * nb  # (B, 1)
         logits = session.prefill()  # (B·nb, V)
         while True:
-            top_scores, source, top_seqs, hits = self.expand(beams, logits, config, pipeline, max_length)
+            top_scores, source, top_seqs, hits = self.expand(beams, logits, config, pipeline, eos, max_length)
             beam_source = self.continue_best(beams, top_scores, source, top_seqs, hits)
             self.collect_finished(beams, top_scores, top_seqs, hits, config)
             beams.length += 1
@@ -144,11 +145,17 @@ class BeamSearch(Strategy):
             logits = session.step(beams.running[:, :, beams.length - 1].reshape(-1))
 
     def expand(
-        self, beams: Beams, logits: torch.Tensor, config: GenerationConfig, pipeline: LogitsPipeline, max_length: int
+        self,
+        beams: Beams,
+        logits: torch.Tensor,
+        config: GenerationConfig,
+        pipeline: LogitsPipeline,
+        eos: torch.Tensor,
+        max_length: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The best continuations of each input over all its beams (more than ``nb``, so that
         enough stay unfinished): their scores (B, keep), source beams (B, keep), sequences (B,
-        keep, max_length) and whether each ends here (B, keep), at EOS or the length limit."""
+        keep, max_length) and whether each ends here (B, keep), at an id of ``eos`` or the length limit."""
         nb = config.num_beams
         keep = max(2, 1 + len(config.eos_ids)) * nb
         adjust = (lambda logp: pipeline(beams.history(), logp)) if pipeline else None
@@ -157,7 +164,6 @@ class BeamSearch(Strategy):
         source = top_index // V  # which beam each continuation extends
         top_seqs = _take(beams.running, source)  # (B, keep, max_length)
         top_seqs[:, :, beams.length] = top_index % V
-        eos = torch.tensor(config.eos_ids, dtype=torch.long, device=logits.device)
         hits = torch.isin(top_seqs[:, :, beams.length], eos) | (beams.length + 1 >= max_length)  # (B, keep)
         return top_scores, source, top_seqs, hits
 
