@@ -1,6 +1,7 @@
 """LoRA: merged equals unmerged, only adapters train, a q target adapts only the q rows of the
 fused projection, adapters save and load on their own, bad targets are one-line errors."""
 
+import copy
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from lmlab.errors import LmlabError
+from lmlab.generation import GenerationConfig, generate
 from lmlab.models import ModelConfig, build_model
 from lmlab.training.lora import (
     ADAPTER_CONFIG,
@@ -72,6 +74,15 @@ def test_a_fresh_adapter_changes_nothing():
         before = run(plain)
         after = run(apply_lora(plain, rank=2, alpha=4, targets="q,k,v,o,ffn"))
     torch.testing.assert_close(after, before, atol=0, rtol=0)
+
+
+def test_generating_with_unmerged_adapters_equals_the_merged_model():
+    """Decoding must not skip the adapters (the native kernels read ``weight`` directly)."""
+    model = apply_lora(tiny("decoder", ffn="gelu"), rank=4, alpha=8, targets="q,k,v,o,ffn")
+    randomise_adapters(model, seed=2)
+    config = GenerationConfig(max_new_tokens=10)
+    merged = merge_lora(copy.deepcopy(model))
+    assert generate(model, [1, 2, 3], config) == generate(merged, [1, 2, 3], config)
 
 
 def test_only_adapters_require_grad_and_names_are_kept():

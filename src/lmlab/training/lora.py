@@ -11,7 +11,9 @@ state-dict names (``…attn.qkv.weight`` stays ``…attn.qkv.weight``; the adapt
 ``LoRALinear`` computes ``x Wᵀ + b + (α/r) · dropout(x) Aᵀ (m ⊙ B)ᵀ`` with W, b frozen, A (r, in)
 Kaiming-uniform, B (out, r) zero (so a fresh adapter changes nothing) and m the targeted rows.
 
-A model with unmerged adapters is for training: decode with :func:`merge_lora`'s result.
+A model with unmerged adapters decodes on its plain modules (each adapter carries a no-op forward
+hook, and generation keeps a watched model off the native kernels, which read ``weight`` directly
+and would skip the adapter); :func:`merge_lora`'s result decodes at full speed.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class LoRASettings:
         return self.alpha / self.rank
 
 
+def _keep_plain_modules(module: nn.Module, args: tuple) -> None:
+    """A no-op: its presence keeps decoding on the plain modules (see the module docstring)."""
+
+
 class LoRALinear(nn.Linear):
     """An ``nn.Linear`` (frozen ``weight``, ``bias``) plus a low-rank update on the rows it targets.
 
@@ -74,6 +80,7 @@ class LoRALinear(nn.Linear):
         self.lora_dropout = nn.Dropout(settings.dropout)
         row_mask = None if rows is None else rows.to(**like)[:, None]  # (out, 1)
         self.register_buffer("lora_rows", row_mask, persistent=False)
+        self.register_forward_pre_hook(_keep_plain_modules)
 
     def masked_B(self) -> torch.Tensor:
         """B with the untargeted rows zeroed: (out, r)."""
@@ -253,7 +260,8 @@ def _copy_adapter_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], di
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight and put a plain ``nn.Linear`` back in its place, in
-    place (for generation and export; outputs unchanged). Returns ``model``."""
+    place (for generation and export; outputs unchanged; the merged layers stay frozen, like the
+    rest of the model after :func:`apply_lora`). Returns ``model``."""
     for name, layer in lora_layers(model).items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
