@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -216,7 +216,8 @@ def save_adapters(model: nn.Module, directory: str | Path) -> Path:
     return directory
 
 
-def _write_atomically(path: Path, write) -> None:
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it into place."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         write(tmp)
