@@ -11,9 +11,9 @@ state-dict names (``…attn.qkv.weight`` stays ``…attn.qkv.weight``; the adapt
 ``LoRALinear`` computes ``x Wᵀ + b + (α/r) · dropout(x) Aᵀ (m ⊙ B)ᵀ`` with W, b frozen, A (r, in)
 Kaiming-uniform, B (out, r) zero (so a fresh adapter changes nothing) and m the targeted rows.
 
-A model with unmerged adapters decodes on its plain modules (each adapter carries a no-op forward
-hook, and generation keeps a watched model off the native kernels, which read ``weight`` directly
-and would skip the adapter); :func:`merge_lora`'s result decodes at full speed.
+A block with unmerged adapters decodes through its own modules (the fused native block runs only
+blocks made of plain ``nn.Linear`` layers, since it reads their weights directly);
+:func:`merge_lora`'s result decodes at full speed.
 """
 
 from __future__ import annotations
@@ -54,10 +54,6 @@ class LoRASettings:
         return self.alpha / self.rank
 
 
-def _keep_plain_modules(module: nn.Module, args: tuple) -> None:
-    """A no-op: its presence keeps decoding on the plain modules (see the module docstring)."""
-
-
 class LoRALinear(nn.Linear):
     """An ``nn.Linear`` (frozen ``weight``, ``bias``) plus a low-rank update on the rows it targets.
 
@@ -80,7 +76,6 @@ class LoRALinear(nn.Linear):
         self.lora_dropout = nn.Dropout(settings.dropout)
         row_mask = None if rows is None else rows.to(**like)[:, None]  # (out, 1)
         self.register_buffer("lora_rows", row_mask, persistent=False)
-        self.register_forward_pre_hook(_keep_plain_modules)
 
     def masked_B(self) -> torch.Tensor:
         """B with the untargeted rows zeroed: (out, r)."""

@@ -17,6 +17,7 @@ from torch import nn
 
 from lmlab.generation.fast.modules import Int8Weights, int8_weights_in_use, kernel_mask, row_table
 from lmlab.kernels.block import ACTIVATIONS, PROJECTIONS, BlockWeights, block_weights, decode_block
+from lmlab.layers.attention import MultiHeadAttention
 from lmlab.layers.feedforward import FeedForward, GatedFeedForward
 from lmlab.layers.kv_cache import KVCache
 from lmlab.layers.masks import AttentionMask
@@ -26,11 +27,18 @@ from lmlab.models.blocks import TransformerBlock
 
 
 def runs_natively(block: nn.Module) -> bool:
-    """Whether ``block`` is a pre-norm :class:`TransformerBlock` of the kinds the kernel runs."""
+    """Whether ``block`` is a pre-norm :class:`TransformerBlock` of the kinds the kernel runs, made
+    of plain ``nn.Linear`` projections (the kernel reads their weights; a subclass such as a LoRA
+    adapter computes something else)."""
     if type(block) is not TransformerBlock or block.residual is not pre_norm:
         return False
     norms_ok = type(block.attn_norm) is type(block.ffn_norm) and type(block.attn_norm) in (nn.LayerNorm, nn.RMSNorm)
-    return norms_ok and type(block.ffn) in (FeedForward, GatedFeedForward) and block.ffn.activation in ACTIVATIONS
+    if not norms_ok or type(block.ffn) not in (FeedForward, GatedFeedForward) or block.ffn.activation not in ACTIVATIONS:
+        return False
+    projections = [block.attn.qkv, block.attn.out_proj, block.ffn.up, block.ffn.down]
+    if isinstance(block.ffn, GatedFeedForward):
+        projections.append(block.ffn.gate)
+    return type(block.attn) is MultiHeadAttention and all(type(p) is nn.Linear for p in projections)
 
 
 class NativeBlock(TransformerBlock):
