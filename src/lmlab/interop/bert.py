@@ -201,7 +201,6 @@ def export_config(config: ModelConfig) -> dict:
         "hidden_dropout_prob": config.dropout,
         "attention_probs_dropout_prob": config.dropout,
         "classifier_dropout": config.dropout,
-        "num_labels": config.num_labels,
         "tie_word_embeddings": config.tie_embeddings,
         "position_embedding_type": "absolute",
     }

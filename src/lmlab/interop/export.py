@@ -110,7 +110,7 @@ def export_hf(model: nn.Module, model_config: ModelConfig, tokenizer: Tokenizer 
     pad = (pad_id(tokenizer),) if target.positions_from_pad else ()
     config = target.config(model_config, *pad)
     config.update(_special_ids(tokenizer))
-    if model_config.head == "classifier" and model_config.backbone == "encoder":
+    if model_config.head == "classifier":
         config.update(label_maps(model_config.num_labels, labels))
     if target.decoder_start and tokenizer is not None and target.decoder_start in tokenizer.special_tokens:
         config["decoder_start_token_id"] = tokenizer.special_tokens[target.decoder_start]

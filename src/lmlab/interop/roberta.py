@@ -13,13 +13,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from lmlab.interop.bert import (
-    embedding_tensors,
-    encoder_mismatches,
-    export_config as bert_config,
-    LAYER_NAMES,
-    layer_tensors,
-)
+from lmlab.interop.bert import LAYER_NAMES, embedding_tensors, encoder_mismatches, layer_tensors
+from lmlab.interop.bert import export_config as bert_config
 from lmlab.interop.mapping import bias_or_zeros, require_exportable
 from lmlab.models import ModelConfig
 
