@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmlab.cli import main
 from lmlab.training import checkpoint as ckpt
@@ -71,8 +72,31 @@ def test_eval_prints_json_metrics(run_dir, corpus):
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
     assert 0 <= metrics["accuracy"] <= 1
     assert metrics["tokens"] == round(len(TEXT) * 0.1) - 1  # every validation token after the first
-    code, stdout, _ = run("eval", out, "--split", "train", "--data", corpus)
+    code, stdout, _ = run("eval", out, "--split", "train")
     assert code == 0 and json.loads(stdout)["split"] == "train"
+    assert_one_line_error(run("eval", out, "--split", "train", "--data", corpus), "--data")
+
+
+def test_eval_data_scores_the_whole_file(run_dir, tmp_path):
+    """A file given to eval is scored whole, not its last 10%: its first 90% differs from its end,
+    and the loss equals a direct computation over every window of the whole file."""
+    from lmlab.evaluation import evaluate_lm
+    from lmlab.training.run import load_run
+
+    out, _ = run_dir
+    other = tmp_path / "other.txt"
+    other.write_text("that is the question. " * 30 + "to be, or not to be " * 4)
+    code, stdout, stderr = run("eval", out, "--data", other, "--batch-size", 4)
+    assert code == 0, stderr
+    metrics = json.loads(stdout)
+    loaded = load_run(out)
+    ids = torch.tensor(loaded.tokenizer.encode(other.read_text()))
+    window = loaded.config.model.context_length
+    starts = range(0, len(ids) - 1, window)
+    expected = evaluate_lm(loaded.model, (ids[s:s + window + 1][None] for s in starts))
+    assert metrics["tokens"] == len(ids) - 1 == expected["tokens"]
+    assert metrics["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert metrics["split"] == "all" and metrics["data"] == str(other)
 
 
 def test_generate(run_dir):
@@ -352,3 +376,20 @@ def test_a_safetensors_error_is_one_line(tmp_path, run_dir, monkeypatch):
 
     monkeypatch.setattr(export, "export_hf", disk_full)
     assert_one_line_error(run("convert", run_dir[0], tmp_path / "hf", "--to", "hf"), "No space left")
+
+
+def test_eval_shows_a_progress_bar_over_every_batch(run_dir, corpus, monkeypatch):
+    """Long evaluations show a tqdm bar on stderr whose total is the number of batches scored
+    (the delay before it appears is set to zero here instead of waiting for a long evaluation)."""
+    from lmlab.evaluation import perplexity
+
+    monkeypatch.setattr(perplexity, "PROGRESS_DELAY_S", 0.0)
+    out, _ = run_dir
+    code, stdout, stderr = run("eval", out, "--data", corpus, "--batch-size", 4)
+    assert code == 0, stderr
+    full_windows, tail = divmod(len(TEXT) - 1, 16)  # context_length 16; a decoder scores the tail too
+    batches = -(-full_windows // 4) + (tail > 0)
+    assert json.loads(stdout)["tokens"] == len(TEXT) - 1
+    assert "eval" in stderr and f"0/{batches}" in stderr
+    code, _, stderr = run("eval", out, "--data", corpus, "--batch-size", 4, "--no-progress")
+    assert code == 0 and stderr == ""

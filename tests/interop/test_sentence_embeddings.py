@@ -74,3 +74,21 @@ def test_other_poolings_without_normalize(tmp_path, pooling):
     folder, model = st_dir(tmp_path, pooling, normalize=False)
     ours = load_sentence_encoder(folder).encode(TEXTS)
     assert (ours - reference(model, folder, pooling, False)).abs().max() <= 1e-4
+
+
+def test_embed_of_a_masked_lm_directory_pools_the_encoder_hidden_states(tmp_path, capsys):
+    """A plain BertForMaskedLM directory embeds as sentence-transformers embeds a plain BERT: the
+    mean of BertModel's last hidden states (dimension hidden_size), not of the vocabulary logits."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=48, max_position_embeddings=64)
+    folder = tmp_path / "mlm"
+    transformers.BertForMaskedLM(config).eval().save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "tokenizer_class": "BertTokenizer"}))
+    bare = transformers.BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
+    expected = reference(bare, folder, "mean", False)
+    assert main(["embed", str(folder)] + [a for t in TEXTS for a in ("--text", t)]) == 0
+    ours = torch.tensor([json.loads(line)["embedding"] for line in capsys.readouterr().out.splitlines()])
+    assert ours.shape == (len(TEXTS), config.hidden_size)
+    assert (ours - expected).abs().max() <= 1e-4

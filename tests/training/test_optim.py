@@ -8,7 +8,14 @@ from torch import nn
 
 from lmlab.models import ModelConfig, build_model
 from lmlab.training.config import TrainConfig
-from lmlab.training.optim import build_optimizer, learning_rate, parameter_groups
+from lmlab.training.optim import (
+    HORIZON_KEY,
+    build_optimizer,
+    learning_rate,
+    parameter_groups,
+    recorded_horizon,
+    time_horizon,
+)
 
 
 def decoder(**overrides) -> nn.Module:
@@ -132,9 +139,26 @@ def test_schedule_without_warmup():
     assert learning_rate(10, cfg) == 0.0
 
 
-def test_a_time_budget_ends_the_decay_but_warmup_counts_steps():
+def test_a_horizon_ends_the_decay_but_warmup_counts_steps():
     cfg = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=10, max_steps=100_000)
-    assert learning_rate(4, cfg, time_fraction=0.5) == pytest.approx(5 / 11)  # still warming up
-    assert learning_rate(20, cfg, time_fraction=0.5) == pytest.approx(0.5)  # half the time: half-way down
-    assert learning_rate(20, cfg, time_fraction=1.0) == 0.0
-    assert learning_rate(20, cfg, time_fraction=0.0) == pytest.approx(1.0, abs=1e-6)  # steps still count
+    assert learning_rate(4, cfg, horizon=30) == pytest.approx(5 / 11)  # still warming up
+    assert learning_rate(20, cfg, horizon=30) == pytest.approx(0.5)  # half-way to the horizon: half-way down
+    assert learning_rate(30, cfg, horizon=30) == 0.0
+    assert learning_rate(20, cfg, horizon=200_000) == learning_rate(20, cfg)  # max_steps still ends it first
+
+
+def test_time_horizon_is_the_steps_that_fit_in_the_time_left():
+    cfg = TrainConfig(max_steps=1000, max_time=100.0)
+    slow_start = [5.0, 5.0] + [0.5] * 8  # the first steps of a session are left out
+    assert time_horizon(10, 20.0, slow_start, cfg) == 10 + 160
+    assert time_horizon(10, 20.0, [0.01] * 10, cfg) == 1000  # at most max_steps
+    assert time_horizon(10, 150.0, [0.5] * 10, cfg) == 10  # the budget is spent
+    assert time_horizon(3, 1.0, [0.5], cfg) == 3 + 198  # too few steps to leave any out
+
+
+def test_a_recorded_horizon_holds_only_for_the_budget_it_was_fixed_for():
+    state = {HORIZON_KEY: {"steps": 170, "max_time": 100.0}}
+    assert recorded_horizon(state, 100.0) == 170
+    assert recorded_horizon(state, 200.0) is None
+    assert recorded_horizon({}, 100.0) is None
+    assert recorded_horizon({HORIZON_KEY: {"steps": "170", "max_time": 100.0}}, 100.0) is None

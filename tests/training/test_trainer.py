@@ -11,6 +11,8 @@ import torch
 from lmlab.errors import LmlabError
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import RunConfig, apply_overrides
+from lmlab.training import trainer as trainer_module
+from lmlab.training.optim import learning_rate
 from lmlab.training.run import make_trainer
 from lmlab.training.trainer import METRICS_FILE
 
@@ -71,21 +73,103 @@ def test_loss_goes_down(tmp_path, corpus):
     ]
 
 
-def test_time_budget_stops_training(tmp_path, corpus):
-    config = tiny_config(corpus, "train.max_steps=1000000", "train.max_time=0.5", "train.eval_every=10")
+class StepClock:
+    """The trainer's ``time`` module in tests: a clock that moves only when a step runs, by
+    ``seconds(step)`` for optimizer step ``step`` (1-based), so no test depends on wall time."""
+
+    def __init__(self, seconds):
+        self.now = 0.0
+        self.seconds = seconds
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def use_clock(trainer, monkeypatch, seconds) -> StepClock:
+    clock = StepClock(seconds)
+    monkeypatch.setattr(trainer_module, "time", clock)
+    real_step = trainer._train_step
+
+    def timed_step():
+        clock.now += seconds(trainer.step + 1)
+        return real_step()
+
+    monkeypatch.setattr(trainer, "_train_step", timed_step)
+    return clock
+
+
+def slow_start(then: float):
+    """Steps 1 and 2 take 4 s (a session's first steps are not measured), later ones ``then``."""
+    return lambda step: 4.0 if step <= 2 else then
+
+
+TIME_BUDGET = ("train.max_steps=1000000", "train.max_time=30", "train.eval_every=10", "train.checkpoint_every=100")
+HORIZON = 10 + 14  # at step 10, 4 + 4 + 8 × 1 = 16 s are spent: 14 steps of 1 s fit in the 30 s
+
+
+def train_lrs(run_dir):
+    return [(r["step"], r["lr"]) for r in train_records(run_dir) if r["kind"] == "train"]
+
+
+def test_time_budget_becomes_a_step_horizon_that_anneals_the_schedule(tmp_path, corpus, monkeypatch):
+    config = tiny_config(corpus, *TIME_BUDGET)
     trainer = trainer_for(config, tmp_path / "run")
+    use_clock(trainer, monkeypatch, slow_start(1.0))
     result = trainer.fit()
-    assert result.stop_reason == "max_time"
-    assert 0 < result.step < 1_000_000
-    assert trainer.elapsed >= 0.5
+    assert result.stop_reason == "max_time" and result.step == HORIZON
     state = ckpt.read_state(result.checkpoint)
-    assert state["step"] == result.step and state["elapsed_s"] >= 0.5
-    # The time budget also drives the schedule: by steps alone (a million) the learning rate
-    # would still be at its peak; by time it has decayed past the half-way point, towards min_lr.
-    lrs = [r["lr"] for r in train_records(tmp_path / "run") if r["kind"] == "train"]
-    assert len(lrs) == result.step  # one record per step with eval_every=10
-    assert lrs[-1] < (3e-3 + 3e-4) / 2
-    assert all(b <= a for a, b in zip(lrs[5:], lrs[6:]))
+    assert state["step"] == HORIZON and state["elapsed_s"] == 30.0
+    assert state["schedule_horizon"] == {"steps": HORIZON, "max_time": 30.0}
+    # By steps alone (a million) the learning rate would still be at its peak; the horizon anneals it.
+    lrs = train_lrs(tmp_path / "run")
+    assert len(lrs) == HORIZON  # one record per step with eval_every=10
+    assert lrs == [(step + 1, learning_rate(step, config.train, HORIZON if step >= 10 else None)) for step in range(HORIZON)]
+    assert lrs[-1][1] == pytest.approx(3e-4, rel=0.1)  # all but down to min_lr
+
+
+def test_a_time_budget_still_stops_a_run_slower_than_measured(tmp_path, corpus, monkeypatch):
+    trainer = trainer_for(tiny_config(corpus, *TIME_BUDGET), tmp_path / "run")
+    use_clock(trainer, monkeypatch, lambda step: 1.0 if step <= 10 else 3.0)
+    result = trainer.fit()
+    assert result.stop_reason == "max_time" and result.step == 10 + 7  # 10 s + 7 × 3 s ≥ 30 s
+    assert trainer.horizon == 10 + 20 and trainer.elapsed >= 30
+
+
+def test_the_schedule_of_a_time_limited_run_is_a_function_of_the_step(tmp_path, corpus, monkeypatch):
+    """Two runs of one command that measure the same pace early but run at different speeds later
+    have the same learning rates and end with the same weights."""
+    runs = []
+    for name, later in (("steady", 1.0), ("faster", 0.6)):
+        trainer = trainer_for(tiny_config(corpus, *TIME_BUDGET), tmp_path / name)
+        use_clock(trainer, monkeypatch, lambda step, later=later: slow_start(1.0)(step) if step <= 10 else later)
+        assert trainer.fit().step == HORIZON
+        runs.append((train_lrs(tmp_path / name), final_parameters(trainer)))
+    (lrs_a, weights_a), (lrs_b, weights_b) = runs
+    assert lrs_a == lrs_b
+    assert all(torch.equal(weights_a[name], weights_b[name]) for name in weights_a)
+
+
+def test_the_horizon_survives_a_resume(tmp_path, corpus, monkeypatch):
+    """A resumed time-limited run reuses the recorded horizon (it does not measure a new one at its
+    own pace) and ends with the weights of the uninterrupted run."""
+    straight = trainer_for(tiny_config(corpus, *TIME_BUDGET), tmp_path / "straight")
+    use_clock(straight, monkeypatch, slow_start(1.0))
+    straight.fit()
+    expected = final_parameters(straight)
+
+    first = trainer_for(tiny_config(corpus, *TIME_BUDGET), tmp_path / "stopped")
+    use_clock(first, monkeypatch, slow_start(1.0))
+    interrupt_at(first, monkeypatch, 15)
+    assert first.fit().stop_reason == "interrupted"
+    monkeypatch.undo()
+
+    second = trainer_for(tiny_config(corpus, *TIME_BUDGET), tmp_path / "stopped", resume=True, messages=[])
+    assert second.step == 15 and second.horizon == HORIZON
+    use_clock(second, monkeypatch, lambda step: 0.25)  # at this pace a new measurement would run far longer
+    result = second.fit()
+    assert result.stop_reason == "max_time" and result.step == HORIZON
+    resumed = final_parameters(second)
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, corpus, monkeypatch):

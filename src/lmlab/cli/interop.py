@@ -17,7 +17,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         from lmlab.training.run import load_run
 
         run = load_run(args.src, err)
-        summary = export_hf(run.model, run.config.model, run.tokenizer, args.dst)
+        summary = export_hf(run.model, run.config.model, run.tokenizer, args.dst, labels=run.state.get("labels"))
         for note in summary["notes"]:
             err(f"note: {note}")
         print(json.dumps(summary))
@@ -34,6 +34,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise LmlabError(f"{args.src} has no tokenizer files; copy the model's tokenizer there before converting")
     state = {"config": RunConfig(model=loaded.model_config).to_dict(), "tokenizer": tokenizer_to_json(loaded.tokenizer),
              "family": loaded.family, "source": str(args.src)}
+    if "labels" in loaded.extra:
+        state["labels"] = loaded.extra["labels"]  # a classifier's class names, written back by --to hf
     lock = claim_run_dir(dst, resume=False)
     try:
         if list_checkpoints(dst):

@@ -62,11 +62,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lmlab.training.run import evaluate_run, load_run
 
     positive(args.batch_size, "--batch-size")
+    if args.data is not None and args.split is not None:
+        raise LmlabError("--split picks part of the run's own corpus; a --data corpus is scored whole, so drop one of them")
+    split = args.split or "val"
     run = load_run(args.run_dir, err)
-    metrics = evaluate_run(run, args.data, args.split, args.batch_size)
+    metrics = evaluate_run(run, args.data, split, args.batch_size, progress=not args.no_progress)
+    scored = {"data": args.data, "split": "all"} if args.data is not None else {"split": split}
     if metrics["tokens"] == 0:
-        raise LmlabError(f"the {args.split} split is too short to evaluate; use more text")
-    print(json.dumps({**metrics, "split": args.split, "checkpoint": str(run.checkpoint)}))
+        raise LmlabError(f"{args.data or f'the {split} split'} is too short to evaluate; use more text")
+    print(json.dumps({**metrics, **scored, "checkpoint": str(run.checkpoint)}))
     return 0
 
 
@@ -111,9 +115,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 def add_eval_info_parsers(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="loss, perplexity and accuracy on a corpus split")
     ev.add_argument("run_dir")
-    ev.add_argument("--data", help="corpus to evaluate on (default: the run's own)")
-    ev.add_argument("--split", choices=("val", "train"), default="val")
+    ev.add_argument("--data", help="a corpus to score whole (default: a split of the run's own corpus)")
+    ev.add_argument("--split", choices=("val", "train"), help="the split of the run's own corpus (default: val)")
     ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_eval)
 
     info = sub.add_parser("info", help="config, parameter count and training state of a run")

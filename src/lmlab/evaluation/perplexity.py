@@ -8,9 +8,11 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from lmlab.objectives import IGNORE_INDEX, LMBatch, causal_lm_batch
 
+PROGRESS_DELAY_S = 2.0  # an evaluation shorter than this shows no progress bar
 Forward = Callable[[nn.Module, LMBatch], torch.Tensor]  # (model, batch) → logits aligned with labels
 
 
@@ -20,16 +22,19 @@ def decoder_forward(model: nn.Module, batch: LMBatch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_batches(model: nn.Module, batches: Iterable[LMBatch], forward: Forward = decoder_forward) -> dict[str, float]:
+def evaluate_batches(model: nn.Module, batches: Iterable[LMBatch], forward: Forward = decoder_forward,
+                     progress: bool = False, total: int | None = None) -> dict[str, float]:
     """Token-weighted mean loss over labelled positions, its perplexity, and top-1 accuracy.
 
     Returns ``{"loss", "perplexity", "accuracy", "tokens"}``; positions labelled IGNORE_INDEX
-    do not count.
+    do not count. With ``progress``, a bar over the ``total`` batches appears on stderr once the
+    evaluation has taken ``PROGRESS_DELAY_S`` seconds.
     """
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
-    for batch in batches:
+    bar = tqdm(batches, total=total, disable=not progress, delay=PROGRESS_DELAY_S, desc="eval", unit="batch", leave=False)
+    for batch in bar:
         logits = forward(model, batch)  # (B, T, V)
         flat_logits = logits.reshape(-1, logits.size(-1)).float()
         flat_labels = batch.labels.reshape(-1)

@@ -19,6 +19,7 @@ from lmlab.interop.mapping import (
     LMLAB_TO_HF_ACTIVATION,
     RuleMap,
     activation,
+    bias_or_zeros,
     config_mismatches,
     fill_tensors,
     qkv_slices,
@@ -128,7 +129,7 @@ def check_exportable(config: ModelConfig) -> None:
     """Raise unless the encoder-decoder has a BART equivalent (BartForConditionalGeneration)."""
     wanted = {
         "arch": "transformer", "backbone": "encoder-decoder", "position": "learned", "norm": "layernorm",
-        "norm_placement": "post", "bias": True, "share_embeddings": True,
+        "norm_placement": "post", "share_embeddings": True,
     }
     bad = config_mismatches(config, wanted)
     if config.ffn not in LMLAB_TO_HF_ACTIVATION:
@@ -167,37 +168,45 @@ def export_config(config: ModelConfig) -> dict:
     }
 
 
+def layer_tensors(sd: dict, src: str, dst: str, cross: bool, d: int) -> dict:
+    """One BART-named layer (``dst``) of lmlab block ``src``: attention, cross-attention (``cross``)
+    and feed-forward with their norms, zero biases where the block has none. Blenderbot's layers
+    have the same names."""
+    out = {}
+    layers = [("attn.out_proj", "self_attn.out_proj"), ("attn_norm", "self_attn_layer_norm"),
+              ("ffn.up", "fc1"), ("ffn.down", "fc2"), ("ffn_norm", "final_layer_norm")]
+    if cross:
+        layers += [("cross_attn.q_proj", "encoder_attn.q_proj"), ("cross_attn.out_proj", "encoder_attn.out_proj"),
+                   ("cross_norm", "encoder_attn_layer_norm")]
+    for ours, theirs in layers:
+        out[f"{dst}{theirs}.weight"] = sd[f"{src}{ours}.weight"]
+        out[f"{dst}{theirs}.bias"] = bias_or_zeros(sd, src + ours)
+    fused = [("attn.qkv", "self_attn", "qkv")] + ([("cross_attn.kv_proj", "encoder_attn", "kv")] if cross else [])
+    for ours, theirs, parts in fused:
+        weight, bias = sd[f"{src}{ours}.weight"], bias_or_zeros(sd, src + ours)
+        for i, part in enumerate(parts):
+            out[f"{dst}{theirs}.{part}_proj.weight"] = weight[i * d:(i + 1) * d]
+            out[f"{dst}{theirs}.{part}_proj.bias"] = bias[i * d:(i + 1) * d]
+    return out
+
+
 def export_tensors(model: nn.Module, config: ModelConfig) -> dict:
     """The Hugging Face BART state dict of an lmlab encoder-decoder: positions get BART's 2 unused
-    leading rows (zeros), the head's bias (or zeros) becomes ``final_logits_bias``."""
+    leading rows (zeros), the head's bias (or zeros) becomes ``final_logits_bias``, and a bias-free
+    model gets zero biases."""
     sd = model.state_dict()
     d = config.d_model
-    slices = qkv_slices(d, d)
     out = {"model.shared.weight": sd["encoder.tok_emb.weight"]}
     for stack in ("encoder", "decoder"):
         # transformers ties these to ``shared`` only when the head is tied too: write them always
         out[f"model.{stack}.embed_tokens.weight"] = sd["encoder.tok_emb.weight"]
         pos = sd[f"{stack}.pos_emb.weight"]
         out[f"model.{stack}.embed_positions.weight"] = torch.cat([pos.new_zeros(POSITION_OFFSET, d), pos])
-        for kind in ("weight", "bias"):
-            out[f"model.{stack}.layernorm_embedding.{kind}"] = sd[f"{stack}.emb_norm.{kind}"]
+        out[f"model.{stack}.layernorm_embedding.weight"] = sd[f"{stack}.emb_norm.weight"]
+        out[f"model.{stack}.layernorm_embedding.bias"] = bias_or_zeros(sd, f"{stack}.emb_norm")
         for i in range(config.n_layer):
-            src, dst = f"{stack}.blocks.{i}.", f"model.{stack}.layers.{i}."
-            for kind in ("weight", "bias"):
-                for part in "qkv":
-                    out[f"{dst}self_attn.{part}_proj.{kind}"] = sd[f"{src}attn.qkv.{kind}"][slices[part]]
-                for ours, theirs in (("attn.out_proj", "self_attn.out_proj"), ("attn_norm", "self_attn_layer_norm"),
-                                     ("ffn.up", "fc1"), ("ffn.down", "fc2"), ("ffn_norm", "final_layer_norm")):
-                    out[f"{dst}{theirs}.{kind}"] = sd[f"{src}{ours}.{kind}"]
-                if stack == "decoder":
-                    kv = sd[f"{src}cross_attn.kv_proj.{kind}"]
-                    out[f"{dst}encoder_attn.k_proj.{kind}"] = kv[:d]
-                    out[f"{dst}encoder_attn.v_proj.{kind}"] = kv[d:]
-                    for ours, theirs in (("cross_attn.q_proj", "encoder_attn.q_proj"), ("cross_attn.out_proj", "encoder_attn.out_proj"),
-                                         ("cross_norm", "encoder_attn_layer_norm")):
-                        out[f"{dst}{theirs}.{kind}"] = sd[f"{src}{ours}.{kind}"]
-    bias = sd.get("lm_head.bias")
-    out["final_logits_bias"] = (bias if bias is not None else torch.zeros(config.vocab_size)).reshape(1, -1)
+            out.update(layer_tensors(sd, f"{stack}.blocks.{i}.", f"model.{stack}.layers.{i}.", stack == "decoder", d))
+    out["final_logits_bias"] = bias_or_zeros(sd, "lm_head").reshape(1, -1)
     if not config.tie_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]
     return out

@@ -22,6 +22,7 @@ from lmlab.interop.hf_config import HFConfig
 from lmlab.interop.mapping import (
     RuleMap,
     activation,
+    bias_or_zeros,
     config_mismatches,
     fill_tensors,
     qkv_slices,
@@ -154,20 +155,31 @@ def load(hf: HFConfig, source: TensorSource) -> tuple[nn.Module, ModelConfig]:
 
 # ---------------------------------------------------------------- export
 
+EXPORT_ACTIVATIONS = ("gelu", "gelu-tanh", "relu", "silu")
+CLASSIFIER_POOLING = "cls-dense-tanh"  # BERT's pooler (RoBERTa's classification head)
+ARCHITECTURES = {"lm": "BertForMaskedLM", "classifier": "BertForSequenceClassification", "none": "BertModel"}
 
-def check_exportable(config: ModelConfig) -> None:
-    """Raise unless the encoder has a BERT equivalent (BertForMaskedLM / BertModel)."""
-    wanted = {
-        "backbone": "encoder", "position": "learned", "norm": "layernorm", "norm_placement": "post", "bias": True,
-    }
+
+def encoder_mismatches(config: ModelConfig, norm_placement: str) -> list[str]:
+    """What keeps an lmlab encoder from a BERT-family one with ``norm_placement``: learned
+    positions, LayerNorm, a plain activation (exact GELU under an MLM head), whole heads, and a
+    head that is an MLM head, none, or a classifier pooling as BERT does."""
+    wanted = {"arch": "transformer", "backbone": "encoder", "position": "learned", "norm": "layernorm",
+              "norm_placement": norm_placement}
     bad = config_mismatches(config, wanted)
-    if config.head not in ("lm", "none"):
-        bad.append(f"head={config.head!r}")
-    if config.ffn not in ("gelu", "gelu-tanh", "relu", "silu") or (config.head == "lm" and config.ffn != "gelu"):
+    if config.head == "classifier" and config.pooling != CLASSIFIER_POOLING:
+        bad.append(f"pooling={config.pooling!r} (a classifier exports with {CLASSIFIER_POOLING!r})")
+    if config.ffn not in EXPORT_ACTIVATIONS or (config.head == "lm" and config.ffn != "gelu"):
         bad.append(f"ffn={config.ffn!r}")  # BERT's MLM head uses hidden_act, lmlab's exact GELU
     if (config.n_kv_heads or config.n_head) != config.n_head or config.head_size not in (None, config.d_model // config.n_head):
         bad.append("grouped or resized heads")
-    require_exportable(config, "BERT", bad)
+    return bad
+
+
+def check_exportable(config: ModelConfig) -> None:
+    """Raise unless the encoder has a BERT equivalent (BertForMaskedLM, BertForSequenceClassification
+    or BertModel; a bias-free encoder is written with zero biases)."""
+    require_exportable(config, "BERT", encoder_mismatches(config, "post"))
 
 
 def export_config(config: ModelConfig) -> dict:
@@ -176,7 +188,7 @@ def export_config(config: ModelConfig) -> dict:
 
     return {
         "model_type": "bert",
-        "architectures": ["BertForMaskedLM" if config.head == "lm" else "BertModel"],
+        "architectures": [ARCHITECTURES[config.head]],
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
         "num_hidden_layers": config.n_layer,
@@ -188,31 +200,57 @@ def export_config(config: ModelConfig) -> dict:
         "layer_norm_eps": config.norm_eps,
         "hidden_dropout_prob": config.dropout,
         "attention_probs_dropout_prob": config.dropout,
+        "classifier_dropout": config.dropout,
         "tie_word_embeddings": config.tie_embeddings,
         "position_embedding_type": "absolute",
     }
 
 
 def export_tensors(model: nn.Module, config: ModelConfig) -> dict:
-    """The Hugging Face BERT state dict of an lmlab encoder."""
+    """The Hugging Face BERT state dict of an lmlab encoder (zero biases where it has none)."""
     sd = model.state_dict()
-    prefix = "bert." if config.head == "lm" else ""
-    slices = qkv_slices(config.d_model, config.d_model)
-    out = {
-        prefix + "embeddings.word_embeddings.weight": sd["backbone.tok_emb.weight"],
-        prefix + "embeddings.position_embeddings.weight": sd["backbone.pos_emb.weight"],
-        prefix + "embeddings.token_type_embeddings.weight": torch.zeros(1, config.d_model),
-        prefix + "embeddings.LayerNorm.weight": sd["backbone.emb_norm.weight"],
-        prefix + "embeddings.LayerNorm.bias": sd["backbone.emb_norm.bias"],
-    }
+    prefix = "" if config.head == "none" else "bert."
+    out = {prefix + name: tensor for name, tensor in embedding_tensors(sd, config).items()}
+    out[prefix + "embeddings.LayerNorm.weight"] = sd["backbone.emb_norm.weight"]
+    out[prefix + "embeddings.LayerNorm.bias"] = bias_or_zeros(sd, "backbone.emb_norm")
     for i in range(config.n_layer):
-        src, dst = f"backbone.blocks.{i}.", f"{prefix}encoder.layer.{i}."
-        for kind in ("weight", "bias"):
-            for part, name in (("q", "query"), ("k", "key"), ("v", "value")):
-                out[f"{dst}attention.self.{name}.{kind}"] = sd[f"{src}attn.qkv.{kind}"][slices[part]]
-            for ours, theirs in (("attn.out_proj", "attention.output.dense"), ("attn_norm", "attention.output.LayerNorm"),
-                                 ("ffn.up", "intermediate.dense"), ("ffn.down", "output.dense"), ("ffn_norm", "output.LayerNorm")):
-                out[f"{dst}{theirs}.{kind}"] = sd[f"{src}{ours}.{kind}"]
+        out.update(layer_tensors(sd, config, f"backbone.blocks.{i}.", f"{prefix}encoder.layer.{i}.", LAYER_NAMES))
+    return out | head_tensors(sd, config, prefix)
+
+
+# lmlab block module → BERT layer module (RoBERTa's are the same)
+LAYER_NAMES = (("attn.out_proj", "attention.output.dense"), ("attn_norm", "attention.output.LayerNorm"),
+               ("ffn.up", "intermediate.dense"), ("ffn.down", "output.dense"), ("ffn_norm", "output.LayerNorm"))
+
+
+def embedding_tensors(sd: dict, config: ModelConfig, position_offset: int = 0) -> dict:
+    """Word, position (after ``position_offset`` zero rows) and one all-zero token-type table."""
+    positions = sd["backbone.pos_emb.weight"]
+    return {
+        "embeddings.word_embeddings.weight": sd["backbone.tok_emb.weight"],
+        "embeddings.position_embeddings.weight": torch.cat([positions.new_zeros(position_offset, config.d_model), positions]),
+        "embeddings.token_type_embeddings.weight": positions.new_zeros(1, config.d_model),
+    }
+
+
+def layer_tensors(sd: dict, config: ModelConfig, src: str, dst: str, names) -> dict:
+    """One BERT-family layer ``dst`` of lmlab block ``src``: q/k/v split from the fused projection,
+    the other modules by ``names`` (lmlab → theirs); zero biases where the block has none."""
+    slices = qkv_slices(config.d_model, config.d_model)
+    qkv_weight, qkv_bias = sd[f"{src}attn.qkv.weight"], bias_or_zeros(sd, f"{src}attn.qkv")
+    out = {}
+    for part, name in (("q", "query"), ("k", "key"), ("v", "value")):
+        out[f"{dst}attention.self.{name}.weight"] = qkv_weight[slices[part]]
+        out[f"{dst}attention.self.{name}.bias"] = qkv_bias[slices[part]]
+    for ours, theirs in names:
+        out[f"{dst}{theirs}.weight"] = sd[f"{src}{ours}.weight"]
+        out[f"{dst}{theirs}.bias"] = bias_or_zeros(sd, src + ours)
+    return out
+
+
+def head_tensors(sd: dict, config: ModelConfig, prefix: str) -> dict:
+    """BERT's MLM head (``cls.predictions``) or its pooler + classifier."""
+    out = {}
     if config.head == "lm":
         for kind in ("weight", "bias"):
             out[f"cls.predictions.transform.dense.{kind}"] = sd[f"mlm_head.dense.{kind}"]
@@ -220,4 +258,8 @@ def export_tensors(model: nn.Module, config: ModelConfig) -> dict:
         out["cls.predictions.bias"] = sd["mlm_head.decoder.bias"]
         if not config.tie_embeddings:
             out["cls.predictions.decoder.weight"] = sd["mlm_head.decoder.weight"]
+    elif config.head == "classifier":
+        for kind in ("weight", "bias"):
+            out[f"{prefix}pooler.dense.{kind}"] = sd[f"classifier.pooler.0.{kind}"]
+            out[f"classifier.{kind}"] = sd[f"classifier.classifier.{kind}"]
     return out

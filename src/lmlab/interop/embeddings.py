@@ -3,7 +3,9 @@
 ``modules.json`` lists the pipeline: a Transformer module (the Hugging Face model, in the
 directory itself or a subfolder), a Pooling module (``1_Pooling/config.json``: mean, cls or max
 over the real tokens) and optionally a Normalize module (unit length). A plain Hugging Face encoder
-directory without ``modules.json`` is mean-pooled, not normalised.
+directory without ``modules.json`` is mean-pooled, not normalised. Pooling always reads the
+encoder's hidden states (its backbone), whatever head the checkpoint carries: a masked-LM or
+classifier directory embeds like its bare ``BertModel``, as sentence-transformers does.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class SentenceEncoder:
         width = max(len(row) for row in rows)
         ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
         mask = torch.tensor([[True] * len(row) + [False] * (width - len(row)) for row in rows])
-        hidden = self.model(ids, attention_mask=mask)  # (N, T, C)
+        hidden = self.model.backbone(ids, attention_mask=mask)  # (N, T, C), before any head
         return pool(hidden, mask, self.pooling, self.normalize)
 
 

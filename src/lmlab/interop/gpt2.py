@@ -10,6 +10,7 @@ from lmlab.interop.hf_config import HFConfig
 from lmlab.interop.mapping import (
     RuleMap,
     activation,
+    bias_or_zeros,
     config_mismatches,
     fill_tensors,
     require_exportable,
@@ -107,10 +108,10 @@ def export_config(config: ModelConfig) -> dict:
 
 
 def check_exportable(config: ModelConfig) -> None:
-    """Raise unless the decoder has a GPT-2 equivalent."""
+    """Raise unless the decoder has a GPT-2 equivalent (a bias-free one is written with zero biases)."""
     wanted = {
-        "backbone": "decoder", "head": "lm", "position": "learned", "norm": "layernorm",
-        "norm_placement": "pre", "bias": True, "rope_fraction": 1.0,
+        "arch": "transformer", "backbone": "decoder", "head": "lm", "position": "learned", "norm": "layernorm",
+        "norm_placement": "pre", "rope_fraction": 1.0,
     }
     bad = config_mismatches(config, wanted)
     if config.ffn not in ("gelu", "gelu-tanh", "relu", "silu"):
@@ -121,7 +122,8 @@ def check_exportable(config: ModelConfig) -> None:
 
 
 def export_tensors(model: nn.Module, config: ModelConfig) -> dict:
-    """The GPT-2 state dict (``transformer.``-prefixed, Conv1D layout) of an lmlab decoder."""
+    """The GPT-2 state dict (``transformer.``-prefixed, Conv1D layout) of an lmlab decoder; zero
+    biases where the decoder has none."""
     out = {}
     sd = model.state_dict()
     out["transformer.wte.weight"] = sd["backbone.tok_emb.weight"]
@@ -134,9 +136,9 @@ def export_tensors(model: nn.Module, config: ModelConfig) -> dict:
         ):
             weight = sd[src + ours + ".weight"]
             out[dst + theirs + ".weight"] = weight.t() if conv else weight
-            out[dst + theirs + ".bias"] = sd[src + ours + ".bias"]
+            out[dst + theirs + ".bias"] = bias_or_zeros(sd, src + ours)
     out["transformer.ln_f.weight"] = sd["backbone.final_norm.weight"]
-    out["transformer.ln_f.bias"] = sd["backbone.final_norm.bias"]
+    out["transformer.ln_f.bias"] = bias_or_zeros(sd, "backbone.final_norm")
     if not config.tie_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]
     return out

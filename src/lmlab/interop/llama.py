@@ -117,7 +117,7 @@ def load(hf: HFConfig, source: TensorSource) -> tuple[nn.Module, ModelConfig]:
 def check_exportable(config: ModelConfig) -> None:
     """Raise unless the decoder has a Llama equivalent."""
     wanted = {
-        "backbone": "decoder", "head": "lm", "position": "rope", "norm": "rmsnorm",
+        "arch": "transformer", "backbone": "decoder", "head": "lm", "position": "rope", "norm": "rmsnorm",
         "norm_placement": "pre", "ffn": "swiglu", "rope_fraction": 1.0,
     }
     bad = config_mismatches(config, wanted)

@@ -109,6 +109,14 @@ def config_mismatches(config, wanted: Mapping[str, object]) -> list[str]:
     return [f"{k}={getattr(config, k)!r}" for k, v in wanted.items() if getattr(config, k) != v]
 
 
+def bias_or_zeros(state: Mapping[str, torch.Tensor], layer: str) -> torch.Tensor:
+    """The bias of ``layer`` (a Linear or a norm, by its state-dict prefix), or zeros of its
+    output size when the layer has none: a bias-free lmlab model written to a format whose layers
+    all have biases, exactly."""
+    bias = state.get(f"{layer}.bias")
+    return bias if bias is not None else state[f"{layer}.weight"].new_zeros(state[f"{layer}.weight"].shape[0])
+
+
 def require_exportable(config, family: str, mismatches: list[str]) -> None:
     """Raise, listing ``mismatches`` (and an MoE, which no exported family has), unless there are
     none: the config has a ``family`` equivalent."""

@@ -91,7 +91,16 @@ def load_hf(directory: str | Path) -> LoadedPretrained:
     source = WeightSource.from_directory(folder)
     model, config = families[hf.model_type](hf, source)
     model.eval()
-    return LoadedPretrained(model, pretrained_tokenizer(folder), config, hf.model_type, folder)
+    extra = {"labels": class_labels(hf, config.num_labels)} if config.head == "classifier" else {}
+    return LoadedPretrained(model, pretrained_tokenizer(folder), config, hf.model_type, folder, extra)
+
+
+def class_labels(hf: HFConfig, num_labels: int) -> list[str]:
+    """A classifier's class names in id order, from ``id2label`` (LABEL_i where it names none)."""
+    id2label = hf.get("id2label") or {}
+    if not isinstance(id2label, dict):
+        raise LmlabError(f"{hf.path}: id2label must map class ids to names; fix the config")
+    return [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(num_labels)]
 
 
 def pretrained_tokenizer(folder: Path) -> Tokenizer | None:

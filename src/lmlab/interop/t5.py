@@ -33,7 +33,7 @@ from lmlab.interop.weights import Target, TensorSource, load_into
 from lmlab.models import ModelConfig, build_model
 
 DEFAULT_CONTEXT = 512
-FFN = {"relu": "relu", "gated-gelu": "geglu-tanh", "gated-relu": "reglu", "gated-silu": "swiglu"}
+FFN = {"relu": "relu", "gelu": "gelu", "gated-gelu": "geglu-tanh", "gated-relu": "reglu", "gated-silu": "swiglu"}
 GATED = ("geglu-tanh", "reglu", "swiglu")
 
 
@@ -142,10 +142,12 @@ LMLAB_TO_T5_FFN = {ours: theirs for theirs, ours in FFN.items()}
 def check_exportable(config: ModelConfig) -> None:
     """Raise unless the encoder-decoder has a T5 equivalent (T5ForConditionalGeneration)."""
     wanted = {
-        "arch": "transformer", "backbone": "encoder-decoder", "position": "t5", "norm": "rmsnorm",
+        "arch": "transformer", "backbone": "encoder-decoder", "position": "t5",
         "norm_placement": "pre", "bias": False, "share_embeddings": True, "head_bias": False,
     }
     bad = config_mismatches(config, wanted)
+    if config.norm not in ("rmsnorm", "layernorm"):  # a bias-free LayerNorm is written as RMSNorm
+        bad.append(f"norm={config.norm!r}")
     if config.ffn not in LMLAB_TO_T5_FFN:
         bad.append(f"ffn={config.ffn!r}")
     if (config.n_kv_heads or config.n_head) != config.n_head:
@@ -179,8 +181,9 @@ def export_config(config: ModelConfig) -> dict:
 
 
 def export_tensors(model: nn.Module, config: ModelConfig) -> dict:
-    """The Hugging Face T5 state dict of an lmlab encoder-decoder."""
-    sd = model.state_dict()
+    """The Hugging Face T5 state dict of an lmlab encoder-decoder (a LayerNorm one made mean-free:
+    :func:`mean_free_residual_writers`)."""
+    sd = mean_free_residual_writers(model.state_dict(), config) if config.norm == "layernorm" else model.state_dict()
     inner = config.n_head * config.head_dim
     slices = qkv_slices(inner, inner)
     q_scale = 1.0 / math.sqrt(config.head_dim)  # T5 does not scale attention scores
@@ -207,4 +210,20 @@ def export_tensors(model: nn.Module, config: ModelConfig) -> dict:
                 out[f"{dst}1.EncDecAttention.v.weight"] = kv[inner:]
                 out[f"{dst}1.EncDecAttention.o.weight"] = sd[f"{src}cross_attn.out_proj.weight"]
                 out[f"{dst}1.layer_norm.weight"] = sd[f"{src}cross_norm.weight"]
+    return out
+
+
+def mean_free_residual_writers(sd: dict, config: ModelConfig) -> dict:
+    """The state dict with the token embedding and every projection into the residual stream
+    (attention and cross-attention ``out_proj``, feed-forward ``down``) minus their mean over the
+    model dimension. A pre-norm stack reads its residual stream only through its norms, which
+    ignore the stream's mean, so this changes no output — and keeps the stream mean-free, where a
+    bias-free LayerNorm equals RMSNorm. The (untied) head keeps the original embedding."""
+    def centred(tensor, dim):
+        return tensor - tensor.mean(dim=dim, keepdim=True)
+
+    writers = {name for name in sd if name.endswith(("attn.out_proj.weight", "ffn.down.weight"))}
+    out = {name: centred(t, 0) if name in writers else t for name, t in sd.items()}
+    for stack in ("encoder", "decoder"):
+        out[f"{stack}.tok_emb.weight"] = centred(sd[f"{stack}.tok_emb.weight"], 1)
     return out

@@ -205,12 +205,25 @@ class ObjectiveTask:
         )
         return evaluate_batches(model, batches, self.spec.call)
 
-    def evaluate_span(self, model: nn.Module, span: TokenSpan, batch_size: int, seed: int = 0) -> dict[str, float]:
-        """Metrics over every window of ``span`` (non-overlapping), noised with a fixed seed."""
+    def evaluate_span(self, model: nn.Module, span: TokenSpan, batch_size: int, seed: int = 0,
+                      progress: bool = False) -> dict[str, float]:
+        """Metrics over every window of ``span`` (non-overlapping), noised with a fixed seed; with
+        ``progress``, a progress bar on stderr when the evaluation is long."""
         generator = torch.Generator().manual_seed(seed)
-        return evaluate_batches(model, self._batches(span, batch_size, generator), self.spec.call)
+        batches = self._batches(span, batch_size, generator)
+        return evaluate_batches(model, batches, self.spec.call, progress=progress, total=self._batch_count(span, batch_size))
 
     def _batches(self, span: TokenSpan, batch_size: int, generator: torch.Generator) -> Iterator[LMBatch]:
         for windows in span.sequential_windows(batch_size, self.window):
-            if windows.size(1) == self.window + 1 or self.spec.backbone == "decoder":
+            if self._scores_window_of(windows.size(1)):
                 yield self.transform(windows, generator)
+
+    def _batch_count(self, span: TokenSpan, batch_size: int) -> int:
+        """How many batches :meth:`_batches` yields for ``span``."""
+        full = max(0, (len(span) - 1) // self.window)
+        tail = len(span) - full * self.window
+        return -(-full // batch_size) + int(tail >= 2 and self._scores_window_of(tail))
+
+    def _scores_window_of(self, length: int) -> bool:
+        """Whether a window of ``length`` tokens is scored: full ones always, a shorter tail by decoders only."""
+        return length == self.window + 1 or self.spec.backbone == "decoder"

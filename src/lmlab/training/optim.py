@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,18 +44,44 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
 
 
-def learning_rate(step: float, cfg: TrainConfig, time_fraction: float | None = None) -> float:
+# A time-limited run turns its budget into a step horizon once it has run this many steps; the
+# session's first steps (allocation, caches warming up) are not measured unless nothing else is.
+HORIZON_AT_STEP = 10
+UNMEASURED_FIRST_STEPS = 2
+HORIZON_KEY = "schedule_horizon"  # state.json: {"steps": the horizon or null, "max_time": the budget it is for}
+
+
+def learning_rate(step: float, cfg: TrainConfig, horizon: int | None = None) -> float:
     """Linear warm-up over ``warmup_steps`` steps to ``lr``, then cosine decay to ``min_lr``.
 
-    The decay ends at ``max_steps``; with a time budget, ``time_fraction`` (the share of
-    ``max_time`` spent) ends it too, whichever comes first, so a time-limited run anneals fully.
-    Warm-up always counts optimizer steps.
+    The decay ends at ``max_steps``, or at ``horizon`` when that comes first: the step a
+    time-limited run expects to reach within ``max_time`` (:func:`time_horizon`), so it anneals
+    fully while its learning rate stays a function of the step. Warm-up always counts steps.
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
-    fraction = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    if time_fraction is not None:
-        fraction = max(fraction, time_fraction)
+    end = cfg.max_steps if horizon is None else min(horizon, cfg.max_steps)
+    fraction = (step - cfg.warmup_steps) / max(1, end - cfg.warmup_steps)
     if fraction >= 1:
         return cfg.min_lr
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * fraction)) * (cfg.lr - cfg.min_lr)
+
+
+def time_horizon(step: int, elapsed: float, step_seconds: list[float], cfg: TrainConfig) -> int:
+    """The step a run at ``step``, ``elapsed`` seconds into ``max_time``, reaches when the time
+    left is spent at the pace of ``step_seconds`` (this session's steps, its first few left out
+    when there are more); at most ``max_steps``, at least ``step``."""
+    measured = step_seconds[UNMEASURED_FIRST_STEPS:] or step_seconds
+    per_step = sum(measured) / len(measured)
+    remaining = max(0.0, cfg.max_time - elapsed)
+    return min(cfg.max_steps, step + math.floor(remaining / max(per_step, 1e-9)))
+
+
+def recorded_horizon(state: dict[str, Any], max_time: float | None) -> int | None:
+    """The schedule horizon a checkpoint's state records, if it was fixed for this ``max_time``
+    (a resume with another budget measures a new one)."""
+    recorded = state.get(HORIZON_KEY)
+    if not isinstance(recorded, dict) or recorded.get("max_time") != max_time:
+        return None
+    steps = recorded.get("steps")
+    return steps if isinstance(steps, int) else None

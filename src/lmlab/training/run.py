@@ -186,14 +186,28 @@ def describe_model(model: nn.Module, config: ModelConfig) -> dict[str, Any]:
     return {"parameters": total, "arch": config.arch, "backbone": config.backbone}
 
 
-def evaluate_run(run: LoadedRun, corpus: str | None, split: str, batch_size: int) -> dict[str, float]:
-    """The run's objective metrics over every window of a split of ``corpus`` (default: its own)."""
+def evaluate_run(run: LoadedRun, corpus: str | None, split: str, batch_size: int,
+                 progress: bool = False) -> dict[str, float]:
+    """The run's objective metrics over every window of ``corpus`` — all of it — or, without a
+    corpus, of the ``split`` (``"train"`` or ``"val"``) of the run's own corpus; a progress bar on
+    stderr when ``progress`` and the evaluation is long."""
     config = run.config
-    if corpus is not None:
-        config.data.corpus = corpus
-    _, train, val = token_splits(config, run.tokenizer)
-    task = ObjectiveTask(config.train.objective, run.tokenizer, train, val, batch_size, config.model.context_length)
-    return task.evaluate_span(run.model, val if split == "val" else train, batch_size, seed=config.train.seed)
+    span = corpus_span(corpus, run.tokenizer) if corpus is not None else own_split(run, split)
+    task = ObjectiveTask(config.train.objective, run.tokenizer, span, span, batch_size, config.model.context_length)
+    return task.evaluate_span(run.model, span, batch_size, seed=config.train.seed, progress=progress)
+
+
+def corpus_span(corpus: str, tokenizer: Tokenizer) -> TokenSpan:
+    """Every token of ``corpus`` (a corpus name, file, directory, glob or token shards), unsplit."""
+    if (Path(corpus) / SHARD_INDEX).is_file():
+        return TokenSpan(ShardedTokens.open(corpus), name="evaluation")
+    return TokenSpan(token_tensor(tokenizer.encode(load_corpus(corpus))), name="evaluation")
+
+
+def own_split(run: LoadedRun, split: str) -> TokenSpan:
+    """The ``split`` (``"train"`` or ``"val"``) of the run's own corpus, as it trained."""
+    _, train, val = token_splits(run.config, run.tokenizer)
+    return val if split == "val" else train
 
 
 def _backbone_of(config: RunConfig) -> str:
@@ -221,4 +235,4 @@ def _refuse_to_overwrite(out_dir: Path, resume: bool) -> None:
             f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
 
-__all__ = ["LoadedRun", "token_splits", "describe_model", "load_pretrained_run", "load_run", "make_trainer", "resume_config"]
+__all__ = ["LoadedRun", "token_splits", "corpus_span", "describe_model", "evaluate_run", "load_pretrained_run", "load_run", "make_trainer", "resume_config"]

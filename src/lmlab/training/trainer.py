@@ -2,8 +2,9 @@
 
 Runs are reproducible on the CPU: each micro-batch is drawn from a generator seeded by
 (seed, step, micro-step), dropout draws from the global RNG whose state every checkpoint stores,
-and the learning rate is a function of the step. A run killed at any moment and resumed from
-its last checkpoint therefore ends with the same weights, bit for bit, as one never stopped.
+and the learning rate is a function of the step (a time budget becomes a step horizon early in the
+run, kept in every checkpoint). A run killed at any moment and resumed from its last checkpoint
+therefore ends with the same weights, bit for bit, as one never stopped (at the same thread count).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from lmlab.models import expert_utilisation
 from lmlab.output_dir import DirectoryLock
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import RunConfig
-from lmlab.training.optim import build_optimizer, learning_rate
+from lmlab.training.optim import (
+    HORIZON_AT_STEP, HORIZON_KEY, build_optimizer, learning_rate, recorded_horizon, time_horizon,
+)
 from lmlab.training.objective_registry import TrainingTask
 
 METRICS_FILE = "metrics.jsonl"
@@ -72,6 +75,7 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0  # seconds trained so far, over all sessions of this run
         self.last_eval: dict[str, float] | None = None
+        self.horizon: int | None = None  # the step a time-limited run's schedule ends at, once fixed
         self.step_seconds: list[float] = []  # wall time of each step of this session (for benchmarks)
         self._stop_requested = False
         self._saved_step: int | None = None  # the step of the checkpoint this trainer wrote last
@@ -89,6 +93,7 @@ class Trainer:
         self.step = snapshot.step
         self.elapsed = snapshot.state.get("elapsed_s", 0.0)
         self.last_eval = snapshot.state.get("last_eval")
+        self.horizon = recorded_horizon(snapshot.state, self.cfg.max_time)
         self._truncate_metrics_after(self.step)
 
     # ----------------------------------------------------------------------------- loop
@@ -105,7 +110,7 @@ class Trainer:
         stop_reason = "max_steps"
         session_start, session_elapsed_before = time.perf_counter(), self.elapsed
         try:
-            while self.step < self.cfg.max_steps:
+            while self.step < self._last_step():
                 if self._stop_requested:
                     stop_reason = "interrupted"
                     break
@@ -118,8 +123,11 @@ class Trainer:
                 self.step += 1
                 self.elapsed = session_elapsed_before + (time.perf_counter() - session_start)
                 self._after_step(bar, loss, lr, time.perf_counter() - step_start)
-                if self.step % self.cfg.checkpoint_every == 0 and self.step < self.cfg.max_steps:
+                self._fix_horizon(bar)
+                if self.step % self.cfg.checkpoint_every == 0 and self.step < self._last_step():
                     last_checkpoint = self.save()
+            if stop_reason == "max_steps" and self.step < self.cfg.max_steps:
+                stop_reason = "max_time"  # the time budget's horizon ended the run
             if self.last_eval is None or self.last_eval.get("step") != self.step:
                 self._evaluate()
             last_checkpoint = self.save()
@@ -132,7 +140,7 @@ class Trainer:
 
     def _train_step(self) -> tuple[float, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, lr)."""
-        lr = learning_rate(self.step, self.cfg, self._time_fraction())
+        lr = learning_rate(self.step, self.cfg, self.horizon)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = 0.0
@@ -160,11 +168,17 @@ class Trainer:
         recent = self.step_seconds[-50:]
         per_step = sum(recent) / len(recent)
         remaining = max(0.0, self.cfg.max_time - self.elapsed)
-        return min(self.cfg.max_steps, self.step + round(remaining / per_step))
+        return min(self._last_step(), self.step + round(remaining / per_step))
 
-    def _time_fraction(self) -> float | None:
-        """Share of the time budget spent so far (None without one)."""
-        return None if self.cfg.max_time is None else self.elapsed / self.cfg.max_time
+    def _last_step(self) -> int:
+        """``max_steps``, or the time budget's horizon once fixed, whichever is sooner."""
+        return self.cfg.max_steps if self.horizon is None else min(self.horizon, self.cfg.max_steps)
+
+    def _fix_horizon(self, bar: tqdm) -> None:
+        """From step ``HORIZON_AT_STEP`` on, a time budget is a fixed step horizon for the schedule."""
+        if self.cfg.max_time is not None and self.horizon is None and self.step >= HORIZON_AT_STEP:
+            self.horizon = time_horizon(self.step, self.elapsed, self.step_seconds, self.cfg)
+            bar.total = self._last_step()
 
     def _after_step(self, bar: tqdm, loss: float, lr: float, seconds: float) -> None:
         self.step_seconds.append(seconds)
@@ -197,7 +211,7 @@ class Trainer:
     def save(self) -> Path:
         """Checkpoint the current step (weights, optimizer, RNG, counters)."""
         state = {**self.extra_state, "elapsed_s": self.elapsed, "last_eval": self.last_eval,
-                 "config": self.config.to_dict()}
+                 "config": self.config.to_dict(), HORIZON_KEY: {"steps": self.horizon, "max_time": self.cfg.max_time}}
         try:
             path = ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state,
                                         keep=self.cfg.keep_checkpoints)
