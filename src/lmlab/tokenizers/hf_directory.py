@@ -144,9 +144,13 @@ def _from_tokenizer_json(
     folder: Path, config: Mapping[str, Any], chat_template: str | None
 ) -> Tokenizer:
     """A ``tokenizer.json`` pipeline as stored (its post-processor decides which special tokens
-    encoding adds; like ``transformers``, the config's ``add_bos_token`` does not override it)."""
+    encoding adds; like ``transformers``, the config's ``add_bos_token`` does not override it).
+    The pad token of its padding settings is the pad role unless the config names one; the
+    padding and truncation themselves are not applied (see
+    :class:`~lmlab.tokenizers.hf.HFTokenizer`)."""
     backend = _load_backend(folder / HF_TOKENIZER_FILE)
-    roles = _roles(folder, config, {})
+    padding = backend.padding
+    roles = _roles(folder, config, {"pad": padding["pad_token"]} if padding else {})
     add_special_tokens(backend, roles, config)
     return PretrainedHFTokenizer(backend, roles or None, chat_template)
 
