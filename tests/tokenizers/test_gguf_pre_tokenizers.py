@@ -135,3 +135,10 @@ def test_an_unknown_name_is_one_line_listing_the_known_ones(metadata):
     with pytest.raises(LmlabError, match="pre-tokenizer 'mystery' is not supported; known: .*smollm") as caught:
         tokenizer_from_gguf_metadata(with_pre(metadata, "mystery"))
     assert "\n" not in str(caught.value)
+
+
+def test_merges_of_tokens_not_in_the_vocabulary_are_one_line(metadata):
+    broken = {**metadata, "tokenizer.ggml.merges": ["Ġ zzz-not-a-token"]}
+    with pytest.raises(LmlabError, match="GGUF tokenizer metadata is inconsistent") as caught:
+        tokenizer_from_gguf_metadata(broken)
+    assert "\n" not in str(caught.value)

@@ -14,6 +14,7 @@ from tokenizers import decoders, models, pre_tokenizers
 
 from lmlab.errors import LmlabError
 from lmlab.tokenizers.base import Tokenizer
+from lmlab.tokenizers.hf import first_line
 from lmlab.tokenizers.hf_pretrained import (
     PretrainedHFTokenizer,
     add_special_tokens,
@@ -146,7 +147,10 @@ GGUF_PRE_TOKENIZERS: dict[str, str] = {
 
 def tokenizer_from_gguf_file(path: str | Path) -> Tokenizer:
     """The tokenizer described by the ``tokenizer.*`` metadata of the GGUF file ``path``."""
-    from gguf import GGUFReader, GGUFValueType
+    try:
+        from gguf import GGUFReader, GGUFValueType
+    except ModuleNotFoundError:
+        raise LmlabError(f"reading {path} needs the gguf package; pip install gguf") from None
 
     try:
         fields = GGUFReader(path).fields
@@ -253,7 +257,7 @@ def _byte_to_unicode() -> dict[int, str]:
 def _gguf_byte_level_bpe(meta: Mapping[str, Any], tokens: list[str]) -> HFBackend:
     """Byte-level BPE from the stored tokens and merges, split per ``tokenizer.ggml.pre``."""
     merges = [tuple(merge.split(" ", 1)) for merge in meta.get(GGUF_KEY + "merges") or ()]
-    backend = HFBackend(models.BPE(vocab=_vocab(tokens), merges=merges, fuse_unk=False))
+    backend = HFBackend(_bpe_model(tokens, merges, fuse_unk=False))
     splits = [
         pre_tokenizers.Split(Regex(pattern), behavior="isolated")
         for pattern in SPLIT_RULES[_split_rule(meta.get(GGUF_KEY + "pre", "default"))]
@@ -284,9 +288,7 @@ def _gguf_sentencepiece_bpe(meta: Mapping[str, Any], tokens: list[str]) -> HFBac
         if stored
         else merges_from_scores(tokens, scores)
     )
-    backend = HFBackend(
-        models.BPE(vocab=_vocab(tokens), merges=merges, fuse_unk=True, byte_fallback=True)
-    )
+    backend = HFBackend(_bpe_model(tokens, merges, fuse_unk=True, byte_fallback=True))
     prefix = bool(meta.get(GGUF_KEY + "add_space_prefix", True))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(
         replacement="▁", prepend_scheme="first" if prefix else "never", split=False
@@ -294,6 +296,17 @@ def _gguf_sentencepiece_bpe(meta: Mapping[str, Any], tokens: list[str]) -> HFBac
     steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     backend.decoder = decoders.Sequence(steps + [decoders.Strip(content=" ", left=1)] * prefix)
     return backend
+
+
+def _bpe_model(tokens: Sequence[str], merges: list[tuple[str, str]], **options: bool) -> models.BPE:
+    """A BPE model of the stored vocabulary and merges (merging tokens it lacks: a broken file)."""
+    try:
+        return models.BPE(vocab=_vocab(tokens), merges=merges, **options)
+    except Exception as exc:  # the library raises a bare Exception for inconsistent merges
+        raise LmlabError(
+            f"the GGUF tokenizer metadata is inconsistent ({first_line(exc)}); "
+            "re-download or re-convert the file"
+        ) from exc
 
 
 def _vocab(tokens: Sequence[str]) -> dict[str, int]:
