@@ -513,6 +513,24 @@ def test_directory_errors(tmp_path):
         load_pretrained_tokenizer(tmp_path)
 
 
+def test_single_tokenizer_files_are_read_as_given(tmp_path, wordpiece_vocab, lines):
+    """A file path reads that file (with the tokenizer_config.json beside it), not the directory's
+    preferred one; a file of another kind is a one-line error."""
+    (tmp_path / "vocab.txt").write_text("".join(token + "\n" for token in wordpiece_vocab), encoding="utf-8")
+    write_json(tmp_path / "tokenizer_config.json", {"do_lower_case": False})
+    reference = transformers.BertTokenizer.from_pretrained(str(tmp_path))
+    byte_level_bpe(lines, ["<|endoftext|>"]).save(str(tmp_path / "tokenizer.json"))  # preferred in a directory
+    from_vocab = load_pretrained_tokenizer(tmp_path / "vocab.txt")
+    assert_same_as_reference(from_vocab, reference)
+    assert load_pretrained_tokenizer(tmp_path).encode(SAMPLES[1]) != from_vocab.encode(SAMPLES[1])
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(LmlabError, match="has no vocab.json; byte-level BPE needs both"):
+        load_pretrained_tokenizer(tmp_path / "merges.txt")
+    (tmp_path / "notes.md").write_text("hello")
+    with pytest.raises(LmlabError, match="notes.md is not a tokenizer file lmlab reads"):
+        load_pretrained_tokenizer(tmp_path / "notes.md")
+
+
 def test_bad_merges_and_sentencepiece_files(tmp_path):
     write_json(tmp_path / "vocab.json", {"a": 0, "b": 1, "ab": 2})
     (tmp_path / "merges.txt").write_text("#version: 0.2\na b\nab\n")

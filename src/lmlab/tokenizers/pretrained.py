@@ -5,7 +5,7 @@ It takes a built-in name (``chess-pgn``), a directory saved by :meth:`Tokenizer.
 files (``tokenizer.json``, ``vocab.txt``, ``vocab.json`` / ``merges.txt``, a SentencePiece
 ``.model``), whose formats :mod:`lmlab.tokenizers.hf_directory` reads, or a GGUF file, whose
 metadata :mod:`lmlab.tokenizers.gguf_vocab` reads. Hub model ids are fetched to a local directory
-first, by :func:`lmlab.interop.hub.load_tokenizer_from`.
+first, by :func:`lmlab.interop.hub.resolve_tokenizer`.
 """
 
 from __future__ import annotations
