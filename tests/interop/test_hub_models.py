@@ -3,7 +3,7 @@ pre-populated offline huggingface_hub cache: never the network."""
 
 from __future__ import annotations
 
-import json
+import io
 from pathlib import Path
 
 import pytest
@@ -79,7 +79,7 @@ def test_generate_and_tokenizer_commands_take_a_hub_id(cached_gpt2, capsys, monk
     repo_id, _ = cached_gpt2
     assert main(["generate", repo_id, "--prompt", "w1 w2", "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.startswith("w1 w2")
-    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("w3 w4\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("w3 w4\n"))
     assert main(["tokenizer", "encode", "--tokenizer", repo_id]) == 0
     assert capsys.readouterr().out.split() == ["7", "8"]
 

@@ -1,7 +1,8 @@
 """GGUF byte-level vocabularies split text as their ``tokenizer.ggml.pre`` name says (issue 12,
-item 9): every name llama.cpp maps to a splitting rule loads, and each encodes like the reference —
+item 9): every name llama.cpp maps to a splitting rule loads, and each encodes like a reference —
 transformers' GGUF tokenizer where it knows the rule, else the model's own tokenizer.json
-pre-tokenizer rebuilt from the ``tokenizers`` library's parts."""
+pre-tokenizer rebuilt from the ``tokenizers`` library's parts, else (rules no reference
+implements) texts split by hand as llama.cpp's regexes say."""
 
 from __future__ import annotations
 
@@ -28,19 +29,20 @@ TEXTS = [VARIED, *SAMPLES]
 SAME_RULE_AS = {"stablelm2": "qwen2", "chatglm-bpe": "llama3", "glm4": "llama3"}
 
 
-def _byte_level(regex_free: bool = True) -> pre_tokenizers.ByteLevel:
-    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=not regex_free)
+def byte_level(use_regex: bool = False) -> pre_tokenizers.ByteLevel:
+    """GPT-2's byte → character mapping, splitting by GPT-2's regex only with ``use_regex``."""
+    return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=use_regex)
 
 
 # The pre-tokenizers of the models' own tokenizer.json files, for rules transformers does not know.
 ORIGINAL_PRE_TOKENIZERS = {
     "starcoder": lambda: pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), _byte_level(regex_free=False)]
+        [pre_tokenizers.Digits(individual_digits=True), byte_level(use_regex=True)]
     ),
     "bloom": lambda: pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(" ?[^(\\s|[.,!?…。，、।۔،])]+"), behavior="isolated"),
-            _byte_level(),
+            byte_level(),
         ]
     ),
 }
@@ -55,7 +57,7 @@ def metadata() -> dict:
     """GGUF metadata of a byte-level BPE whose merges cross every split boundary (trained on
     whole texts), so that a different split gives different ids."""
     backend = HFBackend(models.BPE())
-    backend.pre_tokenizer = _byte_level()
+    backend.pre_tokenizer = byte_level()
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=900,
@@ -118,7 +120,7 @@ def test_split_matches_the_models_own_pre_tokenizer(metadata, pre):
 def test_rules_without_a_reference_split_as_llama_cpp_does(metadata, pre, text, expected):
     """The rules no reference tokenizer implements, on texts worked through by hand."""
     backend = tokenizer_from_gguf_metadata(with_pre(metadata, pre)).backend
-    spelled = [_byte_level().pre_tokenize_str(piece)[0][0] for piece in expected]
+    spelled = [byte_level().pre_tokenize_str(piece)[0][0] for piece in expected]
     assert [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str(text)] == spelled
 
 
