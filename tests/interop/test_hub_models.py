@@ -4,6 +4,7 @@ pre-populated offline huggingface_hub cache: never the network."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,13 @@ def test_generate_and_tokenizer_commands_take_a_hub_id(cached_gpt2, capsys, monk
     monkeypatch.setattr("sys.stdin", io.StringIO("w3 w4\n"))
     assert main(["tokenizer", "encode", "--tokenizer", repo_id]) == 0
     assert capsys.readouterr().out.split() == ["7", "8"]
+
+
+def test_convert_takes_a_hub_id(cached_gpt2, tmp_path, capsys):
+    repo_id, _ = cached_gpt2
+    assert main(["convert", repo_id, str(tmp_path / "run")]) == 0
+    assert json.loads(capsys.readouterr().out)["family"] == "gpt2"
+    assert load_run(tmp_path / "run").tokenizer.encode("w1") == [5]
 
 
 def test_an_id_missing_from_the_offline_cache_is_one_line(hub_cache, capsys):
