@@ -371,7 +371,7 @@ def test_a_safetensors_error_is_one_line(tmp_path, run_dir, monkeypatch):
 
     import lmlab.interop.export as export
 
-    def disk_full(*args):
+    def disk_full(*args, **kwargs):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)\nmore")
 
     monkeypatch.setattr(export, "export_hf", disk_full)

@@ -124,3 +124,61 @@ def test_data_prepare_lines_without_separator(tmp_path, monkeypatch, capsys):
     assert code == 0 and json.loads(stdout)["documents"] == 2
     tokens = ShardedTokens.open(tmp_path / "out")
     assert tokens.tokenizer().decode(tokens.window(0, len(tokens)).tolist()) == "1. e4 e5 1-0 1. d4 *"
+
+
+# ------------------------------------------------- every pretrained format through --tokenizer / data.tokenizer
+
+
+def _wordpiece_file(folder: Path) -> Path:
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    return folder / "vocab.txt"
+
+
+def _byte_level_file(folder: Path) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(LINES * 5 + WORDS, trainer)
+    backend.model.save(str(folder))
+    return folder / "merges.txt"
+
+
+def _gguf_file(folder: Path) -> Path:
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    tokens = ["<|endoftext|>", *sorted({chr(c) for c in range(33, 127)} | {"Ġ"}), "Ġa"]
+    writer = gguf.GGUFWriter(str(folder / "model.gguf"), "llama")
+    writer.add_string("tokenizer.ggml.model", "gpt2")
+    writer.add_string("tokenizer.ggml.pre", "smollm")
+    writer.add_array("tokenizer.ggml.tokens", tokens)
+    writer.add_array("tokenizer.ggml.merges", ["Ġ a"])
+    writer.add_array("tokenizer.ggml.token_type", [3] + [1] * (len(tokens) - 1))
+    writer.add_uint32("tokenizer.ggml.eos_token_id", 0)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return folder / "model.gguf"
+
+
+@pytest.mark.parametrize("make", [_wordpiece_file, _byte_level_file, _gguf_file], ids=["vocab.txt", "merges.txt", "gguf"])
+def test_every_pretrained_format_through_the_flag_and_the_config_key(tmp_path, monkeypatch, capsys, make):
+    from lmlab.training.config import RunConfig
+    from lmlab.training.run import build_tokenizer
+
+    file = make(tmp_path)
+    expected = load_pretrained_tokenizer(file)
+    text = "the quick fox 42"
+    for given in (file, tmp_path) if file.suffix != ".gguf" else (file,):
+        code, out, err = run(monkeypatch, capsys, ["tokenizer", "encode", "--tokenizer", str(given)], text + "\n")
+        assert (code, err) == (0, "")
+        assert out.split() == [str(i) for i in expected.encode(text)]
+    config = RunConfig()
+    config.data.tokenizer = str(file)
+    assert build_tokenizer(config, "").encode(text) == expected.encode(text)

@@ -236,6 +236,58 @@ def test_sandbox_blocks_unsafe_templates():
         render_chat_template("{{ messages.__class__.__mro__[1].__subclasses__() }}", [])
 
 
+# ---------------------------------------------------------------- tokenizer.json with stored settings
+
+
+def wordpiece_with_template(lines: list[str]) -> tuple[HFBackend, str]:
+    """A BERT-style WordPiece pipeline wrapping texts in [CLS] … [SEP] (TemplateProcessing), and its pad token."""
+    backend = HFBackend(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    backend.train_from_iterator(lines, trainers.WordPieceTrainer(vocab_size=600, special_tokens=specials))
+    cls, sep = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    return backend, "[PAD]"
+
+
+def byte_level_with_roberta(lines: list[str]) -> tuple[HFBackend, str]:
+    """A RoBERTa-style byte-level BPE wrapping texts in <s> … </s> (RobertaProcessing), and its pad token."""
+    backend = byte_level_bpe(lines, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    backend.post_processor = processors.RobertaProcessing(
+        ("</s>", backend.token_to_id("</s>")), ("<s>", backend.token_to_id("<s>"))
+    )
+    return backend, "<pad>"
+
+
+@pytest.mark.parametrize("padding_length", [24, None], ids=["fixed-length", "batch-longest"])
+@pytest.mark.parametrize("build", [wordpiece_with_template, byte_level_with_roberta])
+def test_tokenizer_json_padding_and_truncation_are_not_applied(tmp_path, lines, build, padding_length):
+    """A sentence-transformers style export: padding and truncation enabled in tokenizer.json."""
+    backend, pad = build(lines)
+    backend.enable_padding(pad_id=backend.token_to_id(pad), pad_token=pad, length=padding_length)
+    backend.enable_truncation(max_length=24)
+    backend.save(str(tmp_path / "tokenizer.json"))
+    long_text = " ".join(SAMPLES[1:3]) * 3  # longer than the stored truncation length
+    samples = [*SAMPLES, long_text]
+    tokenizer = load_pretrained_tokenizer(tmp_path)
+    assert_same_as_reference(tokenizer, transformers.AutoTokenizer.from_pretrained(str(tmp_path)), samples)
+    from_file = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    for text in samples:
+        assert tokenizer.encode(text, add_special_tokens=True) == from_file(text)["input_ids"], text
+    assert tokenizer.encode_batch(samples) == [tokenizer.encode(text) for text in samples]
+    assert len(tokenizer.encode(long_text, add_special_tokens=True)) > 24
+    assert tokenizer.roles["pad"] == pad
+    restored = load_tokenizer(tokenizer.save(tmp_path / "saved").parent)
+    assert restored.encode(SAMPLES[0], add_special_tokens=True) == tokenizer.encode(
+        SAMPLES[0], add_special_tokens=True
+    )
+
+
 # ---------------------------------------------------------------- SentencePiece
 
 
@@ -459,6 +511,24 @@ def test_directory_errors(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("[1, 2]")
     with pytest.raises(LmlabError, match="does not hold a JSON object"):
         load_pretrained_tokenizer(tmp_path)
+
+
+def test_single_tokenizer_files_are_read_as_given(tmp_path, wordpiece_vocab, lines):
+    """A file path reads that file (with the tokenizer_config.json beside it), not the directory's
+    preferred one; a file of another kind is a one-line error."""
+    (tmp_path / "vocab.txt").write_text("".join(token + "\n" for token in wordpiece_vocab), encoding="utf-8")
+    write_json(tmp_path / "tokenizer_config.json", {"do_lower_case": False})
+    reference = transformers.BertTokenizer.from_pretrained(str(tmp_path))
+    byte_level_bpe(lines, ["<|endoftext|>"]).save(str(tmp_path / "tokenizer.json"))  # preferred in a directory
+    from_vocab = load_pretrained_tokenizer(tmp_path / "vocab.txt")
+    assert_same_as_reference(from_vocab, reference)
+    assert load_pretrained_tokenizer(tmp_path).encode(SAMPLES[1]) != from_vocab.encode(SAMPLES[1])
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(LmlabError, match="has no vocab.json; byte-level BPE needs both"):
+        load_pretrained_tokenizer(tmp_path / "merges.txt")
+    (tmp_path / "notes.md").write_text("hello")
+    with pytest.raises(LmlabError, match="notes.md is not a tokenizer file lmlab reads"):
+        load_pretrained_tokenizer(tmp_path / "notes.md")
 
 
 def test_bad_merges_and_sentencepiece_files(tmp_path):

@@ -12,6 +12,8 @@ from lmlab.errors import LmlabError
 
 # ----------------------------------------------------------------------------------- tokenizer
 _ENCODE_BATCH_LINES = 1024
+TOKENIZER_HELP = ("a built-in name (chess-pgn), a saved tokenizer directory, a Hugging Face model directory, "
+                  "tokenizer file (tokenizer.json, vocab.txt, vocab.json, *.model) or Hub id, or a .gguf file")
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
@@ -32,9 +34,9 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
     from itertools import islice
 
-    from lmlab.tokenizers import load_pretrained_tokenizer
+    from lmlab.interop.hub import resolve_tokenizer
 
-    tokenizer = load_pretrained_tokenizer(args.tokenizer)
+    tokenizer = resolve_tokenizer(args.tokenizer)
     while lines := list(islice(sys.stdin, _ENCODE_BATCH_LINES)):
         texts = [line.removesuffix("\n").removesuffix("\r") for line in lines]
         for ids in tokenizer.encode_batch(texts):
@@ -43,9 +45,9 @@ def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_decode(args: argparse.Namespace) -> int:
-    from lmlab.tokenizers import load_pretrained_tokenizer
+    from lmlab.interop.hub import resolve_tokenizer
 
-    tokenizer = load_pretrained_tokenizer(args.tokenizer)
+    tokenizer = resolve_tokenizer(args.tokenizer)
     for number, line in enumerate(sys.stdin, start=1):
         print(tokenizer.decode(_parse_ids(line, number)))
     return 0
@@ -65,9 +67,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     import time
 
     from lmlab.data.shards import prepare_shards
-    from lmlab.tokenizers import load_pretrained_tokenizer
+    from lmlab.interop.hub import resolve_tokenizer
 
-    tokenizer = load_pretrained_tokenizer(args.tokenizer)
+    tokenizer = resolve_tokenizer(args.tokenizer)
     sizes = {} if args.shard_tokens is None else {"shard_tokens": positive(args.shard_tokens, "--shard-tokens")}
     start = time.perf_counter()
     index = prepare_shards(
@@ -101,7 +103,7 @@ def add_tokenizer_parser(sub: argparse._SubParsersAction) -> None:
                              ("decode", cmd_tokenizer_decode, "space-separated ids → text lines")):
         command = tok_sub.add_parser(name, help=f"stdin → stdout: {what}")
         command.add_argument("--tokenizer", required=True,
-                             help="a built-in name (chess-pgn), a saved tokenizer directory or a tokenizer.json")
+                             help=TOKENIZER_HELP)
         command.set_defaults(func=func)
 
 
@@ -110,7 +112,7 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=type(data))
     prepare = data_sub.add_parser("prepare", help="tokenize a corpus into memory-mapped token shards")
     prepare.add_argument("--tokenizer", required=True,
-                         help="a built-in name (chess-pgn), a saved tokenizer directory or a tokenizer.json")
+                         help=TOKENIZER_HELP)
     prepare.add_argument("--data", required=True, nargs="+",
                          help="text or .pgn/.pgn.zst files, a directory, a glob, or a corpus name")
     prepare.add_argument("--out", required=True, help="directory for index.json and the shards")

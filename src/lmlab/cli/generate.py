@@ -50,7 +50,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if single:
         _stream_one(args, model, tokenizer, prompts[0], encoded[0], config)
         return 0
-    _print_sequences(args, model, tokenizer, prompts, encoded, config, seq2seq)
+    _print_sequences(args, run.checkpoint, model, tokenizer, prompts, encoded, config, seq2seq)
     return 0
 
 
@@ -97,14 +97,15 @@ def _stream_one(args: argparse.Namespace, model, tokenizer, prompt: str, ids: li
         err("lmlab: note: no log-probability: nothing was generated, or it ran past the model's context")
 
 
-def _print_sequences(args: argparse.Namespace, model, tokenizer, prompts: list[str], encoded: list[list[int]],
-                     config, seq2seq: bool) -> None:
-    """A batch (or beams, or several return sequences) generated at once, printed with headers."""
+def _print_sequences(args: argparse.Namespace, source: Path, model, tokenizer, prompts: list[str],
+                     encoded: list[list[int]], config, seq2seq: bool) -> None:
+    """A batch (or beams, or several return sequences) generated at once, printed with headers;
+    ``source`` is the loaded checkpoint or model directory."""
     from lmlab.generation import generate_batch, generate_seq2seq
     from lmlab.generation.scoring import score_continuation
 
     if seq2seq:
-        start = _decoder_start(args.run_dir, tokenizer)
+        start = _decoder_start(source, tokenizer)
         out = generate_seq2seq(model, encoded, config, start, tokenizer.special_tokens.get("pad", 0))
     else:
         out = generate_batch(model, encoded, config, tokenizer.special_tokens.get("pad", 0))
@@ -134,10 +135,10 @@ def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     return text[: min(cuts)] if cuts else text
 
 
-def _decoder_start(run_dir: str, tokenizer) -> int:
+def _decoder_start(source: Path, tokenizer) -> int:
     """The encoder-decoder's first decoder token: config.json's decoder_start_token_id, else the
     tokenizer's bos / eos / pad."""
-    config = Path(run_dir) / "config.json"
+    config = source / "config.json"
     if config.is_file():
         value = read_json_file(config, "fix or re-download it", dict).get("decoder_start_token_id")
         if isinstance(value, int):
@@ -174,7 +175,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------- parsers
 def add_generate_parsers(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="continue a prompt with a trained model")
-    gen.add_argument("run_dir", help="a run directory written by 'lmlab train' (or one checkpoint)")
+    gen.add_argument("run_dir", help="a run directory written by 'lmlab train' (or one checkpoint), a Hugging Face "
+                                     "model directory or Hub id, or a GGUF file")
     gen.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     gen.add_argument("--batch-file", help="a file with one prompt per line, generated as one left-padded batch")
     gen.add_argument("--max-new-tokens", type=int, default=200)
@@ -206,7 +208,7 @@ def add_generate_parsers(sub: argparse._SubParsersAction) -> None:
     gen.set_defaults(func=cmd_generate)
 
     score = sub.add_parser("score", help="log-probability and perplexity of a continuation given a prompt")
-    score.add_argument("run_dir", help="a run directory, checkpoint, Hugging Face model directory or GGUF file")
+    score.add_argument("run_dir", help="a run directory, checkpoint, Hugging Face model directory or Hub id, or GGUF file")
     score.add_argument("--prompt", required=True)
     score.add_argument("--continuation", required=True)
     score.set_defaults(func=cmd_score)

@@ -22,6 +22,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             err(f"note: {note}")
         print(json.dumps(summary))
         return 0
+    from lmlab.interop.hub import resolve_model_path
     from lmlab.interop.pretrained import load_pretrained
     from lmlab.tokenizers import tokenizer_to_json
     from lmlab.training.checkpoint import list_checkpoints, save_checkpoint
@@ -29,7 +30,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from lmlab.training.run import claim_run_dir
 
     dst = Path(args.dst)
-    loaded = load_pretrained(args.src)
+    loaded = load_pretrained(resolve_model_path(args.src))
     if loaded.tokenizer is None:
         raise LmlabError(f"{args.src} has no tokenizer files; copy the model's tokenizer there before converting")
     state = {"config": RunConfig(model=loaded.model_config).to_dict(), "tokenizer": tokenizer_to_json(loaded.tokenizer),
@@ -50,13 +51,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from lmlab.interop.embeddings import cosine_similarity_matrix, load_sentence_encoder
+    from lmlab.interop.hub import resolve_model_path
 
     texts = list(args.text)
     if args.file:
         texts += [line.rstrip("\r\n") for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
         raise LmlabError("nothing to embed; pass --text (repeatable) or --file")
-    encoder = load_sentence_encoder(args.model)
+    encoder = load_sentence_encoder(resolve_model_path(args.model))
     embeddings = encoder.encode(texts)
     if args.similarity:
         print(json.dumps({"similarity": cosine_similarity_matrix(embeddings).tolist()}))
@@ -110,20 +112,20 @@ def _decode_skips(tokenizer) -> bool:
 
 def add_interop_parsers(sub: argparse._SubParsersAction) -> None:
     conv = sub.add_parser("convert", help="HF directory or GGUF file → lmlab run directory; or run → HF with --to hf")
-    conv.add_argument("src", help="a Hugging Face model directory or a .gguf file (or, with --to hf, an lmlab run)")
+    conv.add_argument("src", help="a Hugging Face model directory or Hub id, or a .gguf file (or, with --to hf, an lmlab run)")
     conv.add_argument("dst", help="the lmlab run directory to write (or, with --to hf, the HF directory)")
     conv.add_argument("--to", choices=("lmlab", "hf"), default="lmlab", help="direction (default: to lmlab)")
     conv.set_defaults(func=cmd_convert)
 
     emb = sub.add_parser("embed", help="sentence embeddings (JSON lines) from an encoder directory")
-    emb.add_argument("model", help="a sentence-transformers or Hugging Face BERT/RoBERTa directory")
+    emb.add_argument("model", help="a sentence-transformers or Hugging Face BERT/RoBERTa directory or Hub id")
     emb.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
     emb.add_argument("--file", help="a file with one text per line")
     emb.add_argument("--similarity", action="store_true", help="print the cosine-similarity matrix instead")
     emb.set_defaults(func=cmd_embed)
 
     chat = sub.add_parser("chat", help="chat with a model that has a chat template (user turns from stdin)")
-    chat.add_argument("model", help="an HF directory, a .gguf file or a run directory with a chat template")
+    chat.add_argument("model", help="an HF directory or Hub id, a .gguf file or a run directory with a chat template")
     chat.add_argument("--system", help="a system message")
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--strategy", default="greedy", help="greedy or sample")

@@ -1,8 +1,11 @@
 """The tokenizer a GGUF file's ``tokenizer.*`` metadata describes (``tokenizer.ggml.model``
-``"gpt2"`` byte-level BPE or ``"llama"`` SentencePiece-style BPE), as an lmlab tokenizer."""
+``"gpt2"`` byte-level BPE or ``"llama"`` SentencePiece-style BPE), as an lmlab tokenizer: from the
+metadata (:func:`tokenizer_from_gguf_metadata`) or from the file (:func:`tokenizer_from_gguf_file`,
+which reads only the metadata, through the ``gguf`` package)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from tokenizers import AddedToken, Regex
@@ -11,6 +14,7 @@ from tokenizers import decoders, models, pre_tokenizers
 
 from lmlab.errors import LmlabError
 from lmlab.tokenizers.base import Tokenizer
+from lmlab.tokenizers.hf import first_line
 from lmlab.tokenizers.hf_pretrained import (
     PretrainedHFTokenizer,
     add_special_tokens,
@@ -31,26 +35,149 @@ GGUF_ROLE_KEYS = {
     "sep": "seperator_token_id",
     "cls": "cls_token_id",
 }
-_GPT2_SPLIT = None  # the ByteLevel pre-tokenizer's own regex
-_LLAMA3_SPLIT = (
+# How byte-level BPE splits text before merging: regexes applied in turn, each splitting the pieces
+# the previous one made (what it matches and what lies between matches both become pieces), as in
+# llama.cpp's llama-vocab.cpp.
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3 = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_QWEN2_SPLIT = (
+_QWEN2 = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-# llama.cpp's ``tokenizer.ggml.pre`` names → how byte-level BPE splits text before merging.
-GGUF_PRE_TOKENIZERS: dict[str, str | None] = {
-    "default": _GPT2_SPLIT,
-    "gpt-2": _GPT2_SPLIT,
-    "llama3": _LLAMA3_SPLIT,
-    "llama-v3": _LLAMA3_SPLIT,
-    "llama-bpe": _LLAMA3_SPLIT,
-    "smaug-bpe": _LLAMA3_SPLIT,
-    "qwen2": _QWEN2_SPLIT,
-    "deepseek-r1-qwen": _QWEN2_SPLIT,
+_QWEN35 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TEKKEN = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_GPT4O = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_BLOOM = r" ?[^(\s|.,!?…。，、।۔،)]+"
+# DeepSeek LLM's letters: the cased letters (Lu, Ll, Lt) of these blocks, as code point ranges.
+_DEEPSEEK_CASED = (
+    (0x41, 0x5A), (0x61, 0x7A), (0xB5, 0xB5), (0xC0, 0xD6), (0xD8, 0xF6), (0xF8, 0x1BA),
+    (0x1BC, 0x1BF), (0x1C4, 0x293), (0x295, 0x2AF), (0x370, 0x373), (0x376, 0x377),
+    (0x37B, 0x37D), (0x37F, 0x37F), (0x386, 0x386), (0x388, 0x38A), (0x38C, 0x38C),
+    (0x38E, 0x3A1), (0x3A3, 0x3F5), (0x3F7, 0x481), (0x48A, 0x52F), (0x531, 0x556),
+    (0x10A0, 0x10C5), (0x13A0, 0x13F5), (0x13F8, 0x13FD), (0x1C90, 0x1CBA), (0x1CBD, 0x1CBF),
+    (0x1D00, 0x1D2B), (0x1D6B, 0x1D77), (0x1D79, 0x1D9A), (0x1E00, 0x1F15), (0x1F18, 0x1F1D),
+    (0x1F20, 0x1F45), (0x1F48, 0x1F4D), (0x1F50, 0x1F57), (0x1F59, 0x1F59), (0x1F5B, 0x1F5B),
+    (0x1F5D, 0x1F5D), (0x1F5F, 0x1F7D), (0x1F80, 0x1FB4), (0x1FB6, 0x1FBC), (0x1FBE, 0x1FBE),
+    (0x1FC2, 0x1FC4), (0x1FC6, 0x1FCC), (0x1FD0, 0x1FD3), (0x1FD6, 0x1FDB), (0x1FE0, 0x1FEC),
+    (0x1FF2, 0x1FF4), (0x1FF6, 0x1FFC), (0x2102, 0x2102), (0x2107, 0x2107), (0x210A, 0x2113),
+    (0x2115, 0x2115), (0x2119, 0x211D), (0x2124, 0x2124), (0x2126, 0x2126), (0x2128, 0x2128),
+    (0x212A, 0x212D), (0x212F, 0x2134), (0x2139, 0x2139), (0x213C, 0x213F), (0x2145, 0x2149),
+    (0x214E, 0x214E), (0x2183, 0x2184), (0x2C00, 0x2C7B), (0x2C7E, 0x2CE4), (0x2CEB, 0x2CEE),
+    (0x2CF2, 0x2CF3), (0xA640, 0xA66D), (0xA680, 0xA69B), (0xA722, 0xA76F), (0xA771, 0xA787),
+    (0xA78B, 0xA78E), (0xAB70, 0xABBF), (0xFB00, 0xFB06), (0xFB13, 0xFB17), (0xFF21, 0xFF3A),
+    (0xFF41, 0xFF5A), (0x10400, 0x1044F), (0x104B0, 0x104D3), (0x104D8, 0x104FB),
+    (0x10C80, 0x10CB2), (0x10CC0, 0x10CF2), (0x118A0, 0x118DF), (0x1E900, 0x1E943),
+)
+_DEEPSEEK_LETTERS = r"\s?[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _DEEPSEEK_CASED) + "]+"
+_CJK = r"[一-龥ࠀ-一가-퟿]+"
+SPLIT_RULES: dict[str, tuple[str, ...]] = {
+    "gpt2": (_GPT2,),
+    "llama3": (_LLAMA3,),
+    "qwen2": (_QWEN2,),
+    "qwen35": (_QWEN35,),
+    "tekken": (_TEKKEN,),
+    "gpt4o": (_GPT4O,),
+    "starcoder": (r"\p{N}", _GPT2),  # digits one by one, then GPT-2's split
+    "falcon": (r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]"),
+    "deepseek-llm": (r"[\r\n]", _DEEPSEEK_LETTERS, r"\s?[!-/:-~！-／：-～‘-‟　-。]+", r"\s+$", _CJK, r"\p{N}+"),
+    "deepseek-coder": (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}"),
+    "deepseek-v3": (
+        r"\p{N}{1,3}",
+        r"[一-龥぀-ゟ゠-ヿ]+",
+        r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+        r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ),
+    "bloom": (_BLOOM,),
+    "viking": (_BLOOM, r"\p{N}"),
+    "chameleon": (
+        r"<sentinel:[0-9]+>",
+        r"(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
+        r"([\t\n]|    |  )",
+        r"\p{N}",
+        r"[\p{P}!-/:-@\[-`{-~]",
+        _GPT2,
+    ),
 }
+# llama.cpp's ``tokenizer.ggml.pre`` names → their split rule. "default" (files converted before
+# llama.cpp recorded pre-tokenizers) is split as GPT-2, like ``transformers`` does.
+GGUF_PRE_TOKENIZERS: dict[str, str] = {
+    **dict.fromkeys(
+        ("default", "gpt-2", "gpt2", "phi-2", "mpt", "olmo", "jais", "roberta-bpe", "gigachat",
+         "jina-es", "jina-de", "jina-v1-en", "jina-v2-es", "jina-v2-de", "jina-v2-code"),
+        "gpt2",
+    ),
+    **dict.fromkeys(
+        ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+         "jina-v5-nano", "dbrx", "smaug-bpe", "chatglm-bpe", "glm4"),
+        "llama3",
+    ),
+    **dict.fromkeys(
+        ("qwen2", "deepseek-r1-qwen", "megrez", "kormo", "f2llmv2", "stablelm2"), "qwen2"
+    ),
+    "qwen35": "qwen35",
+    "tekken": "tekken",
+    **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), "gpt4o"),
+    **dict.fromkeys(
+        ("starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b"),
+        "starcoder",
+    ),
+    "falcon": "falcon",
+    "deepseek-llm": "deepseek-llm",
+    "deepseek-coder": "deepseek-coder",
+    "deepseek-v3": "deepseek-v3",
+    **dict.fromkeys(("bloom", "poro-chat", "gpt3-finnish"), "bloom"),
+    "viking": "viking",
+    "chameleon": "chameleon",
+}
+
+
+def tokenizer_from_gguf_file(path: str | Path) -> Tokenizer:
+    """The tokenizer described by the ``tokenizer.*`` metadata of the GGUF file ``path``."""
+    try:
+        from gguf import GGUFReader, GGUFValueType
+    except ModuleNotFoundError:
+        raise LmlabError(f"reading {path} needs the gguf package; pip install gguf") from None
+
+    try:
+        fields = GGUFReader(path).fields
+    except Exception as exc:  # the reader raises ValueError, IndexError, KeyError, ... on bad input
+        raise LmlabError(
+            f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}); "
+            "it is truncated or not GGUF, re-download or re-convert it"
+        ) from exc
+
+    def value(field: Any) -> Any:
+        """A metadata field as plain Python: str, int, float, bool, or a list of them."""
+        if field.types[0] == GGUFValueType.ARRAY:
+            if field.types[-1] == GGUFValueType.STRING:
+                return [_text(field.parts[index]) for index in field.data]
+            return [item for index in field.data for item in field.parts[index].tolist()]
+        if field.types[0] == GGUFValueType.STRING:
+            return _text(field.parts[-1])
+        return field.parts[-1].tolist()[0]
+
+    return tokenizer_from_gguf_metadata(
+        {name: value(field) for name, field in fields.items() if name.startswith("tokenizer.")}
+    )
+
+
+def _text(data: Any) -> str:
+    """A stored string (a numpy byte array); invalid UTF-8, rare in vocabularies, is replaced."""
+    return data.tobytes().decode("utf-8", errors="replace")
 
 
 def tokenizer_from_gguf_metadata(meta: Mapping[str, Any]) -> Tokenizer:
@@ -129,25 +256,26 @@ def _byte_to_unicode() -> dict[int, str]:
 
 def _gguf_byte_level_bpe(meta: Mapping[str, Any], tokens: list[str]) -> HFBackend:
     """Byte-level BPE from the stored tokens and merges, split per ``tokenizer.ggml.pre``."""
-    pre = meta.get(GGUF_KEY + "pre", "default")
-    if pre not in GGUF_PRE_TOKENIZERS:
-        raise LmlabError(
-            f"GGUF pre-tokenizer {pre!r} is not supported; supported: {', '.join(GGUF_PRE_TOKENIZERS)}"
-        )
     merges = [tuple(merge.split(" ", 1)) for merge in meta.get(GGUF_KEY + "merges") or ()]
-    backend = HFBackend(models.BPE(vocab=_vocab(tokens), merges=merges, fuse_unk=False))
-    split = GGUF_PRE_TOKENIZERS[pre]
-    if split is None:
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    else:
-        backend.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
+    backend = HFBackend(_bpe_model(tokens, merges, fuse_unk=False))
+    splits = [
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+        for pattern in SPLIT_RULES[_split_rule(meta.get(GGUF_KEY + "pre", "default"))]
+    ]
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
     backend.decoder = decoders.ByteLevel()
     return backend
+
+
+def _split_rule(pre: str) -> str:
+    """The split rule of a ``tokenizer.ggml.pre`` name."""
+    if pre not in GGUF_PRE_TOKENIZERS:
+        raise LmlabError(
+            f"GGUF pre-tokenizer {pre!r} is not supported; known: {', '.join(sorted(GGUF_PRE_TOKENIZERS))}"
+        )
+    return GGUF_PRE_TOKENIZERS[pre]
 
 
 def _gguf_sentencepiece_bpe(meta: Mapping[str, Any], tokens: list[str]) -> HFBackend:
@@ -160,9 +288,7 @@ def _gguf_sentencepiece_bpe(meta: Mapping[str, Any], tokens: list[str]) -> HFBac
         if stored
         else merges_from_scores(tokens, scores)
     )
-    backend = HFBackend(
-        models.BPE(vocab=_vocab(tokens), merges=merges, fuse_unk=True, byte_fallback=True)
-    )
+    backend = HFBackend(_bpe_model(tokens, merges, fuse_unk=True, byte_fallback=True))
     prefix = bool(meta.get(GGUF_KEY + "add_space_prefix", True))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(
         replacement="▁", prepend_scheme="first" if prefix else "never", split=False
@@ -170,6 +296,17 @@ def _gguf_sentencepiece_bpe(meta: Mapping[str, Any], tokens: list[str]) -> HFBac
     steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     backend.decoder = decoders.Sequence(steps + [decoders.Strip(content=" ", left=1)] * prefix)
     return backend
+
+
+def _bpe_model(tokens: Sequence[str], merges: list[tuple[str, str]], **options: bool) -> models.BPE:
+    """A BPE model of the stored vocabulary and merges (merging tokens it lacks: a broken file)."""
+    try:
+        return models.BPE(vocab=_vocab(tokens), merges=merges, **options)
+    except Exception as exc:  # the library raises a bare Exception for inconsistent merges
+        raise LmlabError(
+            f"the GGUF tokenizer metadata is inconsistent ({first_line(exc)}); "
+            "re-download or re-convert the file"
+        ) from exc
 
 
 def _vocab(tokens: Sequence[str]) -> dict[str, int]:

@@ -65,13 +65,18 @@ class HFTokenizer(Tokenizer):
     """A ``tokenizers.Tokenizer`` plus its special-token roles.
 
     ``roles`` maps a role name to a token string; when omitted it is inferred from the usual
-    token strings (:func:`infer_roles`). Encoding adds no special tokens unless asked to.
+    token strings (:func:`infer_roles`). Encoding adds no special tokens unless asked to, and
+    neither pads nor truncates: the padding and truncation a ``tokenizer.json`` may carry are
+    switched off on ``backend`` (as ``transformers`` does for a call without ``padding`` or
+    ``truncation``); whoever batches texts pads them, with an attention mask.
     """
 
     def __init__(self, backend: HFBackend, roles: Mapping[str, str] | None = None):
         vocab = backend.get_vocab(with_added_tokens=True)
         if not vocab:
             raise LmlabError("the Hugging Face tokenizer has an empty vocabulary; train or load one")
+        backend.no_padding()
+        backend.no_truncation()
         self.backend = backend
         self.roles = dict(infer_roles(vocab) if roles is None else roles)
         missing = {role: token for role, token in self.roles.items() if token not in vocab}

@@ -1,6 +1,7 @@
 """The tokenizer files of a Hugging Face model directory, read as an lmlab tokenizer.
 
-:func:`read_hf_directory` reads, in this order of preference:
+:func:`read_hf_directory` reads, in this order of preference (:func:`read_hf_file` reads the one
+file it is given, with the ``tokenizer_config.json`` beside it):
 
 * ``tokenizer.json`` — any Hugging Face ``tokenizers`` pipeline, used as stored;
 * ``vocab.json`` + ``merges.txt`` — byte-level BPE as in GPT-2 (``<s> X </s>`` as in RoBERTa
@@ -40,12 +41,13 @@ CHAT_TEMPLATE_FILE = "chat_template.jinja"
 MODEL_CONFIG_FILE = "config.json"
 VOCAB_JSON_FILE, MERGES_FILE, VOCAB_TXT_FILE = "vocab.json", "merges.txt", "vocab.txt"
 SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
-LOOKED_FOR = (
-    HF_TOKENIZER_FILE,
-    f"{VOCAB_JSON_FILE}+{MERGES_FILE}",
-    VOCAB_TXT_FILE,
-    *SENTENCEPIECE_FILES,
-)
+PREFERENCE = (
+    (HF_TOKENIZER_FILE,),
+    (VOCAB_JSON_FILE, MERGES_FILE),
+    (VOCAB_TXT_FILE,),
+    *((name,) for name in SENTENCEPIECE_FILES),
+)  # the files read from a directory, best first
+LOOKED_FOR = tuple("+".join(names) for names in PREFERENCE)
 ROLES = ("bos", "eos", "unk", "pad", "mask", "cls", "sep")
 
 # The special tokens each format's transformers class uses when the config names none.
@@ -69,19 +71,32 @@ ROBERTA_STYLE = (
 
 def read_hf_directory(folder: Path) -> Tokenizer:
     """The tokenizer of the Hugging Face model directory ``folder`` (formats: the module docstring)."""
-    config = _read_json(folder / TOKENIZER_CONFIG_FILE)
-    chat_template = _chat_template(folder, config)
-    if (folder / HF_TOKENIZER_FILE).is_file():
-        return _from_tokenizer_json(folder, config, chat_template)
-    if (folder / VOCAB_JSON_FILE).is_file() and (folder / MERGES_FILE).is_file():
-        return _from_byte_level_bpe(folder, config, chat_template)
-    if (folder / VOCAB_TXT_FILE).is_file():
-        return _from_wordpiece(folder, config, chat_template)
-    for name in SENTENCEPIECE_FILES:
-        if (folder / name).is_file():
-            return _from_sentencepiece(folder / name, config, chat_template)
+    for names in PREFERENCE:
+        if all((folder / name).is_file() for name in names):
+            return read_hf_file(folder / names[0])
     raise LmlabError(
         f"no tokenizer in {folder}: looked for {', '.join(LOOKED_FOR)}; copy the model's tokenizer files there"
+    )
+
+
+def read_hf_file(path: Path) -> Tokenizer:
+    """The tokenizer of one tokenizer file of a Hugging Face model directory: a ``tokenizer.json``
+    (any ``.json`` pipeline), ``vocab.json`` or ``merges.txt`` (read together), ``vocab.txt`` or a
+    SentencePiece ``.model``, with the settings of the ``tokenizer_config.json`` beside it."""
+    folder = path.parent
+    config = _read_json(folder / TOKENIZER_CONFIG_FILE)
+    chat_template = _chat_template(folder, config)
+    if path.name in (VOCAB_JSON_FILE, MERGES_FILE):
+        return _from_byte_level_bpe(folder, config, chat_template)
+    if path.suffix == ".json":
+        return _from_tokenizer_json(path, config, chat_template)
+    if path.suffix == ".txt":
+        return _from_wordpiece(path, config, chat_template)
+    if path.suffix == ".model":
+        return _from_sentencepiece(path, config, chat_template)
+    raise LmlabError(
+        f"{path} is not a tokenizer file lmlab reads: pass a {', '.join(LOOKED_FOR)} or .gguf file, "
+        "or the directory holding it"
     )
 
 
@@ -141,12 +156,16 @@ def _load_backend(path: Path) -> HFBackend:
 
 
 def _from_tokenizer_json(
-    folder: Path, config: Mapping[str, Any], chat_template: str | None
+    path: Path, config: Mapping[str, Any], chat_template: str | None
 ) -> Tokenizer:
     """A ``tokenizer.json`` pipeline as stored (its post-processor decides which special tokens
-    encoding adds; like ``transformers``, the config's ``add_bos_token`` does not override it)."""
-    backend = _load_backend(folder / HF_TOKENIZER_FILE)
-    roles = _roles(folder, config, {})
+    encoding adds; like ``transformers``, the config's ``add_bos_token`` does not override it).
+    The pad token of its padding settings is the pad role unless the config names one; the
+    padding and truncation themselves are not applied (see
+    :class:`~lmlab.tokenizers.hf.HFTokenizer`)."""
+    backend = _load_backend(path)
+    padding = backend.padding
+    roles = _roles(path.parent, config, {"pad": padding["pad_token"]} if padding else {})
     add_special_tokens(backend, roles, config)
     return PretrainedHFTokenizer(backend, roles or None, chat_template)
 
@@ -179,7 +198,13 @@ def _is_roberta_style(folder: Path, config: Mapping[str, Any]) -> bool:
 def _from_byte_level_bpe(
     folder: Path, config: Mapping[str, Any], chat_template: str | None
 ) -> Tokenizer:
-    """GPT-2/RoBERTa byte-level BPE from ``vocab.json`` + ``merges.txt``."""
+    """GPT-2/RoBERTa byte-level BPE from ``vocab.json`` + ``merges.txt`` in ``folder``."""
+    missing = [name for name in (VOCAB_JSON_FILE, MERGES_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise LmlabError(
+            f"{folder} has no {' or '.join(missing)}; byte-level BPE needs both "
+            f"{VOCAB_JSON_FILE} and {MERGES_FILE}, copy them there"
+        )
     vocab = _read_json(folder / VOCAB_JSON_FILE)
     model = models.BPE(vocab=vocab, merges=_read_merges(folder / MERGES_FILE), fuse_unk=False)
     backend = HFBackend(model)
@@ -212,13 +237,11 @@ def _read_vocab_txt(path: Path) -> dict[str, int]:
 
 
 def _from_wordpiece(
-    folder: Path, config: Mapping[str, Any], chat_template: str | None
+    path: Path, config: Mapping[str, Any], chat_template: str | None
 ) -> Tokenizer:
-    """BERT's WordPiece from ``vocab.txt``, set up as ``transformers``' ``BertTokenizer``."""
-    roles = _roles(folder, config, BERT_ROLES)
-    backend = HFBackend(
-        models.WordPiece(_read_vocab_txt(folder / VOCAB_TXT_FILE), unk_token=roles["unk"])
-    )
+    """BERT's WordPiece from a ``vocab.txt``, set up as ``transformers``' ``BertTokenizer``."""
+    roles = _roles(path.parent, config, BERT_ROLES)
+    backend = HFBackend(models.WordPiece(_read_vocab_txt(path), unk_token=roles["unk"]))
     backend.normalizer = normalizers.BertNormalizer(
         clean_text=True,
         handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),

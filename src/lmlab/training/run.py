@@ -18,7 +18,6 @@ from lmlab.errors import LmlabError
 from lmlab.models import ModelConfig, build_model
 from lmlab.output_dir import DirectoryLock, claim_output_dir, lock_output_dir
 from lmlab.tokenizers import CharTokenizer, Tokenizer, tokenizer_from_json, tokenizer_to_json
-from lmlab.tokenizers import load_pretrained_tokenizer
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import RunConfig
 from lmlab.training.objective_registry import ObjectiveTask, check_objective, tokens_needed
@@ -64,9 +63,12 @@ def _checked(config: RunConfig, tokenizer: Tokenizer) -> Tokenizer:
 
 
 def build_tokenizer(config: RunConfig, text: str) -> Tokenizer:
-    """A character vocabulary of ``text`` (with the objective's special tokens), or a named one."""
+    """A character vocabulary of ``text`` (with the objective's special tokens), or the one
+    ``data.tokenizer`` names (any :func:`~lmlab.interop.hub.resolve_tokenizer` takes)."""
     if config.data.tokenizer != "char":
-        return load_pretrained_tokenizer(config.data.tokenizer)
+        from lmlab.interop.hub import resolve_tokenizer
+
+        return resolve_tokenizer(config.data.tokenizer)
     roles, extra = tokens_needed(config.train.objective, config.model.context_length)
     return CharTokenizer.from_text(text, unk=config.data.unk, special_tokens=roles, extra_tokens=extra)
 
@@ -138,12 +140,14 @@ def resume_config(out_dir: str | Path, echo: Callable[[str], None] = print) -> R
 
 def load_run(path: str | Path, echo: Callable[[str], None] = print) -> LoadedRun:
     """Load a run directory (its newest good checkpoint) or one checkpoint directory — or a
-    pretrained model: a Hugging Face model directory or a GGUF file (see :func:`load_pretrained_run`)."""
-    path = Path(path)
-    if not path.exists():
-        raise LmlabError(f"{path} does not exist; pass a run directory written by 'lmlab train'")
+    pretrained model: a Hugging Face model directory, a Hub model id or a GGUF file (see
+    :func:`load_pretrained_run`)."""
+    from lmlab.interop.hub import resolve_model_path
     from lmlab.interop.pretrained import is_pretrained_path
 
+    path = resolve_model_path(path)
+    if not path.exists():
+        raise LmlabError(f"{path} does not exist; pass a run directory written by 'lmlab train'")
     if is_pretrained_path(path):
         return load_pretrained_run(path)
     if (path / ckpt.MANIFEST).is_file():
