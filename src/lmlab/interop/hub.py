@@ -76,6 +76,6 @@ def _huggingface_hub(name: str) -> ModuleType:
     except ModuleNotFoundError:
         raise LmlabError(
             f"{name!r} is not a local path; to fetch it as a Hugging Face Hub model id, "
-            "pip install huggingface_hub (or pass a local path)"
+            "install lmlab[hub] (or pass a local path)"
         ) from None
     return huggingface_hub
