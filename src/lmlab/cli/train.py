@@ -59,14 +59,29 @@ def _apply_train_flags(config, args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
+    from lmlab.training.finetuned import is_finetuned
     from lmlab.training.run import evaluate_run, load_run
 
     positive(args.batch_size, "--batch-size")
     run = load_run(args.run_dir, err)
+    if is_finetuned(run):
+        return _eval_finetuned(run, args)
     metrics = evaluate_run(run, args.data, args.split, args.batch_size)
     if metrics["tokens"] == 0:
         raise LmlabError(f"the {args.split} split is too short to evaluate; use more text")
     print(json.dumps({**metrics, "split": args.split, "checkpoint": str(run.checkpoint)}))
+    return 0
+
+
+def _eval_finetuned(run, args: argparse.Namespace) -> int:
+    """A fine-tuned run's task metrics on --data (default: its validation file)."""
+    from lmlab.training.finetuned import FinetunedRun, evaluate_finetuned
+
+    tuned = FinetunedRun(run, run.state["finetune"])
+    data = args.data or tuned.settings.val
+    if data is None:
+        raise LmlabError("pass --data FILE: this fine-tuned run was validated on a split of its training data")
+    print(json.dumps({**evaluate_finetuned(tuned, data), "data": str(data), "checkpoint": str(run.checkpoint)}))
     return 0
 
 

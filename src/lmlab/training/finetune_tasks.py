@@ -117,9 +117,7 @@ class Seq2SeqTask(ExampleTask):
         return token_cross_entropy(call_encoder_decoder(model, batch), batch)
 
     def generate(self, model: nn.Module, sources: list[Ids]) -> list[Ids]:
-        """Greedy or beam outputs for tokenised sources (EOS appended, as in training)."""
-        inputs = [source + [self.eos_id] for source in sources]
-        return generate_seq2seq(model, inputs, self.generation, self.decoder_start_id, self.pad_id).sequences
+        return encoder_decoder_outputs(model, sources, self.generation, self.eos_id, self.decoder_start_id, self.pad_id)
 
     def evaluate(self, model: nn.Module, num_batches: int, seed: int) -> dict[str, float]:
         """Teacher-forced loss, then BLEU, chrF, ROUGE and exact match of generated outputs."""
@@ -146,9 +144,7 @@ class PromptSeq2SeqTask(Seq2SeqTask):
         return token_cross_entropy(call_decoder(model, batch), batch)
 
     def generate(self, model: nn.Module, sources: list[Ids]) -> list[Ids]:
-        """Continuations of the formatted prompts (``sources`` are prompt ids), up to EOS."""
-        outputs = generate_batch(model, sources, self.generation, self.pad_id).sequences
-        return [strip_eos(ids, self.eos_id) for ids in outputs]
+        return decoder_outputs(model, sources, self.generation, self.eos_id, self.pad_id)
 
     def evaluate(self, model: nn.Module, num_batches: int, seed: int) -> dict[str, float]:
         batches = (self.collate(ix, train=False) for ix in sequential_batches(len(self.val_pairs[0]), EVAL_BATCH_SIZE))
@@ -168,6 +164,22 @@ def prompt_target_batch(prompts: list[Ids], targets: list[Ids], eos_id: int, pad
         labels.append(label)
     input_ids = pad_batch(inputs, pad_id)  # (B, T)
     return LMBatch(input_ids.input_ids, pad_batch(labels, IGNORE_INDEX).input_ids)
+
+
+def encoder_decoder_outputs(model: nn.Module, sources: list[Ids], generation: GenerationConfig, eos_id: int,
+                            decoder_start_id: int, pad_id: int) -> list[Ids]:
+    """Greedy or beam outputs of an encoder-decoder for tokenised sources (EOS appended, as in
+    training), without the EOS."""
+    inputs = [source + [eos_id] for source in sources]
+    outputs = generate_seq2seq(model, inputs, generation, decoder_start_id, pad_id).sequences
+    return [strip_eos(ids, eos_id) for ids in outputs]
+
+
+def decoder_outputs(model: nn.Module, prompts: list[Ids], generation: GenerationConfig, eos_id: int,
+                    pad_id: int) -> list[Ids]:
+    """Continuations of formatted prompts by a decoder, up to (without) EOS."""
+    outputs = generate_batch(model, prompts, generation, pad_id).sequences
+    return [strip_eos(ids, eos_id) for ids in outputs]
 
 
 def strip_eos(ids: Ids, eos_id: int) -> Ids:
