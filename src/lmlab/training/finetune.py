@@ -445,9 +445,12 @@ def _fit_prompt(prompt: list[int], target: list[int], truncation: Truncation, wh
 
 
 def _eos_id(tokenizer: Tokenizer, task: str) -> int:
-    if "eos" not in tokenizer.special_tokens:
-        raise LmlabError(f"{task} needs an end-of-sequence token, and the model's tokenizer has none")
-    return tokenizer.special_tokens["eos"]
+    """The token that ends a target or a document: the tokenizer's EOS, else its newline (a
+    character vocabulary without special tokens)."""
+    end = tokenizer.special_tokens.get("eos", tokenizer.token_to_id("\n"))
+    if end is None:
+        raise LmlabError(f"{task} needs an end-of-sequence token, and the model's tokenizer has none (nor a newline)")
+    return end
 
 
 def _decoder_start_id(base: Base) -> int:
