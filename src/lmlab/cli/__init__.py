@@ -11,11 +11,12 @@ from typing import Callable, NoReturn, Sequence
 
 from safetensors import SafetensorError
 
-from lmlab.cli import compare, data, fill_mask, generate, interop, train
+from lmlab.cli import compare, data, fill_mask, finetune, generate, interop, train
 from lmlab.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, err as _err
 from lmlab.cli.compare import cmd_compare
 from lmlab.cli.data import cmd_data_prepare, cmd_tokenizer_decode, cmd_tokenizer_encode, cmd_tokenizer_train
 from lmlab.cli.fill_mask import cmd_fill_mask
+from lmlab.cli.finetune import cmd_classify, cmd_finetune, cmd_seq2seq
 from lmlab.cli.generate import cmd_generate, cmd_score
 from lmlab.cli.interop import cmd_chat, cmd_convert, cmd_embed
 from lmlab.cli.train import cmd_eval, cmd_info, cmd_train
@@ -23,8 +24,9 @@ from lmlab.errors import LmlabError
 
 __all__ = [
     "EXIT_INTERRUPTED", "EXIT_USAGE", "build_parser", "main",
-    "cmd_chat", "cmd_compare", "cmd_convert", "cmd_data_prepare", "cmd_embed", "cmd_eval", "cmd_fill_mask", "cmd_generate",
-    "cmd_info", "cmd_score", "cmd_tokenizer_decode", "cmd_tokenizer_encode", "cmd_tokenizer_train", "cmd_train",
+    "cmd_chat", "cmd_classify", "cmd_compare", "cmd_convert", "cmd_data_prepare", "cmd_embed", "cmd_eval",
+    "cmd_fill_mask", "cmd_finetune", "cmd_generate", "cmd_info", "cmd_score", "cmd_seq2seq", "cmd_tokenizer_decode",
+    "cmd_tokenizer_encode", "cmd_tokenizer_train", "cmd_train",
 ]
 
 
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_data_parser(sub)
     interop.add_interop_parsers(sub)
     fill_mask.add_fill_mask_parser(sub)
+    finetune.add_finetune_parsers(sub)
     return parser
 
 

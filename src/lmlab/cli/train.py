@@ -59,6 +59,7 @@ def _apply_train_flags(config, args: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
+    from lmlab.training.finetuned import is_finetuned
     from lmlab.training.run import evaluate_run, load_run
 
     positive(args.batch_size, "--batch-size")
@@ -66,11 +67,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise LmlabError("--split picks part of the run's own corpus; a --data corpus is scored whole, so drop one of them")
     split = args.split or "val"
     run = load_run(args.run_dir, err)
+    if is_finetuned(run):
+        return _eval_finetuned(run, args)
     metrics = evaluate_run(run, args.data, split, args.batch_size, progress=not args.no_progress)
     scored = {"data": args.data, "split": "all"} if args.data is not None else {"split": split}
     if metrics["tokens"] == 0:
         raise LmlabError(f"{args.data or f'the {split} split'} is too short to evaluate; use more text")
     print(json.dumps({**metrics, **scored, "checkpoint": str(run.checkpoint)}))
+    return 0
+
+
+def _eval_finetuned(run, args: argparse.Namespace) -> int:
+    """A fine-tuned run's task metrics on --data (default: its validation file)."""
+    from lmlab.training.finetuned import FinetunedRun, evaluate_finetuned
+
+    tuned = FinetunedRun(run, run.state["finetune"])
+    data = args.data or tuned.settings.val
+    if data is None:
+        raise LmlabError("pass --data FILE: this fine-tuned run was validated on a split of its training data")
+    print(json.dumps({**evaluate_finetuned(tuned, data), "data": str(data), "checkpoint": str(run.checkpoint)}))
     return 0
 
 

@@ -15,7 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -34,12 +34,23 @@ from lmlab.training.objective_registry import TrainingTask
 METRICS_FILE = "metrics.jsonl"
 
 
+class EvalMonitor(Protocol):
+    """What a fine-tuning run adds to the loop: more evaluation points (epoch ends), and what
+    follows each evaluation (keeping the best checkpoint, early stopping)."""
+
+    should_stop: bool  # set by after_evaluation to end the run ("early_stopping")
+
+    def evaluates_at(self, step: int) -> bool: ...
+
+    def after_evaluation(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
+
+
 @dataclass
 class TrainResult:
     """How a call to :meth:`Trainer.fit` ended."""
 
     step: int
-    stop_reason: str  # "max_steps", "max_time" or "interrupted"
+    stop_reason: str  # "max_steps", "max_time", "interrupted" or "early_stopping"
     last_eval: dict[str, float] | None
     checkpoint: Path
 
@@ -49,7 +60,7 @@ class Trainer:
 
     ``extra_state`` (config, tokenizer, ...) is stored in every checkpoint's ``state.json``.
     ``lock`` (the run directory's, see :func:`lmlab.output_dir.lock_output_dir`) is released when
-    :meth:`fit` ends.
+    :meth:`fit` ends. ``monitor`` (optional) adds evaluation points and acts on each evaluation.
     """
 
     def __init__(
@@ -62,6 +73,7 @@ class Trainer:
         progress: bool = True,
         echo: Callable[[str], None] = print,
         lock: DirectoryLock | None = None,
+        monitor: EvalMonitor | None = None,
     ):
         self.config = config
         self.cfg = config.train
@@ -80,6 +92,7 @@ class Trainer:
         self._stop_requested = False
         self._saved_step: int | None = None  # the step of the checkpoint this trainer wrote last
         self._lock = lock
+        self.monitor = monitor
 
     # ----------------------------------------------------------------------------- resume
     def restore(self, path: Path) -> None:
@@ -113,6 +126,9 @@ class Trainer:
             while self.step < self._last_step():
                 if self._stop_requested:
                     stop_reason = "interrupted"
+                    break
+                if self.monitor is not None and self.monitor.should_stop:
+                    stop_reason = "early_stopping"
                     break
                 if self.cfg.max_time is not None and self.elapsed >= self.cfg.max_time:
                     stop_reason = "max_time"
@@ -191,13 +207,14 @@ class Trainer:
             self._log({"kind": "train", "step": self.step, "loss": loss, "lr": lr,
                        "tokens_per_s": tokens_per_s, "elapsed_s": self.elapsed,
                        **expert_utilisation(self.model)})
-        if self.cfg.eval_every > 0 and self.step % self.cfg.eval_every == 0:
+        if self._evaluation_due():
             metrics = self._evaluate()
             if self.progress:
-                bar.write(
-                    f"step {self.step}: val loss {metrics['loss']:.4f}, "
-                    f"perplexity {metrics['perplexity']:.2f}, accuracy {metrics['accuracy']:.3f}"
-                )
+                bar.write(f"step {self.step}: " + ", ".join(_shown(name, value) for name, value in metrics.items()))
+
+    def _evaluation_due(self) -> bool:
+        every = self.cfg.eval_every > 0 and self.step % self.cfg.eval_every == 0
+        return every or (self.monitor is not None and self.monitor.evaluates_at(self.step))
 
     def _evaluate(self) -> dict[str, float]:
         metrics = self.task.evaluate(self.model, self.cfg.eval_batches, seed=self.cfg.seed)
@@ -205,6 +222,8 @@ class Trainer:
         self.last_eval = {**metrics, "step": self.step}
         self._log({"kind": "eval", "step": self.step, "elapsed_s": self.elapsed,
                    **{f"val_{k}": v for k, v in metrics.items()}})
+        if self.monitor is not None:
+            self.monitor.after_evaluation(self, metrics)
         return metrics
 
     # ----------------------------------------------------------------------------- state
@@ -249,6 +268,12 @@ class Trainer:
             return
         kept = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
         path.write_text("".join(line + "\n" for line in kept))
+
+
+def _shown(name: str, value: float) -> str:
+    """One validation metric for the progress line: ``val loss 1.2345``."""
+    digits = {"loss": 4, "perplexity": 2}.get(name, 3)
+    return f"val {name} {value:.{digits}f}" if isinstance(value, float) else f"val {name} {value}"
 
 
 def _step_of(line: str) -> int:

@@ -1,0 +1,486 @@
+"""Fine-tune a pretrained model on a user's data: ``finetune(FinetuneConfig(...))``.
+
+The model is an lmlab run directory, a Hugging Face model directory or a GGUF file (see
+:func:`lmlab.training.run.load_run`). The task turns the data into a
+:class:`~lmlab.training.objective_registry.TrainingTask` for the one trainer, so checkpoints,
+``metrics.jsonl``, progress and exact ``resume`` work as for pretraining:
+
+* ``classify`` — an encoder (BERT, RoBERTa, an lmlab encoder run) with a new classification head
+  (labels from the training data, kept in the run); metric: accuracy.
+* ``seq2seq`` — an encoder-decoder (T5, BART, an lmlab encoder-decoder or GRU seq2seq run) with
+  teacher forcing, or a decoder with ``prompt_format`` (loss on the target only); validation
+  generates and scores BLEU, chrF, ROUGE; metric: chrF.
+* ``causal-lm`` — continued pretraining of a decoder on documents packed with EOS; metric: loss.
+
+The best checkpoint by the metric is kept in ``RUN/best/``; what the run needs at inference
+(task, labels, special ids, formats) is stored under ``"finetune"`` in every checkpoint's state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from lmlab.errors import LmlabError
+from lmlab.generation import GenerationConfig
+from lmlab.models import ModelConfig, build_model
+from lmlab.models.interface import DECODER, ENCODER, ENCODER_DECODER
+from lmlab.tokenizers import HFTokenizer, Tokenizer, tokenizer_from_json, tokenizer_to_json
+from lmlab.training import checkpoint as ckpt
+from lmlab.training.config import DataConfig, RunConfig, TrainConfig
+from lmlab.training.finetune_tasks import (
+    CausalLMTask,
+    ClassifyTask,
+    ExampleTask,
+    PromptSeq2SeqTask,
+    Seq2SeqTask,
+    packed_rows,
+)
+from lmlab.training.run import claim_run_dir, load_run
+from lmlab.training.selection import BEST_DIR, Selection
+from lmlab.training.task_data import (
+    BatchSize,
+    EpochPlan,
+    Truncation,
+    read_classification,
+    read_documents,
+    read_pairs,
+    split_indices,
+)
+from lmlab.training.trainer import METRICS_FILE, Trainer
+
+TASKS = ("classify", "seq2seq", "causal-lm")
+SELECTION_METRICS = {"classify": ("accuracy", True), "seq2seq": ("chrf", True), "causal-lm": ("loss", False)}
+POOLINGS = ("cls", "mean")
+DEFAULT_EPOCHS = 3
+DEFAULT_BATCH_SIZE = 16
+UNBOUNDED_STEPS = 10**9  # the step budget of a run bounded by --max-time alone
+SOURCE_SLOT = "{source}"
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything ``lmlab finetune`` takes; see the module docstring for the tasks."""
+
+    model: str
+    task: str
+    data: str
+    out: str
+    val: str | None = None
+    val_fraction: float = 0.1
+    text_column: str = "text"
+    label_column: str = "label"
+    source_column: str = "source"
+    target_column: str = "target"
+    source_prefix: str = ""  # seq2seq: put before every source ("summarize: ")
+    prompt_format: str | None = None  # seq2seq on a decoder: "{source}\nTL;DR: "
+    pooling: str | None = None  # classify: cls or mean (default: cls when the tokenizer adds [CLS]/<s>)
+    epochs: int | None = None
+    max_steps: int | None = None
+    max_time: float | None = None
+    batch_size: int | None = None
+    max_tokens_per_batch: int | None = None
+    lr: float = 5e-5
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    truncate: bool = True
+    eval_every: int | None = None  # steps; default: once an epoch (and at each epoch end anyway)
+    early_stopping_patience: int | None = None
+    checkpoint_every: int = 500
+    strategy: str = "greedy"  # seq2seq validation decoding: greedy or beam
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    resume: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`LmlabError` for settings a fine-tuning run cannot use."""
+        if self.task not in TASKS:
+            raise LmlabError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise LmlabError(f"--pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.batch_size is not None and self.max_tokens_per_batch is not None:
+            raise LmlabError("give --batch-size or --max-tokens-per-batch, not both")
+        for name in ("epochs", "max_steps", "eval_every", "early_stopping_patience", "max_new_tokens", "num_beams"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise LmlabError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.prompt_format is not None and SOURCE_SLOT not in self.prompt_format:
+            raise LmlabError(f"--prompt-format must contain {SOURCE_SLOT}, e.g. '{{source}}\\nTL;DR: '")
+
+    def batch(self) -> BatchSize:
+        if self.max_tokens_per_batch is not None:
+            return BatchSize(max_tokens=self.max_tokens_per_batch)
+        return BatchSize(examples=self.batch_size or DEFAULT_BATCH_SIZE)
+
+    def generation(self, eos_id: int) -> GenerationConfig:
+        """How validation (and ``lmlab seq2seq``) decodes."""
+        config = GenerationConfig(max_new_tokens=self.max_new_tokens, strategy=self.strategy, num_beams=self.num_beams,
+                                  eos_ids=(eos_id,), draft_tokens=0)
+        config.validate()
+        return config
+
+
+@dataclass
+class FinetuneResult:
+    """How a fine-tuning run ended: its last step, why, the last evaluation and the checkpoints."""
+
+    step: int
+    stop_reason: str
+    last_eval: dict[str, float] | None
+    checkpoint: Path
+    best: Path | None
+    truncated: int  # examples cut to the model's context
+
+    def summary(self) -> dict[str, Any]:
+        """The one-line JSON ``lmlab finetune`` prints."""
+        return {"step": self.step, "stop_reason": self.stop_reason, "checkpoint": str(self.checkpoint),
+                "best": None if self.best is None else str(self.best), "truncated": self.truncated,
+                **{f"val_{k}": v for k, v in (self.last_eval or {}).items() if k != "step"}}
+
+
+# ----------------------------------------------------------------------------- text → ids
+class Codec:
+    """How a run turns its texts into ids: framing with special tokens (classify), the source
+    prefix or prompt format (seq2seq)."""
+
+    def __init__(self, tokenizer: Tokenizer, spec: dict[str, Any]):
+        self.tokenizer, self.spec = tokenizer, spec
+
+    def text(self, text: str) -> list[int]:
+        """A text to classify, framed as the tokenizer frames one sequence ([CLS] … [SEP])."""
+        if isinstance(self.tokenizer, HFTokenizer):
+            return self.tokenizer.encode(text, add_special_tokens=True)
+        return self.tokenizer.encode(text)
+
+    def source(self, text: str) -> list[int]:
+        """A seq2seq source: with the prefix, inside the prompt format for a decoder."""
+        text = self.spec["source_prefix"] + text
+        if self.spec["prompt_format"] is not None:
+            text = self.spec["prompt_format"].replace(SOURCE_SLOT, text)
+        return self.tokenizer.encode(text)
+
+    def target(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+
+# ----------------------------------------------------------------------------- the run
+@dataclass
+class Prepared:
+    """A fine-tuning run before training: model, tokenizer, the task and what the run stores."""
+
+    model: nn.Module
+    model_config: ModelConfig
+    tokenizer: Tokenizer
+    task: ExampleTask
+    spec: dict[str, Any]
+    truncated: int
+
+
+def finetune(config: FinetuneConfig, progress: bool = True, echo: Callable[[str], None] = print) -> FinetuneResult:
+    """Fine-tune ``config.model`` on ``config.data`` into ``config.out`` (or continue it, with
+    ``resume``); returns how it ended. Data and model are checked before the directory is touched."""
+    out = Path(config.out)
+    start = _resume_point(out, echo) if config.resume else None
+    if start is not None:
+        config = _resumed_config(config, ckpt.read_state(start))
+    config.validate()
+    prepared = _prepare(config, ckpt.read_state(start) if start else None, echo)
+    run_config = _run_config(config, prepared)
+    lock = claim_run_dir(out, config.resume)
+    try:
+        trainer = _trainer(config, run_config, prepared, out, start, progress, echo, lock)
+    except BaseException:
+        lock.release()
+        raise
+    result = trainer.fit()
+    best = out / BEST_DIR
+    return FinetuneResult(result.step, result.stop_reason, result.last_eval, result.checkpoint,
+                          best if ckpt.list_checkpoints(best) else None, prepared.truncated)
+
+
+def _trainer(config: FinetuneConfig, run_config: RunConfig, prepared: Prepared, out: Path, start: Path | None,
+             progress: bool, echo: Callable[[str], None], lock) -> Trainer:
+    if start is None and ckpt.list_checkpoints(out):
+        raise LmlabError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if start is None:
+        (out / METRICS_FILE).unlink(missing_ok=True)
+    plan = prepared.task.plan
+    metric, higher = SELECTION_METRICS[config.task]
+    stored = ckpt.read_state(start).get("selection") if start else None
+    selection = Selection(metric, higher, config.early_stopping_patience,
+                          lambda step: plan.locate(step)[1] == 0, stored)
+    extra = {"tokenizer": tokenizer_to_json(prepared.tokenizer), "finetune": prepared.spec}
+    trainer = Trainer(run_config, prepared.model, prepared.task, out, extra_state=extra, progress=progress,
+                      echo=echo, lock=lock, monitor=selection)
+    ckpt.remove_partial_checkpoints(out)
+    if start is not None:
+        trainer.restore(start)
+        prepared.task.seek(trainer.step)
+        trainer.extra_state["selection"] = selection.state()
+        echo(f"resuming from {start} (step {trainer.step})")
+    return trainer
+
+
+def _run_config(config: FinetuneConfig, prepared: Prepared) -> RunConfig:
+    """The trainer's config: constant learning rate after an optional warm-up, AdamW (0.9, 0.999)."""
+    plan = prepared.task.plan
+    steps = _step_budget(config, plan)
+    train = TrainConfig(
+        batch_size=config.batch_size or DEFAULT_BATCH_SIZE, lr=config.lr, min_lr=config.lr,
+        warmup_steps=config.warmup_steps, max_steps=steps, max_time=config.max_time,
+        weight_decay=config.weight_decay, beta1=0.9, beta2=0.999, grad_clip=config.grad_clip,
+        eval_every=config.eval_every or len(plan.epoch(0)), checkpoint_every=config.checkpoint_every,
+        keep_checkpoints=2, seed=config.seed, sample_chars=0,
+    )
+    train.validate()
+    return RunConfig(model=prepared.model_config, train=train, data=DataConfig(corpus=config.data))
+
+
+def _step_budget(config: FinetuneConfig, plan: EpochPlan) -> int:
+    """Optimizer steps: the epochs' batches, capped by --max-steps (default: 3 epochs)."""
+    epochs = config.epochs
+    if epochs is None and config.max_steps is None:
+        if config.max_time is not None:
+            return UNBOUNDED_STEPS
+        epochs = DEFAULT_EPOCHS
+    steps = plan.epoch_ends(epochs)[-1] if epochs is not None else UNBOUNDED_STEPS
+    return min(steps, config.max_steps or steps)
+
+
+def _resume_point(out: Path, echo: Callable[[str], None]) -> Path:
+    start = ckpt.latest_good_checkpoint(out, echo) if out.is_dir() else None
+    if start is None:
+        raise LmlabError(f"nothing to resume in {out}: no good checkpoint there; drop --resume to start a new run")
+    return start
+
+
+def _resumed_config(config: FinetuneConfig, state: dict[str, Any]) -> FinetuneConfig:
+    """The settings stored in the run, with this call's budgets (epochs, steps, time) when given."""
+    if "finetune" not in state:
+        raise LmlabError(f"{config.out} is not a fine-tuning run; resume it with 'lmlab train --resume'")
+    stored = FinetuneConfig(**state["finetune"]["settings"])
+    budgets = {name: getattr(config, name) for name in ("epochs", "max_steps", "max_time")
+               if getattr(config, name) is not None}
+    return dataclasses.replace(stored, out=config.out, resume=True, **budgets)
+
+
+# ----------------------------------------------------------------------------- preparing
+@dataclass
+class Base:
+    """The model fine-tuning starts from."""
+
+    model: nn.Module
+    config: ModelConfig
+    tokenizer: Tokenizer
+    source: Path
+
+
+def _prepare(config: FinetuneConfig, resumed_state: dict[str, Any] | None, echo: Callable[[str], None]) -> Prepared:
+    base = _resumed_base(config, resumed_state) if resumed_state else _loaded_base(config.model, echo)
+    prepare = {"classify": _prepare_classify, "seq2seq": _prepare_seq2seq, "causal-lm": _prepare_causal_lm}[config.task]
+    prepared = prepare(config, base, resumed_state is not None)
+    if prepared.truncated:
+        echo(f"truncated {prepared.truncated} examples to the model's context ({_context(prepared.model)} tokens)")
+    return prepared
+
+
+def _loaded_base(path: str, echo: Callable[[str], None]) -> Base:
+    run = load_run(path, echo)
+    return Base(run.model, run.config.model, run.tokenizer, Path(path))
+
+
+def _resumed_base(config: FinetuneConfig, state: dict[str, Any]) -> Base:
+    """The architecture of a run being resumed (its weights come from the checkpoint)."""
+    model_config = RunConfig.from_dict(state["config"]).model
+    return Base(build_model(model_config), model_config, tokenizer_from_json(state["tokenizer"]), Path(config.model))
+
+
+def _spec(config: FinetuneConfig, tokenizer: Tokenizer, **task_fields: Any) -> dict[str, Any]:
+    special = tokenizer.special_tokens
+    return {"task": config.task, "source_prefix": config.source_prefix, "prompt_format": config.prompt_format,
+            "pad_id": special.get("pad", special.get("eos", 0)), "settings": dataclasses.asdict(config),
+            **task_fields}
+
+
+def _context(model: nn.Module) -> int | None:
+    return model.max_positions
+
+
+def _split(config: FinetuneConfig, count: int) -> tuple[list[int], list[int]] | None:
+    """Training and validation indices of the training file, or None when --val names a file."""
+    return None if config.val is not None else split_indices(count, config.val_fraction, config.seed)
+
+
+def _pick(items: list, indices: list[int]) -> list:
+    return [items[i] for i in indices]
+
+
+# classify --------------------------------------------------------------------
+def _prepare_classify(config: FinetuneConfig, base: Base, resumed: bool) -> Prepared:
+    if base.model.structure != ENCODER:
+        raise LmlabError(
+            f"classify fine-tunes an encoder (BERT, RoBERTa or an lmlab encoder run); {base.source} is a "
+            f"{base.model.structure} model"
+        )
+    train = read_classification(config.data, config.text_column, config.label_column)
+    names = train.label_names
+    split = _split(config, len(train))
+    if split is None:
+        val = read_classification(config.val, config.text_column, config.label_column, label_names=names)
+        val_texts, val_labels = val.texts, val.labels
+        train_texts, train_labels = train.texts, train.labels
+    else:
+        train_texts, train_labels = _pick(train.texts, split[0]), _pick(train.labels, split[0])
+        val_texts, val_labels = _pick(train.texts, split[1]), _pick(train.labels, split[1])
+    pooling = config.pooling or _default_pooling(base.tokenizer)
+    model, model_config = (base.model, base.config) if resumed else _classifier(base, len(names), pooling, config.seed)
+    codec = Codec(base.tokenizer, {})
+    truncation = Truncation(_context(model) or UNBOUNDED_STEPS, config.truncate)
+    train_ids = [truncation.apply(codec.text(t), f"{config.data}, data row", row) for row, t in enumerate(train_texts, 1)]
+    val_ids = [truncation.apply(codec.text(t), "validation text", row) for row, t in enumerate(val_texts, 1)]
+    spec = _spec(config, base.tokenizer, label_names=names)
+    plan = EpochPlan([len(ids) for ids in train_ids], config.batch(), config.seed)
+    task = ClassifyTask(plan, (train_ids, train_labels), (val_ids, val_labels), names, spec["pad_id"])
+    return Prepared(model, model_config, base.tokenizer, task, spec, truncation.cut)
+
+
+def _default_pooling(tokenizer: Tokenizer) -> str:
+    """``cls`` when the tokenizer puts a special token first ([CLS], <s>), else ``mean``."""
+    if isinstance(tokenizer, HFTokenizer):
+        framed, plain = tokenizer.encode("a", add_special_tokens=True), tokenizer.encode("a")
+        if len(framed) > len(plain) and framed[0] in tokenizer.special_tokens.values():
+            return "cls"
+    return "mean"
+
+
+def _classifier(base: Base, num_labels: int, pooling: str, seed: int) -> tuple[nn.Module, ModelConfig]:
+    """An :class:`~lmlab.models.EncoderClassifier` on the base encoder's weights. A base that is
+    already a classifier with as many labels keeps its head (a ``…ForSequenceClassification``)."""
+    if base.config.head == "classifier" and base.config.num_labels == num_labels:
+        return base.model, base.config
+    config = dataclasses.replace(base.config, head="classifier", num_labels=num_labels, pooling=pooling)
+    torch.manual_seed(seed)
+    model = build_model(config)
+    model.backbone.load_state_dict(base.model.backbone.state_dict())
+    return model, config
+
+
+# seq2seq ---------------------------------------------------------------------
+def _prepare_seq2seq(config: FinetuneConfig, base: Base, resumed: bool) -> Prepared:
+    structure = base.model.structure
+    if structure == ENCODER:
+        raise LmlabError(f"seq2seq needs an encoder-decoder or a decoder; {base.source} is an encoder")
+    if structure == DECODER and config.prompt_format is None:
+        raise LmlabError(
+            f"{base.source} is a decoder-only model: seq2seq on it needs --prompt-format, e.g. '{{source}}\\nTL;DR: '"
+        )
+    if structure == ENCODER_DECODER and config.prompt_format is not None:
+        raise LmlabError("--prompt-format is for decoder-only models; use --source-prefix with an encoder-decoder")
+    eos_id = _eos_id(base.tokenizer, "seq2seq")
+    train_pairs = read_pairs(config.data, config.source_column, config.target_column)
+    split = _split(config, len(train_pairs))
+    if split is None:
+        val_pairs = read_pairs(config.val, config.source_column, config.target_column)
+    else:
+        train_pairs, val_pairs = _pick(train_pairs, split[0]), _pick(train_pairs, split[1])
+    spec = _spec(config, base.tokenizer, eos_id=eos_id, decoder_start_id=_decoder_start_id(base))
+    codec = Codec(base.tokenizer, spec)
+    fit = _fit_prompt if structure == DECODER else _fit_pair
+    truncation = Truncation(_context(base.model) or UNBOUNDED_STEPS, config.truncate)
+    train = _encoded_pairs(train_pairs, codec, fit, truncation, f"{config.data}, data row")
+    val = _encoded_pairs(val_pairs, codec, fit, truncation, "validation pair")
+    plan = EpochPlan([len(s) + len(t) for s, t in zip(*train)], config.batch(), config.seed)
+    kind = PromptSeq2SeqTask if structure == DECODER else Seq2SeqTask
+    task = kind(plan, train, val, spec["pad_id"], eos_id, spec["decoder_start_id"], codec.decode,
+                config.generation(eos_id))
+    return Prepared(base.model, base.config, base.tokenizer, task, spec, truncation.cut)
+
+
+Fit = Callable[[list[int], list[int], Truncation, str, int], tuple[list[int], list[int]]]
+
+
+def _encoded_pairs(pairs: list, codec: Codec, fit: Fit, truncation: Truncation,
+                   what: str) -> tuple[list[list[int]], list[list[int]]]:
+    sources, targets = [], []
+    for row, pair in enumerate(pairs, start=1):
+        source, target = fit(codec.source(pair.source), codec.target(pair.target), truncation, what, row)
+        sources.append(source)
+        targets.append(target)
+    return sources, targets
+
+
+def _fit_pair(source: list[int], target: list[int], truncation: Truncation, what: str,
+              row: int) -> tuple[list[int], list[int]]:
+    """An encoder-decoder pair within the context, room left for each side's EOS."""
+    limit = Truncation(truncation.max_tokens - 1, truncation.allowed)
+    fitted = limit.apply(source, what, row), limit.apply(target, what, row)
+    truncation.cut += bool(limit.cut)
+    return fitted
+
+
+def _fit_prompt(prompt: list[int], target: list[int], truncation: Truncation, what: str,
+                row: int) -> tuple[list[int], list[int]]:
+    """prompt + target + EOS within context + 1 tokens: the target keeps at most half the room,
+    the prompt keeps its end (where the format's cue is)."""
+    room = truncation.max_tokens  # the decoder reads prompt + target; it predicts the target and EOS
+    if len(prompt) + len(target) <= room:
+        return prompt, target
+    if not truncation.allowed:
+        raise LmlabError(f"{what} {row} has {len(prompt) + len(target) + 1} tokens, more than the model's "
+                         f"{truncation.max_tokens + 1}; shorten it or drop --no-truncate")
+    truncation.cut += 1
+    target = target[: max(room // 2, room - len(prompt))]
+    return prompt[-(room - len(target)):], target
+
+
+def _eos_id(tokenizer: Tokenizer, task: str) -> int:
+    """The token that ends a target or a document: the tokenizer's EOS, else its newline (a
+    character vocabulary without special tokens)."""
+    end = tokenizer.special_tokens.get("eos", tokenizer.token_to_id("\n"))
+    if end is None:
+        raise LmlabError(f"{task} needs an end-of-sequence token, and the model's tokenizer has none (nor a newline)")
+    return end
+
+
+def _decoder_start_id(base: Base) -> int:
+    """config.json's ``decoder_start_token_id`` (a Hugging Face model), else pad, bos or eos."""
+    hf_config = base.source / "config.json"
+    if hf_config.is_file():
+        value = json.loads(hf_config.read_text(encoding="utf-8")).get("decoder_start_token_id")
+        if isinstance(value, int):
+            return value
+    special = base.tokenizer.special_tokens
+    return next((special[role] for role in ("pad", "bos", "eos") if role in special), 0)
+
+
+# causal LM -------------------------------------------------------------------
+def _prepare_causal_lm(config: FinetuneConfig, base: Base, resumed: bool) -> Prepared:
+    if base.model.structure != DECODER:
+        raise LmlabError(f"causal-lm continues a decoder (GPT-2, Llama, an lmlab decoder run); {base.source} is "
+                         f"a{'n' if base.model.structure[0] == 'e' else ''} {base.model.structure} model")
+    eos_id = _eos_id(base.tokenizer, "causal-lm")
+    documents = read_documents(config.data, config.text_column)
+    split = _split(config, len(documents))
+    if split is None:
+        val_documents = read_documents(config.val, config.text_column)
+    else:
+        documents, val_documents = _pick(documents, split[0]), _pick(documents, split[1])
+    spec = _spec(config, base.tokenizer, eos_id=eos_id)
+    context = _context(base.model) or 256
+    encode = base.tokenizer.encode
+    train_rows = packed_rows([encode(d) for d in documents], context, eos_id, spec["pad_id"])
+    val_rows = packed_rows([encode(d) for d in val_documents], context, eos_id, spec["pad_id"])
+    plan = EpochPlan([context] * train_rows.size(0), config.batch(), config.seed)
+    task = CausalLMTask(plan, train_rows, val_rows)
+    return Prepared(base.model, base.config, base.tokenizer, task, spec, 0)
