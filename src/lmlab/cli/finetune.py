@@ -14,7 +14,8 @@ SETTING_FLAGS = (  # FinetuneConfig fields set from flags of the same name
     "val", "val_fraction", "text_column", "label_column", "source_column", "target_column", "source_prefix",
     "prompt_format", "pooling", "epochs", "max_steps", "max_time", "batch_size", "max_tokens_per_batch", "lr",
     "warmup_steps", "weight_decay", "grad_clip", "seed", "eval_every", "early_stopping_patience",
-    "checkpoint_every", "strategy", "num_beams", "max_new_tokens", "resume",
+    "checkpoint_every", "strategy", "num_beams", "max_new_tokens", "resume", "messages_column", "freeze",
+    "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
 )
 
 
@@ -72,16 +73,19 @@ def cmd_seq2seq(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------- parsers
 def add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
-    ft = sub.add_parser("finetune", help="fine-tune a pretrained model on labelled data (classify, seq2seq, causal-lm)")
-    ft.add_argument("model", help="an lmlab run directory, a Hugging Face model directory or a .gguf file")
-    ft.add_argument("--task", required=True, choices=("classify", "seq2seq", "causal-lm"))
-    ft.add_argument("--data", required=True, help="training data: .csv, .tsv, .jsonl (or .txt files for causal-lm)")
+    ft = sub.add_parser("finetune", help="fine-tune a pretrained model on labelled data (classify, seq2seq, "
+                                         "causal-lm, chat)")
+    ft.add_argument("model", help="an lmlab run directory, a Hugging Face model directory or Hub id, or a .gguf file")
+    ft.add_argument("--task", required=True, choices=("classify", "seq2seq", "causal-lm", "chat"))
+    ft.add_argument("--data", required=True, help="training data: .csv, .tsv, .jsonl (or .txt files for causal-lm; "
+                                                  ".jsonl conversations for chat)")
     ft.add_argument("--out", required=True, help="run directory")
     val = ft.add_mutually_exclusive_group()
     val.add_argument("--val", help="validation file (default: a seeded split of --data)")
     val.add_argument("--val-fraction", type=float, help="share of --data held out for validation (default 0.1)")
     for column in ("text", "label", "source", "target"):
         ft.add_argument(f"--{column}-column", help=f"column (JSON field) of the {column} (default: {column})")
+    ft.add_argument("--messages-column", help="chat: JSON field of the conversation (default: messages)")
     ft.add_argument("--source-prefix", help="seq2seq: text put before every source, e.g. 'summarize: '")
     ft.add_argument("--prompt-format", help="seq2seq on a decoder: the prompt, e.g. '{source}\\nTL;DR: '")
     ft.add_argument("--pooling", choices=("cls", "mean"), help="classify: pooling of the new head")
@@ -102,6 +106,11 @@ def add_finetune_parsers(sub: argparse._SubParsersAction) -> None:
     ft.add_argument("--strategy", choices=("greedy", "beam"), help="seq2seq validation decoding")
     ft.add_argument("--num-beams", type=int)
     ft.add_argument("--max-new-tokens", type=int, help="seq2seq: longest generated target (default 64)")
+    ft.add_argument("--freeze", choices=("embeddings", "encoder", "all-but-head"), help="train the rest only")
+    ft.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank instead of the weights")
+    ft.add_argument("--lora-alpha", type=float, help="LoRA scale numerator (default 16; the update is alpha/rank)")
+    ft.add_argument("--lora-dropout", type=float, help="dropout on the adapters' input (default 0)")
+    ft.add_argument("--lora-targets", help="projections to adapt, from q,k,v,o,ffn (default q,k,v,o)")
     ft.add_argument("--no-truncate", action="store_true", help="refuse texts longer than the model's context")
     ft.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
     ft.add_argument("--no-progress", action="store_true", help="no progress bar")

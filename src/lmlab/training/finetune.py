@@ -11,6 +11,12 @@ The model is an lmlab run directory, a Hugging Face model directory or a GGUF fi
   teacher forcing, or a decoder with ``prompt_format`` (loss on the target only); validation
   generates and scores BLEU, chrF, ROUGE; metric: chrF.
 * ``causal-lm`` — continued pretraining of a decoder on documents packed with EOS; metric: loss.
+* ``chat`` — supervised fine-tuning of a decoder on conversations (OpenAI ``messages``) rendered
+  with its tokenizer's chat template, the loss on the assistant's tokens only; metric: loss.
+
+``freeze`` stops gradients to part of the model (:mod:`lmlab.training.freezing`); ``lora_rank``
+trains LoRA adapters instead of the weights (:mod:`lmlab.training.lora`; a classifier's head
+stays trainable), written on their own into every checkpoint and merged when the run is loaded.
 
 The best checkpoint by the metric is kept in ``RUN/best/``; what the run needs at inference
 (task, labels, special ids, formats) is stored under ``"finetune"`` in every checkpoint's state.
@@ -29,6 +35,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig
+from lmlab.interop.hub import resolve_model_path
 from lmlab.models import ModelConfig, build_model
 from lmlab.models.interface import DECODER, ENCODER, ENCODER_DECODER
 from lmlab.tokenizers import HFTokenizer, Tokenizer, tokenizer_from_json, tokenizer_to_json
@@ -36,11 +43,22 @@ from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import DataConfig, RunConfig, TrainConfig
 from lmlab.training.finetune_tasks import (
     CausalLMTask,
+    ChatTask,
     ClassifyTask,
     ExampleTask,
     PromptSeq2SeqTask,
     Seq2SeqTask,
     packed_rows,
+)
+from lmlab.training.freezing import FREEZABLE, freeze, head_modules
+from lmlab.training.lora import (
+    DEFAULT_TARGETS,
+    LORA_STATE,
+    apply_lora,
+    lora_layers,
+    lora_settings,
+    parse_targets,
+    save_adapters_in_checkpoint,
 )
 from lmlab.training.run import claim_run_dir, load_run
 from lmlab.training.selection import BEST_DIR, Selection
@@ -48,15 +66,18 @@ from lmlab.training.task_data import (
     BatchSize,
     EpochPlan,
     Truncation,
+    chat_examples,
     read_classification,
+    read_conversations,
     read_documents,
     read_pairs,
     split_indices,
 )
 from lmlab.training.trainer import METRICS_FILE, Trainer
 
-TASKS = ("classify", "seq2seq", "causal-lm")
-SELECTION_METRICS = {"classify": ("accuracy", True), "seq2seq": ("chrf", True), "causal-lm": ("loss", False)}
+TASKS = ("classify", "seq2seq", "causal-lm", "chat")
+SELECTION_METRICS = {"classify": ("accuracy", True), "seq2seq": ("chrf", True), "causal-lm": ("loss", False),
+                     "chat": ("loss", False)}
 POOLINGS = ("cls", "mean")
 DEFAULT_EPOCHS = 3
 DEFAULT_BATCH_SIZE = 16
@@ -78,6 +99,7 @@ class FinetuneConfig:
     label_column: str = "label"
     source_column: str = "source"
     target_column: str = "target"
+    messages_column: str = "messages"  # chat: the JSONL field holding the conversation
     source_prefix: str = ""  # seq2seq: put before every source ("summarize: ")
     prompt_format: str | None = None  # seq2seq on a decoder: "{source}\nTL;DR: "
     pooling: str | None = None  # classify: cls or mean (default: cls when the tokenizer adds [CLS]/<s>)
@@ -99,6 +121,11 @@ class FinetuneConfig:
     num_beams: int = 1
     max_new_tokens: int = 64
     resume: bool = False
+    freeze: str | None = None  # embeddings, encoder or all-but-head
+    lora_rank: int | None = None  # LoRA adapters of this rank instead of training the weights
+    lora_alpha: float | None = None  # default 16
+    lora_dropout: float | None = None  # default 0
+    lora_targets: str | None = None  # roles q,k,v,o,ffn; default q,k,v,o
 
     def validate(self) -> None:
         """Raise :class:`LmlabError` for settings a fine-tuning run cannot use."""
@@ -114,6 +141,25 @@ class FinetuneConfig:
                 raise LmlabError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.prompt_format is not None and SOURCE_SLOT not in self.prompt_format:
             raise LmlabError(f"--prompt-format must contain {SOURCE_SLOT}, e.g. '{{source}}\\nTL;DR: '")
+        self._validate_adaptation()
+
+    def _validate_adaptation(self) -> None:
+        if self.freeze is not None and self.freeze not in FREEZABLE:
+            raise LmlabError(f"--freeze must be one of {', '.join(FREEZABLE)}, got {self.freeze!r}")
+        lora_options = (self.lora_alpha, self.lora_dropout, self.lora_targets)
+        if self.lora_rank is None and any(option is not None for option in lora_options):
+            raise LmlabError("--lora-alpha, --lora-dropout and --lora-targets need --lora-rank R")
+        if self.lora_rank is not None and self.freeze is not None:
+            raise LmlabError("--freeze and --lora-rank do not combine: LoRA already freezes all but the adapters")
+        if self.lora_targets is not None:
+            parse_targets(self.lora_targets)
+
+    def lora(self) -> dict[str, Any] | None:
+        """apply_lora's keyword arguments, or None without --lora-rank."""
+        if self.lora_rank is None:
+            return None
+        return {"rank": self.lora_rank, "alpha": 16.0 if self.lora_alpha is None else self.lora_alpha,
+                "dropout": self.lora_dropout or 0.0, "targets": self.lora_targets or ",".join(DEFAULT_TARGETS)}
 
     def batch(self) -> BatchSize:
         if self.max_tokens_per_batch is not None:
@@ -138,11 +184,14 @@ class FinetuneResult:
     checkpoint: Path
     best: Path | None
     truncated: int  # examples cut to the model's context
+    trainable: int  # parameter values training changes (LoRA: the adapters and a classifier's head)
+    frozen: int  # parameter values it leaves alone (--freeze, LoRA)
 
     def summary(self) -> dict[str, Any]:
         """The one-line JSON ``lmlab finetune`` prints."""
         return {"step": self.step, "stop_reason": self.stop_reason, "checkpoint": str(self.checkpoint),
                 "best": None if self.best is None else str(self.best), "truncated": self.truncated,
+                "trainable_parameters": self.trainable, "frozen_parameters": self.frozen,
                 **{f"val_{k}": v for k, v in (self.last_eval or {}).items() if k != "step"}}
 
 
@@ -206,7 +255,15 @@ def finetune(config: FinetuneConfig, progress: bool = True, echo: Callable[[str]
     result = trainer.fit()
     best = out / BEST_DIR
     return FinetuneResult(result.step, result.stop_reason, result.last_eval, result.checkpoint,
-                          best if ckpt.list_checkpoints(best) else None, prepared.truncated)
+                          best if ckpt.list_checkpoints(best) else None, prepared.truncated,
+                          *_parameter_counts(prepared.model))
+
+
+def _parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, frozen) parameter values, each shared tensor once."""
+    parameters = list(model.parameters())
+    trainable = sum(p.numel() for p in parameters if p.requires_grad)
+    return trainable, sum(p.numel() for p in parameters) - trainable
 
 
 def _trainer(config: FinetuneConfig, run_config: RunConfig, prepared: Prepared, out: Path, start: Path | None,
@@ -218,11 +275,13 @@ def _trainer(config: FinetuneConfig, run_config: RunConfig, prepared: Prepared, 
     plan = prepared.task.plan
     metric, higher = SELECTION_METRICS[config.task]
     stored = ckpt.read_state(start).get("selection") if start else None
-    selection = Selection(metric, higher, config.early_stopping_patience,
-                          lambda step: plan.locate(step)[1] == 0, stored)
+    selection = AdapterSelection(metric, higher, config.early_stopping_patience,
+                                 lambda step: plan.locate(step)[1] == 0, stored)
     extra = {"tokenizer": tokenizer_to_json(prepared.tokenizer), "finetune": prepared.spec}
-    trainer = Trainer(run_config, prepared.model, prepared.task, out, extra_state=extra, progress=progress,
-                      echo=echo, lock=lock, monitor=selection)
+    if lora_layers(prepared.model):
+        extra[LORA_STATE] = lora_settings(prepared.model).to_dict()  # load_run merges the adapters
+    trainer = AdapterTrainer(run_config, prepared.model, prepared.task, out, extra_state=extra,
+                             progress=progress, echo=echo, lock=lock, monitor=selection)
     ckpt.remove_partial_checkpoints(out)
     if start is not None:
         trainer.restore(start)
@@ -230,6 +289,25 @@ def _trainer(config: FinetuneConfig, run_config: RunConfig, prepared: Prepared, 
         trainer.extra_state["selection"] = selection.state()
         echo(f"resuming from {start} (step {trainer.step})")
     return trainer
+
+
+class AdapterTrainer(Trainer):
+    """The trainer, also writing a LoRA model's adapters on their own into each checkpoint."""
+
+    def save(self) -> Path:
+        path = super().save()
+        if lora_layers(self.model):
+            save_adapters_in_checkpoint(self.model, path)
+        return path
+
+
+class AdapterSelection(Selection):
+    """The selection, also writing a LoRA model's adapters into each new ``RUN/best/`` checkpoint."""
+
+    def after_evaluation(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        super().after_evaluation(trainer, metrics)
+        if self.since_best == 0 and lora_layers(trainer.model):  # this evaluation saved a new best
+            save_adapters_in_checkpoint(trainer.model, ckpt.list_checkpoints(trainer.run_dir / BEST_DIR)[-1])
 
 
 def _run_config(config: FinetuneConfig, prepared: Prepared) -> RunConfig:
@@ -288,16 +366,34 @@ class Base:
 
 def _prepare(config: FinetuneConfig, resumed_state: dict[str, Any] | None, echo: Callable[[str], None]) -> Prepared:
     base = _resumed_base(config, resumed_state) if resumed_state else _loaded_base(config.model, echo)
-    prepare = {"classify": _prepare_classify, "seq2seq": _prepare_seq2seq, "causal-lm": _prepare_causal_lm}[config.task]
+    prepare = {"classify": _prepare_classify, "seq2seq": _prepare_seq2seq, "causal-lm": _prepare_causal_lm,
+               "chat": _prepare_chat}[config.task]
     prepared = prepare(config, base, resumed_state is not None)
+    _adapt(config, prepared.model)
     if prepared.truncated:
         echo(f"truncated {prepared.truncated} examples to the model's context ({_context(prepared.model)} tokens)")
     return prepared
 
 
+def _adapt(config: FinetuneConfig, model: nn.Module) -> None:
+    """--freeze a part of the model, or LoRA adapters in place of its weights (seeded; a
+    classifier's head stays trainable). A resumed run gets the same before its weights load."""
+    if config.freeze is not None:
+        freeze(model, config.freeze)
+    lora = config.lora()
+    if lora is not None:
+        torch.manual_seed(config.seed)
+        apply_lora(model, **lora)
+        if config.task == "classify":
+            for head in head_modules(model):
+                head.requires_grad_(True)
+
+
 def _loaded_base(path: str, echo: Callable[[str], None]) -> Base:
-    run = load_run(path, echo)
-    return Base(run.model, run.config.model, run.tokenizer, Path(path))
+    """The model MODEL names; a Hugging Face Hub id becomes its local snapshot."""
+    source = resolve_model_path(path)
+    run = load_run(source, echo)
+    return Base(run.model, run.config.model, run.tokenizer, source)
 
 
 def _resumed_base(config: FinetuneConfig, state: dict[str, Any]) -> Base:
@@ -484,3 +580,26 @@ def _prepare_causal_lm(config: FinetuneConfig, base: Base, resumed: bool) -> Pre
     plan = EpochPlan([context] * train_rows.size(0), config.batch(), config.seed)
     task = CausalLMTask(plan, train_rows, val_rows)
     return Prepared(base.model, base.config, base.tokenizer, task, spec, 0)
+
+
+# chat ------------------------------------------------------------------------
+def _prepare_chat(config: FinetuneConfig, base: Base, resumed: bool) -> Prepared:
+    if base.model.structure != DECODER:
+        raise LmlabError(f"chat fine-tunes a decoder (GPT-2, Llama, an lmlab decoder run); {base.source} is "
+                         f"a{'n' if base.model.structure[0] == 'e' else ''} {base.model.structure} model")
+    if getattr(base.tokenizer, "chat_template", None) is None:
+        raise LmlabError(f"the tokenizer of {base.source} has no chat template; fine-tune a chat model "
+                         "(chat_template in its tokenizer_config.json) or use --task causal-lm")
+    conversations = read_conversations(config.data, config.messages_column)
+    split = _split(config, len(conversations))
+    if split is None:
+        val_conversations = read_conversations(config.val, config.messages_column)
+    else:
+        conversations, val_conversations = _pick(conversations, split[0]), _pick(conversations, split[1])
+    truncation = Truncation((_context(base.model) or UNBOUNDED_STEPS) + 1, config.truncate)  # inputs + the last label
+    train = chat_examples(base.tokenizer, conversations, truncation, f"{config.data}, conversation")
+    val = chat_examples(base.tokenizer, val_conversations, truncation, "validation conversation")
+    spec = _spec(config, base.tokenizer)
+    plan = EpochPlan([len(ids) for ids, _ in train], config.batch(), config.seed)
+    task = ChatTask(plan, train, val, spec["pad_id"])
+    return Prepared(base.model, base.config, base.tokenizer, task, spec, truncation.cut)

@@ -235,3 +235,33 @@ def packed_rows(documents: list[Ids], context: int, eos_id: int, pad_id: int) ->
     each row's ids and its segment ids (PAD_SEGMENT on the last row's padding)."""
     packed = pack_documents(documents, context + 1, eos_id, pad_id)
     return torch.stack([packed.input_ids, packed.segment_ids], dim=1)
+
+
+# ----------------------------------------------------------------------------- chat
+class ChatTask(ExampleTask):
+    """Supervised fine-tuning on conversations rendered with the chat template: next-token
+    prediction whose loss covers the assistant's replies (content and end-of-turn token) only."""
+
+    def __init__(self, plan: EpochPlan, train: list[tuple[Ids, Ids]], val: list[tuple[Ids, Ids]], pad_id: int):
+        super().__init__(plan, [len(ids) - 1 for ids, _ in train])
+        self.train_examples, self.val_examples, self.pad_id = train, val, pad_id
+
+    def collate(self, indices: list[int], train: bool) -> LMBatch:
+        examples = self.train_examples if train else self.val_examples
+        return labelled_batch([examples[i] for i in indices], self.pad_id)
+
+    def loss(self, model: nn.Module, batch: LMBatch) -> torch.Tensor:
+        return token_cross_entropy(call_decoder(model, batch), batch)
+
+    def evaluate(self, model: nn.Module, num_batches: int, seed: int) -> dict[str, float]:
+        """Loss, perplexity and accuracy on the assistant's tokens of every validation conversation."""
+        batches = (self.collate(ix, train=False) for ix in sequential_batches(len(self.val_examples), EVAL_BATCH_SIZE))
+        return evaluate_batches(model, batches, call_decoder)
+
+
+def labelled_batch(examples: list[tuple[Ids, Ids]], pad_id: int) -> LMBatch:
+    """(ids, labels) examples aligned position by position → decoder inputs (B, T) = ids minus the
+    last token, right-padded; labels (B, T) = the labels shifted by one, IGNORE_INDEX on padding."""
+    inputs = [torch.tensor(ids[:-1]) for ids, _ in examples]
+    labels = [torch.tensor(labels[1:]) for _, labels in examples]
+    return LMBatch(pad_batch(inputs, pad_id).input_ids, pad_batch(labels, IGNORE_INDEX).input_ids)

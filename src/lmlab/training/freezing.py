@@ -37,9 +37,14 @@ def encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
     raise LmlabError(f"a {kind} has no encoder to freeze; choose --freeze embeddings or all-but-head")
 
 
+def head_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's output heads (``lm_head``, ``mlm_head``, ``classifier``, ``head``)."""
+    return [getattr(model, name) for name in HEAD_NAMES if isinstance(getattr(model, name, None), nn.Module)]
+
+
 def all_but_head_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Every parameter the output head does not use."""
-    heads = [getattr(model, name) for name in HEAD_NAMES if isinstance(getattr(model, name, None), nn.Module)]
+    heads = head_modules(model)
     if not heads:
         raise LmlabError(f"{type(model).__name__} has no head ({', '.join(HEAD_NAMES)}); choose --freeze embeddings or encoder")
     head_ids = {id(p) for head in heads for p in head.parameters()}

@@ -18,6 +18,7 @@ blocks made of plain ``nn.Linear`` layers, since it reads their weights directly
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -38,6 +39,8 @@ ROLES = ("q", "k", "v", "o", "ffn")
 DEFAULT_TARGETS = ("q", "k", "v", "o")
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapters.json"
+LORA_STATE = "lora"  # the key of a run's state.json holding its adapters' settings
+MANIFEST = "manifest.json"  # a checkpoint's list of files (see lmlab.training.checkpoint)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,14 @@ class LoRASettings:
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
+
+    def to_dict(self) -> dict:
+        """The settings as JSON (what ``adapters.json`` and a run's state hold)."""
+        return {**asdict(self), "targets": list(self.targets)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LoRASettings":
+        return cls(int(data["rank"]), float(data["alpha"]), float(data["dropout"]), tuple(data["targets"]))
 
 
 class LoRALinear(nn.Linear):
@@ -206,9 +217,24 @@ def save_adapters(model: nn.Module, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.contiguous().cpu() for name, t in lora_state_dict(model).items()}
     _write_atomically(directory / ADAPTER_WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
-    config = {**asdict(settings), "targets": list(settings.targets)}
+    config = settings.to_dict()
     _write_atomically(directory / ADAPTER_CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
     return directory
+
+
+def save_adapters_in_checkpoint(model: nn.Module, checkpoint: str | Path) -> Path:
+    """:func:`save_adapters` into a checkpoint directory, then add the two files to its manifest
+    (replaced atomically), so the checkpoint still verifies. A crash in between leaves files the
+    manifest does not list: that checkpoint is then skipped as damaged, never half-read."""
+    checkpoint = Path(checkpoint)
+    save_adapters(model, checkpoint)
+    manifest = json.loads((checkpoint / MANIFEST).read_text(encoding="utf-8"))
+    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+        data = (checkpoint / name).read_bytes()
+        manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    text = json.dumps(manifest, indent=1, ensure_ascii=False)
+    _write_atomically(checkpoint / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return checkpoint
 
 
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
@@ -228,7 +254,7 @@ def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
     fix = "point at a directory written by save_adapters"
     config = read_json_file(directory / ADAPTER_CONFIG, fix, dict)
     try:
-        saved = LoRASettings(int(config["rank"]), float(config["alpha"]), float(config["dropout"]), tuple(config["targets"]))
+        saved = LoRASettings.from_dict(config)
     except (KeyError, TypeError, ValueError):
         raise LmlabError(f"{directory / ADAPTER_CONFIG} lacks rank, alpha, dropout or targets; {fix}") from None
     if not (directory / ADAPTER_WEIGHTS).is_file():
@@ -252,6 +278,12 @@ def _copy_adapter_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], di
     with torch.no_grad():
         for name, tensor in tensors.items():
             expected[name].copy_(tensor)
+
+
+def apply_saved_lora(model: nn.Module, settings: dict) -> nn.Module:
+    """:func:`apply_lora` with settings as :meth:`LoRASettings.to_dict` wrote them (a run's state)."""
+    saved = LoRASettings.from_dict(settings)
+    return apply_lora(model, saved.rank, saved.alpha, saved.dropout, saved.targets)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

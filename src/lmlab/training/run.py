@@ -20,6 +20,7 @@ from lmlab.output_dir import DirectoryLock, claim_output_dir, lock_output_dir
 from lmlab.tokenizers import CharTokenizer, Tokenizer, tokenizer_from_json, tokenizer_to_json
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import RunConfig
+from lmlab.training.lora import LORA_STATE, apply_saved_lora, merge_lora
 from lmlab.training.objective_registry import ObjectiveTask, check_objective, tokens_needed
 from lmlab.training.trainer import METRICS_FILE, Trainer
 
@@ -162,10 +163,21 @@ def load_run(path: str | Path, echo: Callable[[str], None] = print) -> LoadedRun
             )
     state = ckpt.read_state(checkpoint)
     config = RunConfig.from_dict(state["config"])
-    model = build_model(config.model)
-    ckpt.load_weights(checkpoint, model)
+    model = _checkpoint_model(checkpoint, config, state)
     model.eval()
     return LoadedRun(model, _stored_tokenizer(checkpoint), config, state, checkpoint)
+
+
+def _checkpoint_model(checkpoint: Path, config: RunConfig, state: dict[str, Any]) -> nn.Module:
+    """The model of a checkpoint; the LoRA adapters of a run tuned with them are merged into
+    plain layers (generation and export then run the plain, full-speed modules)."""
+    model = build_model(config.model)
+    if LORA_STATE not in state:
+        ckpt.load_weights(checkpoint, model)
+        return model
+    apply_saved_lora(model, state[LORA_STATE])
+    ckpt.load_weights(checkpoint, model)
+    return merge_lora(model).requires_grad_(True)  # a loaded run trains like any other
 
 
 def load_pretrained_run(path: str | Path) -> LoadedRun:

@@ -11,14 +11,18 @@ what makes a resumed run exact.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from lmlab.data.readers import LabelledTexts, TextPair, read_labelled_texts, read_text_pairs, table_format
 from lmlab.errors import LmlabError
+from lmlab.objectives import IGNORE_INDEX
+from lmlab.objectives.chat_sft import chat_example, check_messages
+from lmlab.tokenizers import Tokenizer
 
 BUCKET_BATCHES = 50  # batches per length-sorted chunk
 TEXT_SUFFIXES = (".txt",)
@@ -66,6 +70,62 @@ def read_documents(path: str | Path, text_column: str) -> list[str]:
     if not kept:
         raise LmlabError(f"{path} holds only empty documents; give it some text")
     return kept
+
+
+Conversation = list[dict[str, Any]]  # OpenAI messages: [{"role": ..., "content": ...}, ...]
+
+
+def read_conversations(path: str | Path, column: str) -> list[Conversation]:
+    """The conversations of a JSONL file, one a line in field ``column`` (OpenAI ``messages``);
+    a missing field, malformed JSON or a message without a role is an error naming its line."""
+    path = Path(path)
+    if path.suffix.lower() != ".jsonl":
+        raise LmlabError(f"chat data must be a .jsonl file of {{{column!r}: [messages]}} lines; got {path}")
+    conversations = []
+    for number, line in enumerate(_text_file(path).splitlines(), start=1):
+        if line.strip():
+            conversations.append(_conversation(json_record(line, path, number), column, path, number))
+    if not conversations:
+        raise LmlabError(f"{path} holds no conversations; write one JSON object per line")
+    return conversations
+
+
+def json_record(line: str, path: Path, number: int) -> dict[str, Any]:
+    """One line of a JSONL file as an object."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise LmlabError(f"{path}, line {number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise LmlabError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def _conversation(record: dict[str, Any], column: str, path: Path, number: int) -> Conversation:
+    if column not in record:
+        available = ", ".join(map(repr, record)) or "none"
+        raise LmlabError(f"{path}, line {number}: no field {column!r} (available: {available}); pass --messages-column")
+    try:
+        check_messages(record[column])
+    except LmlabError as exc:
+        raise LmlabError(f"{path}, line {number}: {exc}") from None
+    return record[column]
+
+
+def chat_examples(tokenizer: Tokenizer, conversations: list[Conversation], truncation: Truncation,
+                  what: str) -> list[tuple[list[int], list[int]]]:
+    """(ids, labels) of each conversation rendered by the chat template (labels on the
+    assistant's tokens), cut by ``truncation``; a cut that leaves no assistant token is an error."""
+    examples = []
+    for row, messages in enumerate(conversations, start=1):
+        ids, labels = chat_example(tokenizer, messages)
+        ids = truncation.apply(ids, what, row)
+        labels = labels[: len(ids)]
+        if all(label == IGNORE_INDEX for label in labels[1:]):
+            raise LmlabError(f"{what} {row}: no assistant token within the model's {truncation.max_tokens} tokens; "
+                             "shorten the turns before the first reply")
+        examples.append((ids, labels))
+    return examples
 
 
 def _text_file(path: Path) -> str:
