@@ -93,6 +93,8 @@ def test_a_tuned_model_lowers_its_loss_and_chat_answers_with_the_learned_reply(t
     monkeypatch.setattr("sys.stdin", io.StringIO("w20 w21\nw9\n"))
     assert main(["chat", str(run), "--max-new-tokens", "6"]) == 0
     assert capsys.readouterr().out == f"{REPLY}\n{REPLY}\n"
+    assert main(["eval", str(run), "--data", str(chat_data[1])]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(losses[-1], rel=1e-4)
 
 
 def _finetune_chat(model, data, out, *flags) -> list[str]:

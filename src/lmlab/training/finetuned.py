@@ -13,6 +13,7 @@ from lmlab.generation import GenerationConfig
 from lmlab.training.finetune import Codec, FinetuneConfig
 from lmlab.training.finetune_tasks import (
     CausalLMTask,
+    ChatTask,
     decoder_outputs,
     encoder_decoder_outputs,
     generate_in_batches,
@@ -21,7 +22,16 @@ from lmlab.training.finetune_tasks import (
     text_scores,
 )
 from lmlab.training.run import LoadedRun, load_run
-from lmlab.training.task_data import BatchSize, EpochPlan, read_classification, read_documents, read_pairs
+from lmlab.training.task_data import (
+    BatchSize,
+    EpochPlan,
+    Truncation,
+    chat_examples,
+    read_classification,
+    read_conversations,
+    read_documents,
+    read_pairs,
+)
 
 
 @dataclass
@@ -95,7 +105,8 @@ def generate_targets(tuned: FinetunedRun, texts: list[str], generation: Generati
 
 # ----------------------------------------------------------------------------- eval
 def evaluate_finetuned(tuned: FinetunedRun, data: str | Path) -> dict[str, Any]:
-    """The task's metrics on a file: classification report, text scores, or loss / perplexity."""
+    """The task's metrics on a file: classification report, text scores, or loss / perplexity
+    (chat: on the assistant's tokens)."""
     settings = tuned.settings
     if tuned.task == "classify":
         examples = read_classification(data, settings.text_column, settings.label_column,
@@ -106,9 +117,21 @@ def evaluate_finetuned(tuned: FinetunedRun, data: str | Path) -> dict[str, Any]:
         pairs = read_pairs(data, settings.source_column, settings.target_column)
         hypotheses = generate_targets(tuned, [p.source for p in pairs])
         return text_scores(hypotheses, [p.target for p in pairs])
+    if tuned.task == "chat":
+        return _chat_metrics(tuned, data)
     documents = read_documents(data, settings.text_column)
     context = tuned.run.model.max_positions
     rows = packed_rows([tuned.run.tokenizer.encode(d) for d in documents], context, tuned.spec["eos_id"],
                        tuned.spec["pad_id"])
     task = CausalLMTask(EpochPlan([context] * rows.size(0), BatchSize(examples=1), 0), rows, rows)
+    return task.evaluate(tuned.run.model, 0, 0)
+
+
+def _chat_metrics(tuned: FinetunedRun, data: str | Path) -> dict[str, Any]:
+    """Loss, perplexity and accuracy on the assistant's tokens of a file of conversations."""
+    conversations = read_conversations(data, tuned.settings.messages_column)
+    truncation = Truncation(tuned.run.model.max_positions + 1)
+    examples = chat_examples(tuned.run.tokenizer, conversations, truncation, f"{data}, conversation")
+    task = ChatTask(EpochPlan([len(ids) for ids, _ in examples], BatchSize(examples=1), 0), examples, examples,
+                    tuned.spec["pad_id"])
     return task.evaluate(tuned.run.model, 0, 0)
