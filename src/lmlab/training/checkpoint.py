@@ -72,8 +72,11 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     state: dict[str, Any],
     keep: int = 3,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write the checkpoint for ``step`` atomically, then keep only the newest ``keep``.
+    ``write_extra(directory)`` writes further files of the checkpoint (a LoRA run's adapters) into
+    it before the manifest, which lists and checksums them too.
 
     Raises :class:`NonFiniteState`, writing nothing, when a weight or optimizer tensor holds inf or
     NaN. When the disk lacks room, checkpoints other than the newest good one are deleted (oldest
@@ -96,7 +99,7 @@ def save_checkpoint(
     final = root / checkpoint_name(step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     try:
-        _write_checkpoint_files(tmp, model_tensors, aliases, optimizer_tensors, state)
+        _write_checkpoint_files(tmp, model_tensors, aliases, optimizer_tensors, state, write_extra)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if _is_disk_full(exc):
@@ -113,6 +116,7 @@ def _write_checkpoint_files(
     aliases: dict[str, str],
     optimizer_tensors: dict[str, torch.Tensor] | None,
     state: dict[str, Any],
+    write_extra: Callable[[Path], None] | None = None,
 ) -> None:
     """Every file of a checkpoint, in ``tmp`` (made afresh), the manifest last, all fsynced."""
     shutil.rmtree(tmp, ignore_errors=True)
@@ -121,6 +125,8 @@ def _write_checkpoint_files(
     if optimizer_tensors is not None:
         save_file(optimizer_tensors, str(tmp / OPTIMIZER_FILE))
     _write_json(tmp / STATE, state)
+    if write_extra is not None:
+        write_extra(tmp)
     _write_json(tmp / MANIFEST, {"step": state["step"], "files": _describe_files(tmp)})
     _fsync_dir(tmp)
 

@@ -58,7 +58,7 @@ from lmlab.training.lora import (
     lora_layers,
     lora_settings,
     parse_targets,
-    save_adapters_in_checkpoint,
+    save_adapters,
 )
 from lmlab.training.run import claim_run_dir, load_run
 from lmlab.training.selection import BEST_DIR, Selection
@@ -275,7 +275,7 @@ def _trainer(config: FinetuneConfig, run_config: RunConfig, prepared: Prepared, 
     plan = prepared.task.plan
     metric, higher = SELECTION_METRICS[config.task]
     stored = ckpt.read_state(start).get("selection") if start else None
-    selection = AdapterSelection(metric, higher, config.early_stopping_patience,
+    selection = Selection(metric, higher, config.early_stopping_patience,
                                  lambda step: plan.locate(step)[1] == 0, stored)
     extra = {"tokenizer": tokenizer_to_json(prepared.tokenizer), "finetune": prepared.spec}
     if lora_layers(prepared.model):
@@ -292,22 +292,13 @@ def _trainer(config: FinetuneConfig, run_config: RunConfig, prepared: Prepared, 
 
 
 class AdapterTrainer(Trainer):
-    """The trainer, also writing a LoRA model's adapters on their own into each checkpoint."""
+    """The trainer, also writing a LoRA model's adapters on their own into each checkpoint (and
+    each ``RUN/best/``), inside the checkpoint's atomic write."""
 
-    def save(self) -> Path:
-        path = super().save()
-        if lora_layers(self.model):
-            save_adapters_in_checkpoint(self.model, path)
-        return path
-
-
-class AdapterSelection(Selection):
-    """The selection, also writing a LoRA model's adapters into each new ``RUN/best/`` checkpoint."""
-
-    def after_evaluation(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        super().after_evaluation(trainer, metrics)
-        if self.since_best == 0 and lora_layers(trainer.model):  # this evaluation saved a new best
-            save_adapters_in_checkpoint(trainer.model, ckpt.list_checkpoints(trainer.run_dir / BEST_DIR)[-1])
+    def extra_files(self) -> Callable[[Path], None] | None:
+        if not lora_layers(self.model):
+            return None
+        return lambda directory: save_adapters(self.model, directory)
 
 
 def _run_config(config: FinetuneConfig, prepared: Prepared) -> RunConfig:

@@ -18,7 +18,6 @@ blocks made of plain ``nn.Linear`` layers, since it reads their weights directly
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -40,7 +39,6 @@ DEFAULT_TARGETS = ("q", "k", "v", "o")
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapters.json"
 LORA_STATE = "lora"  # the key of a run's state.json holding its adapters' settings
-MANIFEST = "manifest.json"  # a checkpoint's list of files (see lmlab.training.checkpoint)
 
 
 @dataclass(frozen=True)
@@ -220,21 +218,6 @@ def save_adapters(model: nn.Module, directory: str | Path) -> Path:
     config = settings.to_dict()
     _write_atomically(directory / ADAPTER_CONFIG, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
     return directory
-
-
-def save_adapters_in_checkpoint(model: nn.Module, checkpoint: str | Path) -> Path:
-    """:func:`save_adapters` into a checkpoint directory, then add the two files to its manifest
-    (replaced atomically), so the checkpoint still verifies. A crash in between leaves files the
-    manifest does not list: that checkpoint is then skipped as damaged, never half-read."""
-    checkpoint = Path(checkpoint)
-    save_adapters(model, checkpoint)
-    manifest = json.loads((checkpoint / MANIFEST).read_text(encoding="utf-8"))
-    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-        data = (checkpoint / name).read_bytes()
-        manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    text = json.dumps(manifest, indent=1, ensure_ascii=False)
-    _write_atomically(checkpoint / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return checkpoint
 
 
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:

@@ -55,4 +55,5 @@ class Selection:
     def _save_best(self, trainer: Any, metrics: dict[str, float]) -> Path:
         state = {**trainer.extra_state, "selection": self.state(), "config": trainer.config.to_dict(),
                  "elapsed_s": trainer.elapsed, "last_eval": {**metrics, "step": trainer.step}}
-        return ckpt.save_checkpoint(Path(trainer.run_dir) / BEST_DIR, trainer.step, trainer.model, None, state, keep=1)
+        return ckpt.save_checkpoint(Path(trainer.run_dir) / BEST_DIR, trainer.step, trainer.model, None, state, keep=1,
+                                    write_extra=trainer.extra_files())

@@ -233,11 +233,16 @@ class Trainer:
                  "config": self.config.to_dict(), HORIZON_KEY: {"steps": self.horizon, "max_time": self.cfg.max_time}}
         try:
             path = ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state,
-                                        keep=self.cfg.keep_checkpoints)
+                                        keep=self.cfg.keep_checkpoints, write_extra=self.extra_files())
         except ckpt.NonFiniteState as exc:
             raise self._diverged(f"{exc} after step {self.step}") from None
         self._saved_step = self.step
         return path
+
+    def extra_files(self) -> Callable[[Path], None] | None:
+        """What writes further files into each checkpoint of this run (none here; see
+        :func:`~lmlab.training.checkpoint.save_checkpoint`)."""
+        return None
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         if self._stop_requested:  # a second Ctrl-C: stop at once (the last checkpoint is intact)
