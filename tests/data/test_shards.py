@@ -349,3 +349,14 @@ def test_glob_inputs(tmp_path, bpe):
     assert index.documents == 2
     prepare_shards(bpe, [tmp_path / "c.md", str(tmp_path / "[ab].txt")], tmp_path / "out")
     assert bpe.decode(all_tokens(tmp_path / "out")) == "c.md\n</s>a.txt\n</s>b.txt\n"
+
+
+def test_ids_outside_a_vocabulary_are_found_when_the_shards_are_opened(tmp_path):
+    tokenizer = CharTokenizer.from_text("abc\n")
+    out = tmp_path / "shards"
+    prepare_shards(tokenizer, write(tmp_path / "a.txt", "abcabc\n" * 50), out, doc_separator=None)
+    store = ShardedTokens.open(out)
+    store.check_ids_below(tokenizer.vocab_size)
+    with pytest.raises(LmlabError, match="holds token id 3 but the model's vocabulary has 3 ids") as caught:
+        store.check_ids_below(3)
+    assert "\n" not in str(caught.value)

@@ -8,6 +8,7 @@ from lmlab.errors import LmlabError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool whose reader left
 
 
 def err(message: str) -> None:

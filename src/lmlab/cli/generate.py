@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from lmlab.cli.common import err
-from lmlab.errors import LmlabError, read_json_file
+from lmlab.errors import LmlabError, read_json_file, read_text_file
 
 
 # ----------------------------------------------------------------------------------- generate
@@ -121,7 +121,7 @@ def _print_sequences(args: argparse.Namespace, model, tokenizer, prompts: list[s
 
 
 def _batch_prompts(path: str) -> list[str]:
-    lines = [line.rstrip("\n") for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    lines = read_text_file(path, "write one UTF-8 prompt per line").splitlines()
     prompts = [line for line in lines if line.strip()]
     if not prompts:
         raise LmlabError(f"{path} has no prompts; write one prompt per line")
