@@ -267,3 +267,16 @@ def test_usage_mistakes(argv):
 )
 def test_out_of_range_settings_are_one_line_errors(tmp_path, corpus, flags, words):
     assert_one_line_error(tiny_train("--data", corpus, "--out", tmp_path / "r", *flags), *words)
+
+
+@pytest.mark.parametrize(("typed", "stop"), [(r"\n\n", "\n\n"), (r"\t", "\t"), (r"a\\n", "a\\n"), ("END", "END")])
+def test_stop_texts_are_unescaped_as_documented(typed, stop):
+    """``--stop "\\n\\n"`` (as the README shows) reaches the shell as backslash-n: it means a blank line."""
+    from lmlab.cli import build_parser
+
+    assert build_parser().parse_args(["generate", "run", "--stop", typed]).stop == [stop]
+
+
+def test_an_unknown_stop_escape_is_a_usage_error():
+    code, _, stderr = run("generate", "run", "--stop", r"\d")
+    assert code == 2 and len(stderr.splitlines()) == 1 and "unknown escape" in stderr
