@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 
 from lmlab.cli import build_parser, main
+from tiny_models import chat_model_dir
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TEXT = "to be, or not to be, that is the question.\n" * 40
@@ -156,30 +156,9 @@ def _bad_shards(tmp: Path, text: Path) -> Path:
     return out
 
 
-def _chat_dir(tmp: Path) -> Path:
-    """A tiny Llama directory with a word-level tokenizer and a chat template."""
-    transformers = pytest.importorskip("transformers")
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, max_position_embeddings=64)
-    folder = tmp / "chat"
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
-    words = ["</s>", "<s>", "<unk>", "<|user|>", "<|assistant|>"] + [f"w{i}" for i in range(11)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.add_special_tokens(words[:5])
-    tok.save(str(folder / "tokenizer.json"))
-    template = "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}<|assistant|>"
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"chat_template": template, "eos_token": "</s>", "bos_token": "<s>", "unk_token": "<unk>"}))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, str]:
+    pytest.importorskip("transformers")
     tmp = tmp_path_factory.mktemp("bad-inputs")
     text = tmp / "hamlet.txt"
     text.write_text(TEXT, encoding="utf-8")
@@ -194,7 +173,7 @@ def inputs(tmp_path_factory) -> dict[str, str]:
            "--objective", "mlm", "--set", *TINY, "model.backbone=encoder")
     return {"tmp": str(tmp), "text": str(text), "not_utf8": str(not_utf8), "games_zst": str(games_zst),
             "run": str(tmp / "run"), "encoder_run": str(tmp / "encoder"), "bad_shards": str(_bad_shards(tmp, text)),
-            "chat": str(_chat_dir(tmp)), "bpe": str(tmp / "bpe")}
+            "chat": str(chat_model_dir(tmp / "chat")), "bpe": str(tmp / "bpe")}
 
 
 # ------------------------------------------------------------------------------- the checks

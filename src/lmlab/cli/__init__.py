@@ -71,7 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-
 def _silence_stdout() -> None:
     """Point stdout at the null device, so the interpreter's last flush of what the closed pipe
     never took neither fails nor prints "Broken pipe"."""
