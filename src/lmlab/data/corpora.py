@@ -113,10 +113,12 @@ def load_corpus(spec: str) -> str:
 def split_train_val(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
     """Split ``text`` into training and validation text, about ``1 - val_fraction`` of the
     characters first, at the line boundary nearest that point so no line (a document, a chess
-    game, a word) is cut in half; a text of one line is cut at the character."""
+    game) is cut in half. Without a boundary within half the validation size of that point (a text
+    of few, long lines) the cut is at the character."""
     if not 0 < val_fraction < 1:
         raise LmlabError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}; try 0.1")
-    cut = _nearest_line_start(text, len(text) - round(len(text) * val_fraction))
+    val_chars = round(len(text) * val_fraction)
+    cut = _nearest_line_start(text, len(text) - val_chars, val_chars // 2)
     if cut == 0 or cut == len(text):
         raise LmlabError(
             f"a text of {len(text)} characters is too short to split with val_fraction={val_fraction}; "
@@ -125,12 +127,12 @@ def split_train_val(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def _nearest_line_start(text: str, cut: int) -> int:
-    """The start of a line inside ``text`` (after a newline, before its end) nearest ``cut``;
-    ``cut`` itself when there is none."""
+def _nearest_line_start(text: str, cut: int, tolerance: int) -> int:
+    """The start of a line inside ``text`` (after a newline, before its end) nearest ``cut`` and
+    at most ``tolerance`` characters away; ``cut`` itself when there is none."""
     before = text.rfind("\n", 0, cut) + 1  # 0 when no newline precedes the cut
     after = text.find("\n", cut - 1, len(text) - 1) + 1  # 0 when no newline follows it
-    starts = [start for start in (before, after) if 0 < start < len(text)]
+    starts = [start for start in (before, after) if 0 < start < len(text) and abs(start - cut) <= tolerance]
     return min(starts, key=lambda start: abs(start - cut)) if starts else cut
 
 
