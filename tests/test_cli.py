@@ -393,3 +393,16 @@ def test_eval_shows_a_progress_bar_over_every_batch(run_dir, corpus, monkeypatch
     assert "eval" in stderr and f"0/{batches}" in stderr
     code, _, stderr = run("eval", out, "--data", corpus, "--batch-size", 4, "--no-progress")
     assert code == 0 and stderr == ""
+
+
+@pytest.mark.parametrize(("typed", "stop"), [(r"\n\n", "\n\n"), (r"\t", "\t"), (r"a\\n", "a\\n"), ("END", "END")])
+def test_stop_texts_are_unescaped_as_documented(typed, stop):
+    """``--stop "\\n\\n"`` (as the README shows) reaches the shell as backslash-n: it means a blank line."""
+    from lmlab.cli import build_parser
+
+    assert build_parser().parse_args(["generate", "run", "--stop", typed]).stop == [stop]
+
+
+def test_an_unknown_stop_escape_is_a_usage_error():
+    code, _, stderr = run("generate", "run", "--stop", r"\d")
+    assert code == 2 and len(stderr.splitlines()) == 1 and "unknown escape" in stderr

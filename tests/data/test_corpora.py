@@ -476,3 +476,36 @@ def test_split_rejects_bad_fraction(fraction):
 def test_split_rejects_text_too_short():
     with pytest.raises(LmlabError, match="too short"):
         split_train_val("abc", 0.1)
+
+
+def test_split_cuts_at_the_line_boundary_nearest_the_fraction():
+    text = "".join(f"line {i:02d}\n" for i in range(20))  # 20 lines of 8 characters
+    train, val = split_train_val(text)
+    assert train + val == text
+    assert train.endswith("\n") and val == "line 18\nline 19\n"
+    assert split_train_val("abcdef\nghij", 0.3) == ("abcdef\n", "ghij")  # 1 from the cut: within half of 3
+
+
+def test_a_text_of_few_long_lines_is_cut_at_the_character():
+    """A line boundary far from the cut would change the split's proportions: cut at the character."""
+    assert split_train_val("ab\ncdefghij", 0.3) == ("ab\ncdefg", "hij")
+
+
+def test_a_chess_corpus_file_trains_without_cutting_a_move(tmp_path):
+    """Regression: the 90/10 split cut 'Kd1' in half ("cannot tokenize 'Kd'")."""
+    from lmlab.tokenizers import ChessPGNTokenizer
+
+    games = ["1. e4 e5 2. Kd1 Kd8 3. Ke1 Ke8 1/2-1/2", "1. d4 d5 2. Kd2 Kd7 0-1"] * 50
+    text = "\n".join(games) + "\n"
+    for fraction in (0.05, 0.1, 0.13, 0.2, 0.37, 0.5):
+        train, val = split_train_val(text, fraction)
+        tok = ChessPGNTokenizer()
+        assert tok.decode(tok.encode(train)) + tok.decode(tok.encode(val)) == text
+
+
+def test_pgn_files_are_read_as_one_movetext_line_per_game(tmp_path):
+    pytest.importorskip("chess")
+    pgn = tmp_path / "games.pgn"
+    pgn.write_text('[Event "a"]\n[Result "1-0"]\n\n1. e4 e5 2. Qh5 Nc6 3. Bc4 Nf6\n4. Qxf7# 1-0\n\n'
+                   '[Event "b"]\n[Result "*"]\n\n1. d4 *\n', encoding="utf-8")
+    assert load_corpus(str(pgn)) == "1. e4 e5 2. Qh5 Nc6 3. Bc4 Nf6 4. Qxf7# 1-0\n1. d4 *\n"

@@ -22,6 +22,7 @@ from lmlab.tokenizers import train_tokenizer
 FILE_MB = 60
 BUDGET_FRACTION = 0.5  # the prepare step may grow by at most this fraction of the file size
 TRAIN_GROWTH_MB = 16  # anonymous memory may grow by at most this much over the training steps
+HANG_GUARD_S = 3600  # only catches a hung child; a loaded machine may take as long as it needs
 WORDS = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()
 
 SETUP = """
@@ -87,7 +88,7 @@ def write_synthetic_text(path: Path, megabytes: int) -> int:
 
 def run_child(code: str, *args: Path) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=HANG_GUARD_S
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])

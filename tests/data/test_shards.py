@@ -367,3 +367,14 @@ def test_rerun_deletes_only_its_own_shard_files(tmp_path):
     write(tmp_path / "out" / "shard-notes.bin", "mine")
     prepare_shards(tok, write(tmp_path / "a.txt", "ab"), tmp_path / "out", shard_tokens=10, doc_separator=None)
     assert sorted(p.name for p in (tmp_path / "out").glob("shard-*.bin")) == ["shard-00000.bin", "shard-notes.bin"]
+
+
+def test_ids_outside_a_vocabulary_are_found_when_the_shards_are_opened(tmp_path):
+    tokenizer = CharTokenizer.from_text("abc\n")
+    out = tmp_path / "shards"
+    prepare_shards(tokenizer, write(tmp_path / "a.txt", "abcabc\n" * 50), out, doc_separator=None)
+    store = ShardedTokens.open(out)
+    store.check_ids_below(tokenizer.vocab_size)
+    with pytest.raises(LmlabError, match="holds token id 3 but the model's vocabulary has 3 ids") as caught:
+        store.check_ids_below(3)
+    assert "\n" not in str(caught.value)

@@ -170,6 +170,12 @@ def test_sliding_window_matches_its_reference(model):
         (dict(strategy="beam-me-up"), ["greedy", "sample"]),
         (dict(max_new_tokens=-1), ["max-new-tokens"]),
         (dict(prompt_overflow="wrap"), ["error", "truncate"]),
+        (dict(strategy="sample", temperature=float("nan")), ["temperature", "finite"]),
+        (dict(strategy="greedy", temperature=float("nan")), ["temperature", "finite"]),
+        (dict(strategy="sample", top_p=float("nan")), ["top-p", "finite"]),
+        (dict(strategy="sample", min_p=float("nan")), ["min-p", "finite"]),
+        (dict(strategy="beam", num_beams=2, length_penalty=float("nan")), ["length-penalty", "finite"]),
+        (dict(strategy="beam", num_beams=2, length_penalty=float("inf")), ["length-penalty", "finite"]),
     ],
 )
 def test_impossible_settings_are_errors(model, settings, words):

@@ -183,10 +183,28 @@ def test_known_game_tokens(tok):
     ]
 
 
-def test_whitespace_is_normalised(tok):
-    assert tok.decode(tok.encode("  1.  e4\te5 \r\n 2. Nf3  ")) == "1. e4 e5\n2. Nf3"
-    assert tok.encode("") == [] and tok.encode(" \t ") == []
-    assert tok.decode(tok.encode("<s> 1. d4 </s>")) == "<s> 1. d4\n"
+def test_single_spaces_and_newlines_round_trip(tok):
+    assert tok.encode("") == []
+    assert tok.decode(tok.encode("1. e4 e5\n\n2. Nf3\n")) == "1. e4 e5\n\n2. Nf3\n"
+    assert tok.decode(tok.encode("<s> 1. d4\n")) == "<s> 1. d4\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("1. e4  e5", "line 1, column 6"),
+        ("1. e4\te5", "line 1, column 6"),
+        ("1. e4 e5\r\n2. d4", "line 1, column 9"),
+        (" 1. e4", "line 1, column 1"),
+        ("1. e4 e5\n2. d4 ", "line 2, column 6"),
+        ("1. e4\u00a0e5", "line 1, column 6"),
+        (" \t ", "line 1, column 1"),
+    ],
+)
+def test_spacing_decode_cannot_reproduce_is_an_error(tok, text, where):
+    with pytest.raises(LmlabError, match="spacing") as caught:
+        tok.encode(text)
+    assert where in str(caught.value) and "\n" not in str(caught.value)
 
 
 # ---------------------------------------------------------------- errors

@@ -257,6 +257,8 @@ def test_from_file_infers_or_reads_the_roles(corpus, tmp_path):
         ("unigram", "corpus", {}, "unknown tokenizer kind 'unigram'"),
         ("bpe", "corpus", {"vocab_size": 260}, "at least 261"),
         ("wordpiece", "corpus", {"vocab_size": 5}, "at least 6"),
+        ("bpe", "corpus", {"vocab_size": 1 << 32}, "beyond the largest trainable"),
+        ("wordpiece", "corpus", {"vocab_size": 10**12}, "beyond the largest trainable"),
         ("bpe", "corpus", {"min_frequency": -1}, "min_frequency"),
         ("bpe", ["missing.txt"], {}, "not found: 'missing.txt'"),
         ("bpe", ["To be or not to be"], {}, "iter"),

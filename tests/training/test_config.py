@@ -254,3 +254,27 @@ def test_betas_outside_zero_one_are_rejected(override):
     config = apply_overrides(RunConfig(), [override])
     with pytest.raises(LmlabError, match="beta1 and train.beta2 must be in"):
         config.train.validate()
+
+
+def test_training_that_cannot_fit_in_memory_is_refused_before_building():
+    from lmlab.training.config import check_fits_in_memory, estimated_training_bytes
+
+    config = RunConfig()
+    config.model.vocab_size = 65
+    needed = estimated_training_bytes(config)
+    check_fits_in_memory(config, available=needed)
+    with pytest.raises(LmlabError, match="needs at least .* GiB but .* GiB of memory is available") as caught:
+        check_fits_in_memory(config, available=needed - 1)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("objective", ["prefix-lm", "mlm", "span-corruption", "bart", "ul2"])
+def test_a_gru_trains_only_the_causal_lm_objective(objective):
+    from lmlab.training.config import check_objective_fits_arch
+
+    config = RunConfig()
+    config.model.arch, config.train.objective = "gru", objective
+    with pytest.raises(LmlabError, match=f"objective {objective} trains transformer models"):
+        check_objective_fits_arch(config)
+    config.train.objective = "causal-lm"
+    check_objective_fits_arch(config)

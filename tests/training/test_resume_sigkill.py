@@ -52,7 +52,7 @@ ENV = {
     "MKL_NUM_THREADS": "1",
     "PYTHONHASHSEED": "0",
 }
-TIMEOUT_S = 120
+HANG_GUARD_S = 3600  # only catches a hung child; a loaded machine may take as long as it needs
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def start(config_file, out, *extra) -> subprocess.Popen:
 
 
 def finish(process: subprocess.Popen) -> dict:
-    stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+    stdout, stderr = process.communicate(timeout=HANG_GUARD_S)
     assert process.returncode == 0, stderr
     return json.loads(stdout.splitlines()[0])
 
@@ -102,19 +102,19 @@ def kill_after_checkpoint(config_file, out, checkpoint_step: int, delay_s: float
     """
     process = start(config_file, out)
     target = out / ckpt.CHECKPOINTS / ckpt.checkpoint_name(checkpoint_step)
-    deadline = time.monotonic() + TIMEOUT_S
+    deadline = time.monotonic() + HANG_GUARD_S
     try:
         while not target.exists():
             assert process.poll() is None, f"the run ended before its step-{checkpoint_step} checkpoint: " + \
                 process.communicate()[1]
-            assert time.monotonic() < deadline, "no checkpoint appeared in time"
+            assert time.monotonic() < deadline, "no checkpoint appeared within the hang guard"
             time.sleep(0.002)
         time.sleep(delay_s)
         assert process.poll() is None, "the run finished before it could be killed; use an earlier kill time"
         process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
-        process.communicate(timeout=TIMEOUT_S)
+        process.communicate(timeout=HANG_GUARD_S)
     assert process.returncode == -signal.SIGKILL
     left = ckpt.list_checkpoints(out)
     assert left, "the first checkpoint should have survived"
@@ -131,7 +131,7 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(config_file, tmp_path):
         left_at = kill_after_checkpoint(config_file, out, checkpoint_step, delay_s)
         assert checkpoint_step <= left_at < MAX_STEPS
         resumed = start(config_file, out, "--resume")
-        stdout, stderr = resumed.communicate(timeout=TIMEOUT_S)
+        stdout, stderr = resumed.communicate(timeout=HANG_GUARD_S)
         assert resumed.returncode == 0, stderr
         assert json.loads(stdout.splitlines()[0])["step"] == MAX_STEPS
         assert "resuming from" in stderr

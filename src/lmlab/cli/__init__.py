@@ -1,18 +1,21 @@
 """The ``lmlab`` command. Each subcommand is a thin function over the packages.
 
-Every user mistake (bad value, missing file, corrupt checkpoint, unknown preset, ...) prints one
-line on stderr and exits with code 2.
+Every user mistake (bad value, missing file, corrupt checkpoint, unknown preset, text that is not
+UTF-8, ...) prints one line on stderr and exits with code 2. A reader that stops early (``lmlab
+generate ... | head``) ends the command quietly, as it ends Unix tools: exit code 141 (SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Callable, NoReturn, Sequence
 
 from safetensors import SafetensorError
 
 from lmlab.cli import compare, data, fill_mask, finetune, generate, interop, train
-from lmlab.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, err as _err
+from lmlab.cli.common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, err as _err
 from lmlab.cli.compare import cmd_compare
 from lmlab.cli.data import cmd_data_prepare, cmd_tokenizer_decode, cmd_tokenizer_encode, cmd_tokenizer_train
 from lmlab.cli.fill_mask import cmd_fill_mask
@@ -20,10 +23,10 @@ from lmlab.cli.finetune import cmd_classify, cmd_finetune, cmd_seq2seq
 from lmlab.cli.generate import cmd_generate, cmd_score
 from lmlab.cli.interop import cmd_chat, cmd_convert, cmd_embed
 from lmlab.cli.train import cmd_eval, cmd_info, cmd_train
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, decode_stdin_as_utf8
 
 __all__ = [
-    "EXIT_INTERRUPTED", "EXIT_USAGE", "build_parser", "main",
+    "EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "EXIT_USAGE", "build_parser", "main",
     "cmd_chat", "cmd_classify", "cmd_compare", "cmd_convert", "cmd_data_prepare", "cmd_embed", "cmd_eval",
     "cmd_fill_mask", "cmd_finetune", "cmd_generate", "cmd_info", "cmd_score", "cmd_seq2seq", "cmd_tokenizer_decode",
     "cmd_tokenizer_encode", "cmd_tokenizer_train", "cmd_train",
@@ -55,9 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lmlab`` command; returns the exit code."""
     try:
+        decode_stdin_as_utf8()
         args = build_parser().parse_args(argv)
         handler: Callable[[argparse.Namespace], int] = args.func
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except LmlabError as exc:
         _err(f"lmlab: error: {exc}")
         return EXIT_USAGE
@@ -71,3 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(f"lmlab: error: {str(exc).strip().splitlines()[0]}")
         return EXIT_USAGE
 
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so the interpreter's last flush of what the closed pipe
+    never took neither fails nor prints "Broken pipe"."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a stand-in stdout without a file descriptor
+        pass
+    finally:
+        os.close(devnull)

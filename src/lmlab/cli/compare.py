@@ -6,9 +6,11 @@ import argparse
 from pathlib import Path
 
 from lmlab.cli.common import err, positive
+from lmlab.errors import require_optional
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    require_optional("matplotlib", "viz", "the comparison plot (val_loss.png)")  # before any training
     from lmlab.training.compare import markdown_table, parse_grid, run_comparison, set_budget, write_tables
     from lmlab.training.config import apply_overrides, load_config_file, load_preset
     from lmlab.viz.curves import plot_validation_curves

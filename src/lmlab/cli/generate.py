@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from lmlab.cli.common import err
-from lmlab.errors import LmlabError, read_json_file
+from lmlab.cli.common import err, unescaped
+from lmlab.errors import LmlabError, read_json_file, read_text_file
 
 
 # ----------------------------------------------------------------------------------- generate
@@ -123,7 +123,7 @@ def _print_sequences(args: argparse.Namespace, source: Path, model, tokenizer, p
 
 
 def _batch_prompts(path: str) -> list[str]:
-    lines = [line.rstrip("\n") for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    lines = read_text_file(path, "write one UTF-8 prompt per line").splitlines()
     prompts = [line for line in lines if line.strip()]
     if not prompts:
         raise LmlabError(f"{path} has no prompts; write one prompt per line")
@@ -192,7 +192,8 @@ def add_generate_parsers(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--length-penalty", type=float, default=1.0, help="beam score = logprob / length**this")
     gen.add_argument("--early-stopping", action="store_true", help="beam search stops once num-beams hypotheses end")
     gen.add_argument("--num-return-sequences", type=int, default=1)
-    gen.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop at this text (repeatable)")
+    gen.add_argument("--stop", action="append", default=[], metavar="TEXT", type=unescaped,
+                     help=r"stop at this text (repeatable); \n, \t, \r and \\ are a newline, tab, return and backslash")
     gen.add_argument("--stream", action="store_true", help="print text as it is produced (the default for one sequence)")
     gen.add_argument("--show-alternatives", type=int, metavar="N",
                      help="print the greedy per-step table of the N most likely tokens instead")

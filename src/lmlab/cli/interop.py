@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from lmlab.cli.common import err
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, read_text_file
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -55,7 +55,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     texts = list(args.text)
     if args.file:
-        texts += [line.rstrip("\r\n") for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = read_text_file(args.file, "write one UTF-8 text per line").splitlines()
+        texts += [line for line in lines if line.strip()]
     if not texts:
         raise LmlabError("nothing to embed; pass --text (repeatable) or --file")
     encoder = load_sentence_encoder(resolve_model_path(args.model))

@@ -36,6 +36,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Iterator
 
+from lmlab.data.readers import is_pgn_file, iter_pgn_games
 from lmlab.storage import cache_dir
 from lmlab.errors import LmlabError
 
@@ -99,7 +100,8 @@ def load_corpus(spec: str) -> str:
     """The text of a named corpus (see :data:`KNOWN_CORPORA`) or of a local file, directory or glob.
 
     A directory contributes all its regular files, recursively, skipping hidden ones; a glob
-    contributes its matches. Files are read in sorted order as UTF-8 and joined with a blank line.
+    contributes its matches. Files are read in sorted order as UTF-8 (``.pgn``/``.pgn.zst`` files
+    as their games' movetext, one game per line) and joined with a blank line.
     """
     if spec == "tinyshakespeare":
         return _load_tinyshakespeare()
@@ -109,16 +111,29 @@ def load_corpus(spec: str) -> str:
 
 
 def split_train_val(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
-    """Split ``text`` by characters: the first ``1 - val_fraction`` trains, the rest validates."""
+    """Split ``text`` into training and validation text, about ``1 - val_fraction`` of the
+    characters first, at the line boundary nearest that point so no line (a document, a chess
+    game) is cut in half. Without a boundary within half the validation size of that point (a text
+    of few, long lines) the cut is at the character."""
     if not 0 < val_fraction < 1:
         raise LmlabError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}; try 0.1")
-    cut = len(text) - round(len(text) * val_fraction)
+    val_chars = round(len(text) * val_fraction)
+    cut = _nearest_line_start(text, len(text) - val_chars, val_chars // 2)
     if cut == 0 or cut == len(text):
         raise LmlabError(
             f"a text of {len(text)} characters is too short to split with val_fraction={val_fraction}; "
             "use a larger corpus"
         )
     return text[:cut], text[cut:]
+
+
+def _nearest_line_start(text: str, cut: int, tolerance: int) -> int:
+    """The start of a line inside ``text`` (after a newline, before its end) nearest ``cut`` and
+    at most ``tolerance`` characters away; ``cut`` itself when there is none."""
+    before = text.rfind("\n", 0, cut) + 1  # 0 when no newline precedes the cut
+    after = text.find("\n", cut - 1, len(text) - 1) + 1  # 0 when no newline follows it
+    starts = [start for start in (before, after) if 0 < start < len(text) and abs(start - cut) <= tolerance]
+    return min(starts, key=lambda start: abs(start - cut)) if starts else cut
 
 
 # --- named corpora -------------------------------------------------------------------------------
@@ -286,7 +301,7 @@ def _load_local(spec: str) -> str:
     files = local_files(spec)
     if not files:
         raise LmlabError(f"{spec} contains no files; point it at text files")
-    text = "\n\n".join(_read_utf8(path) for path in files)
+    text = "\n\n".join(_file_text(path) for path in files)
     if not text.strip():
         raise LmlabError(f"corpus {spec} is empty; point it at files that contain text")
     return text
@@ -315,6 +330,14 @@ def _files_at(path: Path) -> list[Path]:
         for file in path.rglob("*")
         if file.is_file() and not any(part.startswith(".") for part in file.relative_to(path).parts)
     )
+
+
+def _file_text(path: Path) -> str:
+    """A corpus file's text: a ``.pgn``/``.pgn.zst`` file's games one movetext line each (as
+    ``lmlab data prepare`` reads them), any other file as UTF-8."""
+    if is_pgn_file(path):
+        return "".join(game.movetext + "\n" for game in iter_pgn_games(path))
+    return _read_utf8(path)
 
 
 def _read_utf8(path: Path) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, NamedTuple, Sequence
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, require_optional
 
 TABLE_FORMATS = ("tsv", "csv", "jsonl")
 _SUFFIX_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -313,7 +313,7 @@ def _open_pgn(path: Path) -> IO[str]:
     if path.name.lower().endswith(".pgn"):
         return open(path, encoding="utf-8")
     if path.name.lower().endswith(".pgn.zst"):
-        zstandard = _import_optional("zstandard", ".pgn.zst files")
+        zstandard = require_optional("zstandard", "chess", "reading .pgn.zst files")
         raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
         return io.TextIOWrapper(raw, encoding="utf-8")
     raise LmlabError(f"{path} is not a chess game file; expected a .pgn or .pgn.zst file")
@@ -325,19 +325,10 @@ def is_pgn_file(path: str | Path) -> bool:
 
 
 def _import_chess_pgn() -> Any:
-    chess = _import_optional("chess", "chess games")
+    chess = require_optional("chess", "chess", "reading chess games")
     import chess.pgn  # noqa: F401  (the submodule is not imported by ``import chess``)
 
     return chess.pgn
-
-
-def _import_optional(module: str, what: str) -> Any:
-    try:
-        return __import__(module)
-    except ImportError:
-        raise LmlabError(
-            f"reading {what} needs the {module} package; pip install {module}"
-        ) from None
 
 
 def _first_line(error: object) -> str:

@@ -368,6 +368,7 @@ def _describe(inputs: str | Path | Sequence[str | Path]) -> str:
 
 
 # ------------------------------------------------------------------------ reading the shards
+_CHECK_CHUNK_TOKENS = 1 << 24
 class ShardedTokens:
     """The tokens of a shard directory as one read-only sequence (a token store for
     :mod:`lmlab.data.windows`: ``len()`` and :meth:`window`)."""
@@ -395,6 +396,20 @@ class ShardedTokens:
     def tokenizer(self) -> Tokenizer:
         """The tokenizer saved with the shards."""
         return load_tokenizer(self.directory)
+
+    def check_ids_below(self, vocab_size: int) -> None:
+        """Raise :class:`LmlabError` naming the first shard that holds an id a model of
+        ``vocab_size`` ids cannot embed (read shard by shard, in chunks: memory stays bounded)."""
+        for number, shard in enumerate(self.index.shards):
+            tokens = self._shard(number)
+            for start in range(0, shard.tokens, _CHECK_CHUNK_TOKENS):
+                largest = int(tokens[start : start + _CHECK_CHUNK_TOKENS].max())
+                if largest >= vocab_size:
+                    raise LmlabError(
+                        f"shard {self.directory / shard.file} holds token id {largest} but the model's "
+                        f"vocabulary has {vocab_size} ids; prepare the shards with the run's tokenizer "
+                        "('lmlab data prepare --tokenizer ...')"
+                    )
 
     def window(self, start: int, length: int) -> torch.Tensor:
         """Tokens ``start`` … ``start + length - 1`` as a (length,) int64 tensor."""

@@ -45,6 +45,12 @@ class GenerationConfig:
 
     def validate(self) -> None:
         """Raise :class:`LmlabError` for impossible settings."""
+        import math
+
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "length_penalty"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise LmlabError(f"{name.replace('_', '-')} must be a finite number, got {value}")
         if self.strategy not in STRATEGY_NAMES:
             raise LmlabError(f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGY_NAMES)}")
         if self.max_new_tokens < 0:

@@ -126,3 +126,27 @@ class ModelConfig:
             raise LmlabError(
                 f"model.rope_fraction must be in (0, 1] and rotate at least 2 of the {self.head_dim} head dimensions"
             )
+
+
+def estimated_parameter_count(config: ModelConfig) -> int:
+    """A lower bound on the parameters ``config`` builds, computed without allocating them: the
+    token embedding, learned positions, attention and feed-forward matrices (every expert of an
+    MoE layer), an untied LM head; biases and norms left out. Lets callers refuse a model far
+    beyond memory before building it."""
+    d, vocab = config.d_model, config.vocab_size
+    if config.arch == "gru":
+        hidden = config.rnn_hidden
+        stacks = 2 if config.backbone == "encoder-decoder" else 1
+        gru = 3 * hidden * (d + hidden) + (config.n_layer - 1) * 3 * hidden * (2 * hidden)
+        return vocab * d + stacks * gru + hidden * vocab
+    heads, kv_heads = config.n_head, config.n_kv_heads or config.n_head
+    attention = 2 * d * config.head_dim * (heads + kv_heads)
+    dense_ffn = 2 * d * config.ffn_width
+    ffn = sum(dense_ffn * (config.moe.num_experts if config.moe.is_moe_layer(i) else 1)
+              for i in range(config.n_layer))
+    blocks = config.n_layer * attention + ffn
+    if config.backbone == "encoder-decoder":
+        blocks = 2 * blocks + config.n_layer * attention  # the decoder's cross-attention
+    positions = config.context_length * d if config.position == "learned" else 0
+    untied_head = vocab * d if config.head == "lm" and not config.tie_embeddings else 0
+    return vocab * d + positions + blocks + untied_head

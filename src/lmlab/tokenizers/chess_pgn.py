@@ -23,14 +23,15 @@ A SAN move is split into its parts: ``Nbd7`` → ``N b d7``, ``R1xe2`` → ``R 1
 always a square token and a disambiguation always file/rank tokens, so move boundaries can be
 recovered from the ids alone.
 
-Text normalisation: one game per line. Within a line, words (moves, move numbers, results) are
-separated by any run of spaces or tabs; each newline is one ``</s>`` token. :meth:`decode` writes a
-single space between words, no space inside a move, and a newline for ``</s>`` — so canonical
-movetext such as ``"1. e4 e5 2. Nf3 Nc6 3. Bb5 a6 1-0"`` (or several such lines joined by
-``"\\n"``) satisfies ``decode(encode(text)) == text``. The literal words ``<pad>``, ``<s>`` and
-``</s>`` are accepted too (``</s>`` decodes to a newline). There is no unknown token: comments,
-NAGs, annotations (``!?``), variations, headers or any other word is an error naming the word
-and its position.
+Text layout: one game per line. Within a line, words (moves, move numbers, results) are separated
+by exactly one space; each newline is one ``</s>`` token. :meth:`decode` writes a single space
+between words, no space inside a move, and a newline for ``</s>`` — so every text :meth:`encode`
+accepts satisfies ``decode(encode(text)) == text``, e.g. ``"1. e4 e5 2. Nf3 Nc6 3. Bb5 a6 1-0"`` or
+several such lines joined by ``"\\n"``. Any other spacing (two spaces, a tab, a ``\\r``, a space at
+the start or end of a line) is an error naming its position, never silently normalised. The
+literal words ``<pad>``, ``<s>`` and ``</s>`` are accepted too (``</s>`` decodes to a newline).
+There is no unknown token: comments, NAGs, annotations (``!?``), variations, headers or any other
+word is an error naming the word and its position.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ DEFAULT_MAX_MOVE_NUMBER = 300
 VERSION = 1
 
 _WORD = re.compile(r"\n|[^\s]+")
+# Spacing that decode could not reproduce: a run of two or more blanks, a blank other than a space
+# (tab, carriage return, form feed, non-breaking space, ...), or a space at a line's start or end.
+_UNREPRODUCIBLE_SPACING = re.compile(r"[^\S\n]{2,}|[^\S \n]|^ | $", re.MULTILINE)
 _SAN = re.compile(r"([NBRQK])?([a-h])?([1-8])?(x)?([a-h][1-8])(=[QRBN])?([+#])?")
 _CASTLE = re.compile(r"(O-O-O|O-O)([+#])?")
 _MOVE_NUMBER = re.compile(r"([1-9][0-9]*\.)(\.\.)?")
@@ -128,6 +132,17 @@ def _where(text: str, position: int) -> str:
     return f"line {line}, column {column} (character {position})"
 
 
+def _check_spacing(text: str) -> None:
+    """Raise unless every line of ``text`` is words joined by single spaces (what decode writes)."""
+    bad = _UNREPRODUCIBLE_SPACING.search(text)
+    if bad is not None:
+        raise LmlabError(
+            f"unexpected spacing {bad.group()!r} at {_where(text, bad.start())}: the chess vocabulary "
+            "round-trips words joined by single spaces, one game per line ending in \\n; "
+            "normalise the whitespace (e.g. ' '.join(line.split()))"
+        )
+
+
 @register_tokenizer("chess-pgn")
 class ChessPGNTokenizer(Tokenizer):
     """SAN movetext ↔ ids over the fixed chess vocabulary described in this module's docstring.
@@ -159,6 +174,7 @@ class ChessPGNTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         """Movetext → ids; one ``</s>`` per newline. Raises for anything outside the grammar."""
+        _check_spacing(text)
         ids: list[int] = []
         for match in _WORD.finditer(text):
             word = match.group()

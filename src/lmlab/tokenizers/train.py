@@ -29,6 +29,7 @@ from lmlab.tokenizers.hf import HFTokenizer, first_line, infer_roles
 
 TOKENIZER_TRAINING_KINDS = ("bpe", "wordpiece")
 BYTE_ALPHABET_SIZE = 256
+MAX_TRAINED_VOCAB_SIZE = 1 << 21  # ~2M ids: far above any real vocabulary, far below what the trainer cannot allocate
 
 DEFAULT_ROLES: dict[str, dict[str, str]] = {
     "bpe": {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>", "mask": "<mask>"},
@@ -76,13 +77,20 @@ def train_tokenizer(
 
 
 def _check_sizes(kind: str, vocab_size: int, min_frequency: int, specials: list[str]) -> None:
-    """Reject a vocabulary too small for the specials (and, for bpe, the 256 bytes)."""
+    """Reject a vocabulary too small for the specials (and, for bpe, the 256 bytes), or beyond
+    :data:`MAX_TRAINED_VOCAB_SIZE` (the tokenizers library aborts the process on sizes it
+    cannot allocate, so they never reach it)."""
     smallest = len(specials) + 1 + (BYTE_ALPHABET_SIZE - 1 if kind == "bpe" else 0)
     if not isinstance(vocab_size, int) or vocab_size < smallest:
         extra = f" + {BYTE_ALPHABET_SIZE} bytes" if kind == "bpe" else " + 1"
         raise LmlabError(
             f"vocab_size {vocab_size!r} is too small for a {kind} tokenizer: it needs at least "
             f"{smallest} ({len(specials)} special tokens{extra})"
+        )
+    if vocab_size > MAX_TRAINED_VOCAB_SIZE:
+        raise LmlabError(
+            f"vocab_size {vocab_size} is beyond the largest trainable vocabulary ({MAX_TRAINED_VOCAB_SIZE}); "
+            "real vocabularies have 1k-300k tokens"
         )
     if not isinstance(min_frequency, int) or min_frequency < 0:
         raise LmlabError(f"min_frequency must be a non-negative integer, got {min_frequency!r}")

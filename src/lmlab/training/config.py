@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from lmlab.errors import LmlabError
-from lmlab.models.config import ModelConfig, choice
+from lmlab.errors import LmlabError, read_text_file
+from lmlab.models.config import ModelConfig, choice, estimated_parameter_count
 from lmlab.training.objective_names import OBJECTIVE_NAMES
 
 
@@ -99,6 +100,58 @@ class RunConfig:
 PRESET_PACKAGE = "lmlab.training.presets"
 
 
+# Objectives a GRU baseline trains: its forward takes token ids only (no masks, no prefix lengths).
+GRU_OBJECTIVES = ("causal-lm",)
+# float32 weight and gradient plus AdamW's two moments
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def check_objective_fits_arch(config: RunConfig) -> None:
+    """Raise :class:`LmlabError` when ``config.model.arch`` cannot be called the way the
+    objective calls its model (checked with the config, before any data or model exists)."""
+    objective, arch = config.train.objective, config.model.arch
+    if arch == "gru" and objective not in GRU_OBJECTIVES:
+        raise LmlabError(
+            f"objective {objective} trains transformer models; a model.arch=gru model trains only with "
+            f"{', '.join(GRU_OBJECTIVES)} (use --set model.arch=transformer for {objective})"
+        )
+
+
+def estimated_training_bytes(config: RunConfig) -> int:
+    """A lower bound on the memory training ``config`` takes: weights, gradients and optimizer
+    state of every parameter, and one float32 residual stream per layer of a batch (kept for the
+    backward pass). ``config.model.vocab_size`` must be set."""
+    model = config.model
+    parameters = estimated_parameter_count(model)
+    activations = 4 * config.train.batch_size * model.context_length * model.d_model * model.n_layer
+    return TRAINING_BYTES_PER_PARAMETER * parameters + activations
+
+
+def available_memory_bytes() -> int | None:
+    """Memory a new allocation can get now (psutil's ``available``, else the machine's physical
+    memory), or None when the platform tells neither."""
+    try:
+        import psutil
+    except ImportError:
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            return None
+    return int(psutil.virtual_memory().available)
+
+
+def check_fits_in_memory(config: RunConfig, available: int | None = None) -> None:
+    """Raise :class:`LmlabError` before building a model whose training cannot fit in memory
+    (``available`` bytes, default :func:`available_memory_bytes`)."""
+    available = available_memory_bytes() if available is None else available
+    needed = estimated_training_bytes(config)
+    if available is not None and needed > available:
+        raise LmlabError(
+            f"training this model needs at least {needed / 2**30:.1f} GiB but {available / 2**30:.1f} GiB of "
+            "memory is available; lower model.context_length, d_model, n_layer or train.batch_size"
+        )
+
+
 def preset_names() -> list[str]:
     """Names of the presets shipped with lmlab."""
     files = resources.files(PRESET_PACKAGE).iterdir()
@@ -119,7 +172,7 @@ def load_config_file(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise LmlabError(f"config file {path} does not exist; pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text_file(path, "save it as UTF-8 YAML"))
     except yaml.YAMLError as exc:
         reason = str(exc).splitlines()[0]
         raise LmlabError(f"config file {path} is not valid YAML ({reason})") from exc

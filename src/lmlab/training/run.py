@@ -19,7 +19,7 @@ from lmlab.models import ModelConfig, build_model
 from lmlab.output_dir import DirectoryLock, claim_output_dir, lock_output_dir
 from lmlab.tokenizers import CharTokenizer, Tokenizer, tokenizer_from_json, tokenizer_to_json
 from lmlab.training import checkpoint as ckpt
-from lmlab.training.config import RunConfig
+from lmlab.training.config import RunConfig, check_fits_in_memory, check_objective_fits_arch
 from lmlab.training.lora import LORA_STATE, apply_saved_lora, merge_lora
 from lmlab.training.objective_registry import ObjectiveTask, check_objective, tokens_needed
 from lmlab.training.trainer import METRICS_FILE, Trainer
@@ -49,6 +49,7 @@ def token_splits(config: RunConfig, tokenizer: Tokenizer | None = None) -> tuple
     if (Path(config.data.corpus) / SHARD_INDEX).is_file():
         store = ShardedTokens.open(config.data.corpus)
         tokenizer = _checked(config, tokenizer or store.tokenizer())
+        store.check_ids_below(tokenizer.vocab_size)
         train, val = split_span(store, config.data.val_fraction)
         return tokenizer, train, val
     text = load_corpus(config.data.corpus)
@@ -89,6 +90,7 @@ def make_trainer(
     """
     out_dir = Path(out_dir)
     config.train.validate()
+    check_objective_fits_arch(config)
     lock = claim_run_dir(out_dir, resume)
     try:
         return _build_trainer(config, out_dir, resume, progress, echo, lock)
@@ -121,6 +123,7 @@ def _build_trainer(
     tokenizer = _stored_tokenizer(start) if start else None
     tokenizer, train_tokens, val_tokens = token_splits(config, tokenizer)
     config.model.vocab_size = tokenizer.vocab_size
+    check_fits_in_memory(config)
     window = config.model.context_length
     torch.manual_seed(config.train.seed)
     model = build_model(config.model)

@@ -1,0 +1,186 @@
+"""Every bash and Python block of the README runs as pasted (issue 12, item 19).
+
+The blocks run in README order in one scratch directory that holds what they name (a tiny
+``tinyshakespeare.txt``, ``corpus.txt``, ``gpt2-dir``, ``path/to/chat-model``, ...; the default
+corpus comes from ``$LMLAB_CACHE``, so nothing is downloaded). Training runs get a tiny budget by
+appending documented flags (:data:`TINY_BUDGET`) to each ``lmlab train`` and ``lmlab compare``; the
+Python API block gets the same budget through :data:`PYTHON_BUDGETS`. What cannot run offline or
+within a test is listed with its reason: :data:`NETWORK_BLOCKS` are skipped, :data:`HELP_ONLY`
+commands run with ``--help``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+EXCERPT = ROOT / "tests" / "fixtures" / "shakespeare_excerpt.txt"
+HANG_GUARD_S = 3600  # only catches a hung command; never a limit on how long it may take
+
+TINY_MODEL = ["model.n_layer=2", "model.n_head=2", "model.d_model=16", "model.context_length=64",
+              "train.batch_size=2", "train.eval_batches=1", "train.eval_every=1", "train.checkpoint_every=1",
+              "train.warmup_steps=1", "train.sample_chars=8", "data.unk=true"]
+TINY_BUDGET = ["--max-steps", "2", "--no-progress", "--set", *TINY_MODEL]
+
+# Blocks that need the network, by their first line, with the reason they are not run.
+NETWORK_BLOCKS = {
+    "pip install torch==2.13.0 -e . && lmlab train": "pip install needs the package index",
+    'pip install torch==2.13.0 -e ".[test]" && python -m pytest -q && LMLAB_NATIVE_KERNELS=0 python -m pytest '
+    "-q tests/generation tests/interop tests/layers tests/models":
+        "pip install needs the package index (and it runs the whole suite, this test included)",
+}
+# Commands (their first words) that run as ``--help`` only, with the reason.
+HELP_ONLY = {
+    "lmlab info model.Q4_0.gguf": "needs a GGUF file converted by llama.cpp",
+    "python benchmarks/train_nanogpt_cpu.py": "a benchmark: minutes of training",
+    "python benchmarks/generate_vs_transformers.py": "a benchmark: a 124M model in two libraries",
+    "python benchmarks/prepare_data.py": "a benchmark: a corpus repeated 30 times",
+    "python benchmarks/load_pretrained_rss.py": "a benchmark: writes and loads a 124M checkpoint",
+}
+# Python blocks' budgets: text of the README → what the test runs instead.
+PYTHON_BUDGETS = {
+    'apply_overrides(config, ["train.max_steps=500"])':
+        f'apply_overrides(config, ["train.max_steps=2", *{TINY_MODEL!r}])',
+}
+
+
+@dataclass(frozen=True)
+class Block:
+    language: str
+    code: str
+    line: int
+
+
+def readme_blocks() -> list[Block]:
+    """The README's ```bash and ```python blocks, in order."""
+    text = README.read_text(encoding="utf-8")
+    return [Block(match.group(1), match.group(2), text.count("\n", 0, match.start()) + 2)
+            for match in re.finditer(r"^```(bash|python)\n(.*?)^```", text, re.M | re.S)]
+
+
+def bash_commands(code: str) -> list[str]:
+    """The commands of a bash block: continuation lines joined, trailing comments dropped."""
+    joined = code.replace("\\\n", " ")
+    commands = [re.sub(r"\s{2,}#\s.*$", "", line).strip() for line in joined.splitlines()]
+    return [command for command in commands if command]
+
+
+def runnable(command: str) -> str:
+    """``command`` as the test runs it: ``lmlab`` and ``python`` through this tree's Python, tiny
+    training budgets, ``--help`` (of its first two words: the program) for what :data:`HELP_ONLY` names."""
+    python = shlex.quote(sys.executable)
+    if any(command.startswith(prefix) for prefix in HELP_ONLY):
+        command = " ".join(command.split()[:2]).replace("benchmarks/", f"{ROOT}/benchmarks/") + " --help"
+    elif command.split()[:2] in (["lmlab", "train"], ["lmlab", "compare"]):
+        command += " " + " ".join(shlex.quote(word) for word in TINY_BUDGET)
+    command = re.sub(r"^python ", f"{python} ", command)
+    return re.sub(r"(^|\|\s*)lmlab ", rf"\1{python} -m lmlab.cli ", command)
+
+
+def run_in(sandbox: Path, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), cwd=sandbox, env=sandbox_env(sandbox), input=stdin, text=True,
+                          capture_output=True, timeout=HANG_GUARD_S)
+
+
+def sandbox_env(sandbox: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "LMLAB_CACHE": str(sandbox / "cache")}
+
+
+# ------------------------------------------------------------------------------- the sandbox
+def _write_fixtures(sandbox: Path) -> None:
+    """The files the README's blocks name."""
+    text = EXCERPT.read_text(encoding="utf-8")
+    (sandbox / "cache").mkdir()
+    (sandbox / "cache" / "shakespeare.txt").write_text(text, encoding="utf-8")
+    for name in ("tinyshakespeare.txt", "corpus.txt", "other-text.txt"):
+        (sandbox / name).write_text(text, encoding="utf-8")
+    (sandbox / "more").mkdir()
+    (sandbox / "more" / "sonnets.txt").write_text(text[:20_000], encoding="utf-8")
+    (sandbox / "prompts.txt").write_text("ROMEO:\nThe meaning of life is\n", encoding="utf-8")
+    (sandbox / "turns.txt").write_text("w1 w2\nw3\n", encoding="utf-8")
+    (sandbox / "texts.txt").write_text("w1 w2\nw3 w4\n", encoding="utf-8")
+    (sandbox / "my-run.yaml").write_text("model:\n  n_layer: 2\n  bias: true\ntrain:\n  lr: 2.0e-3\n", encoding="utf-8")
+    (sandbox / "train.tsv").write_text("en\tde\nhello\thallo\ngood morning\tguten Morgen\n", encoding="utf-8")
+    (sandbox / "reviews.csv").write_text("text,label\ngreat play,good\ndull play,bad\n", encoding="utf-8")
+    zstandard = pytest.importorskip("zstandard")
+    pgn = '[Event "a"]\n[Result "1-0"]\n\n1. e4 e5 2. Qh5 Nc6 3. Bc4 Nf6 4. Qxf7# 1-0\n'
+    (sandbox / "games.pgn.zst").write_bytes(zstandard.ZstdCompressor().compress(pgn.encode()))
+
+
+def _write_models(sandbox: Path) -> None:
+    """A GPT-2-shaped HF directory (``gpt2-dir``, ``path/to/hf-model``), a chat model and a sentence encoder."""
+    from tiny_models import chat_model_dir, sentence_encoder_dir
+
+    python = sys.executable
+    train = run_in(sandbox, python, "-m", "lmlab.cli", "train", "--data", "corpus.txt", "--out", "fixture-run",
+                   *TINY_BUDGET, "model.bias=true", "model.context_length=128")
+    assert train.returncode == 0, train.stderr
+    export = run_in(sandbox, python, "-m", "lmlab.cli", "convert", "fixture-run", "gpt2-dir", "--to", "hf")
+    assert export.returncode == 0, export.stderr
+    (sandbox / "path" / "to").mkdir(parents=True)
+    shutil.copytree(sandbox / "gpt2-dir", sandbox / "path" / "to" / "hf-model")
+    chat_model_dir(sandbox / "path" / "to" / "chat-model")
+    sentence_encoder_dir(sandbox / "path" / "to" / "sentence-transformer")
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory) -> Path:
+    pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("readme")
+    _write_fixtures(folder)
+    _write_models(folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------- the checks
+BLOCKS = readme_blocks()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"line {b.line} ({b.language})" for b in BLOCKS])
+def test_readme_block_runs_as_pasted(sandbox, block):
+    first_line = block.code.splitlines()[0]
+    if first_line in NETWORK_BLOCKS:
+        pytest.skip(NETWORK_BLOCKS[first_line])
+    if block.language == "python":
+        code = block.code
+        for text, budget in PYTHON_BUDGETS.items():
+            code = code.replace(text, budget)
+        result = run_in(sandbox, sys.executable, "-", stdin=code)
+        assert result.returncode == 0, f"README line {block.line}:\n{result.stderr[-3000:]}"
+        return
+    for command in bash_commands(block.code):
+        result = subprocess.run(["bash", "-o", "pipefail", "-c", runnable(command)], cwd=sandbox,
+                                env=sandbox_env(sandbox), capture_output=True, text=True, timeout=HANG_GUARD_S)
+        assert result.returncode == 0, f"README line {block.line}: {command}\n{result.stderr[-3000:]}"
+
+
+def test_every_exemption_and_budget_names_readme_text():
+    """An exemption or a budget whose README text is gone would silently stop covering it."""
+    text = README.read_text(encoding="utf-8")
+    first_lines = {block.code.splitlines()[0] for block in BLOCKS}
+    assert set(NETWORK_BLOCKS) <= first_lines
+    commands = [command for block in BLOCKS if block.language == "bash" for command in bash_commands(block.code)]
+    assert all(any(command.startswith(prefix) for command in commands) for prefix in HELP_ONLY)
+    assert all(budgeted in text for budgeted in PYTHON_BUDGETS)
+
+
+@pytest.mark.slow
+def test_the_alternatives_table_header_is_the_one_the_readme_shows(sandbox):
+    shown = re.search(r"headed `(\| Input \|[^`]*)` for N=(\d+)", README.read_text(encoding="utf-8"))
+    assert shown, "the README describes the --show-alternatives table"
+    header, n = shown.groups()
+    result = run_in(sandbox, sys.executable, "-m", "lmlab.cli", "generate", "gpt2-dir", "--prompt", "The",
+                    "--show-alternatives", n, "--max-new-tokens", "2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == header
