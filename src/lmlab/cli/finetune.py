@@ -10,6 +10,7 @@ from pathlib import Path
 from lmlab.cli.common import EXIT_INTERRUPTED, err
 from lmlab.errors import LmlabError
 
+CONFUSION_PNG = "confusion_matrix.png"  # written into a classify run at the end of fine-tuning
 SETTING_FLAGS = (  # FinetuneConfig fields set from flags of the same name
     "val", "val_fraction", "text_column", "label_column", "source_column", "target_column", "source_prefix",
     "prompt_format", "pooling", "epochs", "max_steps", "max_time", "batch_size", "max_tokens_per_batch", "lr",
@@ -26,8 +27,22 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     config = FinetuneConfig(model=args.model, task=args.task, data=args.data, out=args.out,
                             truncate=not args.no_truncate, **given)
     result = finetune(config, progress=not args.no_progress, echo=err)
+    if result.report is not None and result.stop_reason != "interrupted":
+        _confusion_png(result.report, Path(args.out) / CONFUSION_PNG)
     print(json.dumps({"run_dir": args.out, **result.summary()}))
     return EXIT_INTERRUPTED if result.stop_reason == "interrupted" else 0
+
+
+def _confusion_png(report: dict, path: Path) -> None:
+    """The validation confusion matrix as a PNG in the run, when matplotlib is there (else a note)."""
+    from lmlab.viz.confusion import plot_confusion_matrix, require_matplotlib
+
+    try:
+        require_matplotlib()
+    except LmlabError as exc:
+        err(f"note: no {path.name}: {exc}")
+        return
+    err(f"wrote {plot_confusion_matrix(report['confusion_matrix'], report['labels'], path)}")
 
 
 # ----------------------------------------------------------------------------------- task commands

@@ -142,6 +142,7 @@ class FinetuneResult:
     checkpoint: Path
     best: Path | None
     truncated: int  # examples cut to the model's context
+    report: dict[str, Any] | None = None  # classify: the final model's validation report (confusion matrix)
 
     def summary(self) -> dict[str, Any]:
         """The one-line JSON ``lmlab finetune`` prints."""
@@ -209,8 +210,9 @@ def finetune(config: FinetuneConfig, progress: bool = True, echo: Callable[[str]
         raise
     result = trainer.fit()
     best = out / BEST_DIR
+    report = prepared.task.validation_report(prepared.model) if isinstance(prepared.task, ClassifyTask) else None
     return FinetuneResult(result.step, result.stop_reason, result.last_eval, result.checkpoint,
-                          best if ckpt.list_checkpoints(best) else None, prepared.truncated)
+                          best if ckpt.list_checkpoints(best) else None, prepared.truncated, report)
 
 
 def _trainer(config: FinetuneConfig, run_config: RunConfig, prepared: Prepared, out: Path, start: Path | None,
