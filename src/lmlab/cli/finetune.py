@@ -70,7 +70,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_seq2seq(args: argparse.Namespace) -> int:
-    from lmlab.training.finetuned import generate_targets, load_finetuned
+    from lmlab.training.finetuned import generate_targets, load_finetuned, stream_target
 
     tuned = load_finetuned(args.run_dir, err)
     tuned.require_task("seq2seq", "seq2seq")
@@ -80,6 +80,11 @@ def cmd_seq2seq(args: argparse.Namespace) -> int:
     decoding = dataclasses.replace(settings, strategy=strategy, num_beams=beams,
                                    max_new_tokens=args.max_new_tokens or settings.max_new_tokens)
     generation = decoding.generation(tuned.spec["eos_id"])
+    if args.text is not None:
+        for piece in stream_target(tuned, args.text, generation):
+            print(piece, end="", flush=True)
+        print()
+        return 0
     for output in generate_targets(tuned, _texts(args), generation):
         print(output)
     return 0
