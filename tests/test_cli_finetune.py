@@ -20,7 +20,8 @@ from lmlab.cli import main  # noqa: E402
 def bases(tmp_path_factory):
     torch.set_num_threads(1)
     directory = tmp_path_factory.mktemp("bases")
-    return {"encoder": base_run(directory, "mlm"), "decoder": base_run(directory, "causal-lm")}
+    return {"encoder": base_run(directory, "mlm"), "decoder": base_run(directory, "causal-lm"),
+            "encoder-decoder": base_run(directory, "span-corruption")}
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,10 @@ BAD_INPUTS = [
      "encoder", "data row 2: the 'label' label is empty"),
     ("label unseen in training", ["--task", "classify", "--data", "{files}/train.csv", "--val", "{files}/unseen.csv"],
      "encoder", "label 'maybe' is not one of the label names"),
-    ("classify on a decoder", ["--task", "classify", "--data", "{files}/train.csv"], "decoder",
-     "classify fine-tunes an encoder"),
+    ("classify on an encoder-decoder", ["--task", "classify", "--data", "{files}/train.csv"], "encoder-decoder",
+     "classify fine-tunes an encoder (BERT, RoBERTa, an lmlab encoder run) or a Transformer decoder"),
+    ("pooling on a decoder", ["--task", "classify", "--data", "{files}/train.csv", "--pooling", "mean"], "decoder",
+     "--pooling is for encoders"),
     ("seq2seq on a decoder without a prompt format", ["--task", "seq2seq", "--data", "{files}/pairs.jsonl"],
      "decoder", "needs --prompt-format"),
     ("seq2seq on an encoder", ["--task", "seq2seq", "--data", "{files}/pairs.jsonl"], "encoder",

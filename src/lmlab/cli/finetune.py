@@ -10,6 +10,7 @@ from pathlib import Path
 from lmlab.cli.common import EXIT_INTERRUPTED, err
 from lmlab.errors import LmlabError
 
+CONFUSION_PNG = "confusion_matrix.png"  # written into a classify run at the end of fine-tuning
 SETTING_FLAGS = (  # FinetuneConfig fields set from flags of the same name
     "val", "val_fraction", "text_column", "label_column", "source_column", "target_column", "source_prefix",
     "prompt_format", "pooling", "epochs", "max_steps", "max_time", "batch_size", "max_tokens_per_batch", "lr",
@@ -27,8 +28,22 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     config = FinetuneConfig(model=args.model, task=args.task, data=args.data, out=args.out,
                             truncate=not args.no_truncate, **given)
     result = finetune(config, progress=not args.no_progress, echo=err)
+    if result.report is not None and result.stop_reason != "interrupted":
+        _confusion_png(result.report, Path(args.out) / CONFUSION_PNG)
     print(json.dumps({"run_dir": args.out, **result.summary()}))
     return EXIT_INTERRUPTED if result.stop_reason == "interrupted" else 0
+
+
+def _confusion_png(report: dict, path: Path) -> None:
+    """The validation confusion matrix as a PNG in the run, when matplotlib is there (else a note)."""
+    from lmlab.viz.confusion import plot_confusion_matrix, require_matplotlib
+
+    try:
+        require_matplotlib()
+    except LmlabError as exc:
+        err(f"note: no {path.name}: {exc}")
+        return
+    err(f"wrote {plot_confusion_matrix(report['confusion_matrix'], report['labels'], path)}")
 
 
 # ----------------------------------------------------------------------------------- task commands
@@ -56,7 +71,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_seq2seq(args: argparse.Namespace) -> int:
-    from lmlab.training.finetuned import generate_targets, load_finetuned
+    from lmlab.training.finetuned import generate_targets, load_finetuned, stream_target
 
     tuned = load_finetuned(args.run_dir, err)
     tuned.require_task("seq2seq", "seq2seq")
@@ -66,6 +81,11 @@ def cmd_seq2seq(args: argparse.Namespace) -> int:
     decoding = dataclasses.replace(settings, strategy=strategy, num_beams=beams,
                                    max_new_tokens=args.max_new_tokens or settings.max_new_tokens)
     generation = decoding.generation(tuned.spec["eos_id"])
+    if args.text is not None:
+        for piece in stream_target(tuned, args.text, generation):
+            print(piece, end="", flush=True)
+        print()
+        return 0
     for output in generate_targets(tuned, _texts(args), generation):
         print(output)
     return 0

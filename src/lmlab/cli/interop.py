@@ -17,7 +17,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         from lmlab.training.run import load_run
 
         run = load_run(args.src, err)
-        summary = export_hf(run.model, run.config.model, run.tokenizer, args.dst, labels=run.state.get("labels"))
+        summary = export_hf(run.model, run.config.model, run.tokenizer, args.dst, labels=_class_names(run.state))
         for note in summary["notes"]:
             err(f"note: {note}")
         print(json.dumps(summary))
@@ -47,6 +47,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print(json.dumps({"run_dir": str(dst), "checkpoint": str(checkpoint), "family": loaded.family,
                       "parameters": sum(p.numel() for p in loaded.model.parameters())}))
     return 0
+
+
+def _class_names(state: dict) -> list[str] | None:
+    """A classifier run's class names: a converted classifier's ``labels``, a fine-tuned one's ``label_names``."""
+    return state.get("labels") or state.get("finetune", {}).get("label_names")
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

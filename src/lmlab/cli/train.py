@@ -69,6 +69,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = load_run(args.run_dir, err)
     if is_finetuned(run):
         return _eval_finetuned(run, args)
+    if args.confusion_png is not None:
+        raise LmlabError("--confusion-png is for runs fine-tuned with --task classify; drop it for this run")
     metrics = evaluate_run(run, args.data, split, args.batch_size, progress=not args.no_progress)
     scored = {"data": args.data, "split": "all"} if args.data is not None else {"split": split}
     if metrics["tokens"] == 0:
@@ -80,12 +82,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _eval_finetuned(run, args: argparse.Namespace) -> int:
     """A fine-tuned run's task metrics on --data (default: its validation file)."""
     from lmlab.training.finetuned import FinetunedRun, evaluate_finetuned
+    from lmlab.viz.confusion import plot_confusion_matrix, require_matplotlib
 
     tuned = FinetunedRun(run, run.state["finetune"])
     data = args.data or tuned.settings.val
     if data is None:
         raise LmlabError("pass --data FILE: this fine-tuned run was validated on a split of its training data")
-    print(json.dumps({**evaluate_finetuned(tuned, data), "data": str(data), "checkpoint": str(run.checkpoint)}))
+    if args.confusion_png is not None:
+        tuned.require_task("classify", "--confusion-png")
+        require_matplotlib()
+    metrics = evaluate_finetuned(tuned, data)
+    if args.confusion_png is not None:
+        err(f"wrote {plot_confusion_matrix(metrics['confusion_matrix'], metrics['labels'], args.confusion_png)}")
+    print(json.dumps({**metrics, "data": str(data), "checkpoint": str(run.checkpoint)}))
     return 0
 
 
@@ -134,6 +143,7 @@ def add_eval_info_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--split", choices=("val", "train"), help="the split of the run's own corpus (default: val)")
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.add_argument("--confusion-png", help="a fine-tuned classifier: also save the confusion matrix as this PNG")
     ev.set_defaults(func=cmd_eval)
 
     info = sub.add_parser("info", help="config, parameter count and training state of a run")

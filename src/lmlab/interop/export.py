@@ -11,7 +11,9 @@ learned positions → BART, a pre-LayerNorm one → Blenderbot; a pre-norm, bias
 with T5 relative positions → T5 (a bias-free LayerNorm becomes T5's RMSNorm exactly: the
 embeddings and every projection into the residual stream are written mean-free, so the stream has
 zero mean and the two norms agree). A model without biases is written with zero biases where the
-format has them.
+format has them. A decoder classifier (last-token score) is written as
+``GPT2ForSequenceClassification`` / ``LlamaForSequenceClassification``, with ``pad_token_id`` = EOS
+when the tokenizer has no pad token (transformers finds each row's last token by it).
 The output directory must be new, empty or one lmlab exported to before (see
 :mod:`lmlab.output_dir`), so an existing model directory is never overwritten.
 Tokenizers: a ``tokenizers``-backed one
@@ -89,6 +91,11 @@ FORMATS = (
 
 def export_format(config: ModelConfig, tokenizer: Tokenizer | None = None) -> Format:
     """The Hugging Face format an lmlab config (with its tokenizer) is written as; an error if there is none."""
+    if config.backbone == "encoder" and config.head == "classifier" and config.pooling == "mean":
+        raise LmlabError(
+            "cannot export this classifier to Hugging Face: pooling='mean' has no *ForSequenceClassification "
+            "equivalent (BERT and RoBERTa pool the first token through dense → tanh); fine-tune with --pooling cls"
+        )
     errors = []
     candidates = [f for f in FORMATS if f.backbone == config.backbone and f.fits_tokenizer(tokenizer)] or list(FORMATS)
     for candidate in candidates:
@@ -115,6 +122,8 @@ def export_hf(model: nn.Module, model_config: ModelConfig, tokenizer: Tokenizer 
     config.update(_special_ids(tokenizer))
     if model_config.head == "classifier":
         config.update(label_maps(model_config.num_labels, labels))
+        if model_config.backbone == "decoder" and "pad_token_id" not in config and "eos_token_id" in config:
+            config["pad_token_id"] = config["eos_token_id"]  # how *ForSequenceClassification finds the last token
     if target.decoder_start and tokenizer is not None and target.decoder_start in tokenizer.special_tokens:
         config["decoder_start_token_id"] = tokenizer.special_tokens[target.decoder_start]
     config["dtype"] = "float32"

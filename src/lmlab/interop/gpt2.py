@@ -1,5 +1,7 @@
 """GPT-2: Hugging Face ``gpt2`` checkpoints ↔ lmlab's default decoder (learned positions,
-pre-LayerNorm, GELU). GPT-2 stores its linear layers as ``Conv1D`` (in, out): they are transposed."""
+pre-LayerNorm, GELU). GPT-2 stores its linear layers as ``Conv1D`` (in, out): they are transposed.
+A ``GPT2ForSequenceClassification`` checkpoint (a ``score`` layer) ↔
+:class:`~lmlab.models.DecoderClassifier`."""
 
 from __future__ import annotations
 
@@ -22,10 +24,18 @@ from lmlab.models import ModelConfig, build_model
 
 PREFIXES = ("transformer.",)
 IGNORE = ("*attn.bias", "*attn.masked_bias")
+SCORE = "score.weight"  # the classifier head of *ForSequenceClassification (GPT-2 and Llama)
 
 
-def model_config(hf: HFConfig) -> ModelConfig:
-    """The lmlab config of a GPT-2 ``config.json``."""
+def classifier_fields(source: TensorSource) -> dict:
+    """``head`` and ``num_labels`` of a decoder checkpoint: a classifier when it has a score layer."""
+    if SCORE not in source.names():
+        return {}
+    return {"head": "classifier", "num_labels": source.info(SCORE).shape[0]}
+
+
+def model_config(hf: HFConfig, head: dict | None = None) -> ModelConfig:
+    """The lmlab config of a GPT-2 ``config.json`` (``head``: :func:`classifier_fields`)."""
     for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
         if hf.get(flag):
             raise LmlabError(f"{hf.path}: GPT-2 option {flag}=true is not supported by lmlab")
@@ -47,6 +57,7 @@ def model_config(hf: HFConfig) -> ModelConfig:
         norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
         ffn=activation(hf.get("activation_function", "gelu_new"), str(hf.path)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        **(head or {}),
     )
 
 
@@ -68,14 +79,16 @@ def name_map(config: ModelConfig) -> RuleMap:
         (r"h\.(\d+)\.mlp\.c_proj\.bias", to(b + "ffn.down.bias")),
         (r"ln_f\.(weight|bias)", to("backbone.final_norm.{0}")),
     ]
-    if not config.tie_embeddings:
+    if config.head == "classifier":
+        rules.append((r"score\.weight", to("classifier.weight")))
+    elif not config.tie_embeddings:
         rules.append((r"lm_head\.weight", to("lm_head.weight")))
     return RuleMap(rules, PREFIXES)
 
 
 def load(hf: HFConfig, source: TensorSource) -> tuple[nn.Module, ModelConfig]:
     """Build the lmlab model of a GPT-2 checkpoint and stream its weights in."""
-    config = model_config(hf)
+    config = model_config(hf, classifier_fields(source))
     model = build_model(config)
     ignore = IGNORE + (("lm_head.weight",) if config.tie_embeddings else ())
     load_into(fill_tensors(model), source, name_map(config), ignore=ignore)
@@ -91,7 +104,7 @@ def export_config(config: ModelConfig) -> dict:
 
     return {
         "model_type": "gpt2",
-        "architectures": ["GPT2LMHeadModel"],
+        "architectures": ["GPT2ForSequenceClassification" if config.head == "classifier" else "GPT2LMHeadModel"],
         "vocab_size": config.vocab_size,
         "n_positions": config.context_length,
         "n_embd": config.d_model,
@@ -108,12 +121,15 @@ def export_config(config: ModelConfig) -> dict:
 
 
 def check_exportable(config: ModelConfig) -> None:
-    """Raise unless the decoder has a GPT-2 equivalent (a bias-free one is written with zero biases)."""
+    """Raise unless the decoder has a GPT-2 equivalent (a bias-free one is written with zero biases);
+    an LM head or a last-token classifier."""
     wanted = {
-        "arch": "transformer", "backbone": "decoder", "head": "lm", "position": "learned", "norm": "layernorm",
+        "arch": "transformer", "backbone": "decoder", "position": "learned", "norm": "layernorm",
         "norm_placement": "pre", "rope_fraction": 1.0,
     }
     bad = config_mismatches(config, wanted)
+    if config.head not in ("lm", "classifier"):
+        bad.append(f"head={config.head!r}")
     if config.ffn not in ("gelu", "gelu-tanh", "relu", "silu"):
         bad.append(f"ffn={config.ffn!r}")
     if (config.n_kv_heads or config.n_head) != config.n_head:
@@ -139,6 +155,8 @@ def export_tensors(model: nn.Module, config: ModelConfig) -> dict:
             out[dst + theirs + ".bias"] = bias_or_zeros(sd, src + ours)
     out["transformer.ln_f.weight"] = sd["backbone.final_norm.weight"]
     out["transformer.ln_f.bias"] = bias_or_zeros(sd, "backbone.final_norm")
-    if not config.tie_embeddings:
+    if config.head == "classifier":
+        out[SCORE] = sd["classifier.weight"]
+    elif not config.tie_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]
     return out

@@ -1,11 +1,14 @@
 """Llama (and Mistral without a sliding window): RoPE with ``rope_theta``, RMSNorm, SwiGLU,
-grouped-query attention, tied or untied LM head. q/k/v fill slices of lmlab's fused ``qkv``."""
+grouped-query attention, tied or untied LM head. q/k/v fill slices of lmlab's fused ``qkv``.
+A ``LlamaForSequenceClassification`` checkpoint (a ``score`` layer) ↔
+:class:`~lmlab.models.DecoderClassifier`."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from lmlab.errors import LmlabError
+from lmlab.interop.gpt2 import SCORE, classifier_fields
 from lmlab.interop.hf_config import HFConfig
 from lmlab.interop.mapping import RuleMap, config_mismatches, fill_tensors, qkv_slices, require_exportable, to
 from lmlab.interop.weights import Target, TensorSource, load_into
@@ -26,8 +29,9 @@ def rope_theta(hf: HFConfig) -> float:
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
-def model_config(hf: HFConfig) -> ModelConfig:
-    """The lmlab config of a Llama ``config.json``."""
+def model_config(hf: HFConfig, head: dict | None = None) -> ModelConfig:
+    """The lmlab config of a Llama ``config.json`` (``head``: a classifier's fields, see
+    :func:`~lmlab.interop.gpt2.classifier_fields`)."""
     d_model, n_head = hf.require("hidden_size"), hf.require("num_attention_heads")
     head_dim = hf.get("head_dim") or d_model // n_head
     if hf.get("hidden_act", "silu") != "silu":
@@ -58,6 +62,7 @@ def model_config(hf: HFConfig) -> ModelConfig:
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         ffn="swiglu",
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        **(head or {}),
     )
 
 
@@ -85,7 +90,7 @@ def layer_rules(config: ModelConfig, layer: str, emb: str, norm: str, q: str, k:
         (layer + attn_norm, to(b + "attn_norm.weight")),
         (layer + ffn_norm, to(b + "ffn_norm.weight")),
     ]
-    if not config.tie_embeddings:
+    if config.head == "lm" and not config.tie_embeddings:
         rules.append((head, to("lm_head.weight")))
     return rules
 
@@ -99,12 +104,14 @@ def name_map(config: ModelConfig) -> RuleMap:
         r"mlp\.gate_proj" + w, r"mlp\.up_proj" + w, r"mlp\.down_proj" + w,
         r"input_layernorm\.weight", r"post_attention_layernorm\.weight", r"lm_head\.weight",
     )
+    if config.head == "classifier":
+        rules.append((r"score\.weight", to("classifier.weight")))
     return RuleMap(rules, PREFIXES)
 
 
 def load(hf: HFConfig, source: TensorSource) -> tuple[nn.Module, ModelConfig]:
     """Build the lmlab model of a Llama checkpoint and stream its weights in."""
-    config = model_config(hf)
+    config = model_config(hf, classifier_fields(source))
     model = build_model(config)
     ignore = ("*rotary_emb.inv_freq",) + (("lm_head.weight",) if config.tie_embeddings else ())
     load_into(fill_tensors(model), source, name_map(config), ignore=ignore)
@@ -115,12 +122,14 @@ def load(hf: HFConfig, source: TensorSource) -> tuple[nn.Module, ModelConfig]:
 
 
 def check_exportable(config: ModelConfig) -> None:
-    """Raise unless the decoder has a Llama equivalent."""
+    """Raise unless the decoder has a Llama equivalent (an LM head or a last-token classifier)."""
     wanted = {
-        "arch": "transformer", "backbone": "decoder", "head": "lm", "position": "rope", "norm": "rmsnorm",
+        "arch": "transformer", "backbone": "decoder", "position": "rope", "norm": "rmsnorm",
         "norm_placement": "pre", "ffn": "swiglu", "rope_fraction": 1.0,
     }
     bad = config_mismatches(config, wanted)
+    if config.head not in ("lm", "classifier"):
+        bad.append(f"head={config.head!r}")
     require_exportable(config, "Llama", bad)
 
 
@@ -128,7 +137,7 @@ def export_config(config: ModelConfig) -> dict:
     """``config.json`` of the Llama model equivalent to an lmlab decoder."""
     return {
         "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
+        "architectures": ["LlamaForSequenceClassification" if config.head == "classifier" else "LlamaForCausalLM"],
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
         "intermediate_size": config.ffn_width,
@@ -164,6 +173,8 @@ def export_tensors(model: nn.Module, config: ModelConfig) -> dict:
                 out[f"{dst}mlp.{name}_proj.{kind}"] = sd[f"{src}ffn.{name}.{kind}"]
         out[f"{dst}input_layernorm.weight"] = sd[f"{src}attn_norm.weight"]
         out[f"{dst}post_attention_layernorm.weight"] = sd[f"{src}ffn_norm.weight"]
-    if not config.tie_embeddings:
+    if config.head == "classifier":
+        out[SCORE] = sd["classifier.weight"]
+    elif not config.tie_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]
     return out

@@ -7,6 +7,7 @@ from torch import nn
 from lmlab.errors import LmlabError
 from lmlab.models.config import ModelConfig, MoEConfig
 from lmlab.models.decoder import DecoderLM
+from lmlab.models.decoder_classifier import DecoderClassifier
 from lmlab.models.encoder import EncoderClassifier, EncoderMLM, EncoderModel
 from lmlab.models.encoder_decoder import EncoderDecoderLM
 from lmlab.models.rnn import GRULM, GRUSeq2Seq
@@ -14,6 +15,7 @@ from lmlab.models.inspection import auxiliary_loss, count_parameters, expert_uti
 
 MODELS: dict[tuple[str, str, str], type[nn.Module]] = {
     ("transformer", "decoder", "lm"): DecoderLM,
+    ("transformer", "decoder", "classifier"): DecoderClassifier,
     ("transformer", "encoder", "lm"): EncoderMLM,
     ("transformer", "encoder", "classifier"): EncoderClassifier,
     ("transformer", "encoder", "none"): EncoderModel,
@@ -37,6 +39,7 @@ def build_model(config: ModelConfig) -> nn.Module:
 
 __all__ = [
     "MODELS",
+    "DecoderClassifier",
     "DecoderLM",
     "EncoderClassifier",
     "EncoderDecoderLM",

@@ -59,7 +59,7 @@ class ModelConfig:
 
     arch: str = choice("transformer", ("transformer", "gru"))
     backbone: str = choice("decoder", BACKBONES)
-    head: str = choice("lm", ("lm", "classifier", "none"))  # classifier: encoder sequence classification; none: encoder hidden states
+    head: str = choice("lm", ("lm", "classifier", "none"))  # classifier: sequence classification (encoder: pooled; decoder: last token); none: encoder hidden states
     vocab_size: int = 0
     n_layer: int = 6  # per stack (the encoder and the decoder each have n_layer)
     n_head: int = 6

@@ -1,4 +1,5 @@
-"""Output heads on top of a backbone's hidden states: masked-LM and sequence classification."""
+"""Output heads on top of a backbone's hidden states: masked-LM and sequence classification, and
+the poolings a classifier reads (first token, mean, last real token)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,15 @@ def mean_over_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor | None) 
         return hidden.mean(dim=1)
     weights = attention_mask.to(hidden.dtype)[:, :, None]  # (B, T, 1)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def last_token(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """The last real (unpadded) position of each row, as GPT-2's classifier pools: (B, T, C) → (B, C)."""
+    if attention_mask is None:
+        return hidden[:, -1]
+    positions = torch.arange(hidden.size(1), device=hidden.device)  # (T,)
+    last = (positions * attention_mask.to(torch.long)).argmax(dim=-1)  # (B,) the rightmost True
+    return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
 
 
 POOLING = {"cls": first_token, "mean": mean_over_tokens, "cls-dense-tanh": first_token}

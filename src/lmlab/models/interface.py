@@ -1,8 +1,8 @@
 """What a model declares about itself, so that generation, the CLI and training use it without
 probing it (no ``hasattr``, no signature inspection).
 
-Every model lmlab builds is a :class:`LanguageModel`: it says its ``structure`` (decoder, encoder
-or encoder-decoder), its context (``max_positions``, None for a recurrent model) and whether it
+Every model lmlab builds is a :class:`LanguageModel`: it says its ``structure`` (decoder, encoder,
+encoder-decoder, or decoder-classifier: a causal stack scoring classes, which does not generate), its context (``max_positions``, None for a recurrent model) and whether it
 takes padding masks. The two that generate add what decoding needs: a decoder
 (:class:`DecoderModel`) runs ids to hidden states and has an LM head; an encoder-decoder
 (:class:`EncoderDecoderModel`) encodes once and decodes step by step over the encoder's output.
@@ -21,6 +21,8 @@ from lmlab.layers.kv_cache import KVCache
 from lmlab.models.config import ModelConfig
 
 DECODER, ENCODER, ENCODER_DECODER = "decoder", "encoder", "encoder-decoder"
+DECODER_CLASSIFIER = "decoder-classifier"  # a decoder stack with a classification head: no LM head, no decoding
+GENERATIVE = (DECODER, ENCODER_DECODER)
 
 
 class DecodingCache(Protocol):
@@ -40,7 +42,7 @@ class LanguageModel(Protocol):
     """Every model: its config, structure, context length and whether it takes padding masks."""
 
     config: ModelConfig
-    structure: str  # DECODER, ENCODER or ENCODER_DECODER
+    structure: str  # DECODER, ENCODER, ENCODER_DECODER or DECODER_CLASSIFIER
     takes_padding: bool  # accepts attention_mask (and, for decoders, position_ids) for padded batches
 
     @property
@@ -103,4 +105,9 @@ def require_generative(model: LanguageModel) -> None:
         raise LmlabError(
             f"{type(model).__name__} is an encoder: it does not generate text; "
             "use it with `lmlab embed`, or give a decoder or encoder-decoder model"
+        )
+    if model.structure not in GENERATIVE:
+        raise LmlabError(
+            f"{type(model).__name__} is a classifier: it does not generate text; "
+            "use it with `lmlab classify`, or give a decoder or encoder-decoder model"
         )

@@ -6,7 +6,8 @@ The model is an lmlab run directory, a Hugging Face model directory or a GGUF fi
 ``metrics.jsonl``, progress and exact ``resume`` work as for pretraining:
 
 * ``classify`` — an encoder (BERT, RoBERTa, an lmlab encoder run) with a new classification head
-  (labels from the training data, kept in the run); metric: accuracy.
+  (cls or mean pooling), or a Transformer decoder (GPT-2, Llama, an lmlab decoder run) scoring its
+  last real token; labels from the training data, kept in the run; metric: accuracy.
 * ``seq2seq`` — an encoder-decoder (T5, BART, an lmlab encoder-decoder or GRU seq2seq run) with
   teacher forcing, or a decoder with ``prompt_format`` (loss on the target only); validation
   generates and scores BLEU, chrF, ROUGE; metric: chrF.
@@ -37,7 +38,7 @@ from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig
 from lmlab.interop.hub import resolve_model_path
 from lmlab.models import ModelConfig, build_model
-from lmlab.models.interface import DECODER, ENCODER, ENCODER_DECODER
+from lmlab.models.interface import DECODER, DECODER_CLASSIFIER, ENCODER, ENCODER_DECODER
 from lmlab.tokenizers import HFTokenizer, Tokenizer, tokenizer_from_json, tokenizer_to_json
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import DataConfig, RunConfig, TrainConfig
@@ -79,6 +80,9 @@ TASKS = ("classify", "seq2seq", "causal-lm", "chat")
 SELECTION_METRICS = {"classify": ("accuracy", True), "seq2seq": ("chrf", True), "causal-lm": ("loss", False),
                      "chat": ("loss", False)}
 POOLINGS = ("cls", "mean")
+# --pooling → the encoder head's pooling: cls is BERT's pooler (first token → dense → tanh), which
+# BertForSequenceClassification and RoBERTa's head have, so a cls classifier exports exactly
+POOLING_HEADS = {"cls": "cls-dense-tanh", "mean": "mean"}
 DEFAULT_EPOCHS = 3
 DEFAULT_BATCH_SIZE = 16
 UNBOUNDED_STEPS = 10**9  # the step budget of a run bounded by --max-time alone
@@ -186,6 +190,7 @@ class FinetuneResult:
     truncated: int  # examples cut to the model's context
     trainable: int  # parameter values training changes (LoRA: the adapters and a classifier's head)
     frozen: int  # parameter values it leaves alone (--freeze, LoRA)
+    report: dict[str, Any] | None = None  # classify: the final model's validation report (confusion matrix)
 
     def summary(self) -> dict[str, Any]:
         """The one-line JSON ``lmlab finetune`` prints."""
@@ -254,9 +259,10 @@ def finetune(config: FinetuneConfig, progress: bool = True, echo: Callable[[str]
         raise
     result = trainer.fit()
     best = out / BEST_DIR
+    report = prepared.task.validation_report(prepared.model) if isinstance(prepared.task, ClassifyTask) else None
     return FinetuneResult(result.step, result.stop_reason, result.last_eval, result.checkpoint,
                           best if ckpt.list_checkpoints(best) else None, prepared.truncated,
-                          *_parameter_counts(prepared.model))
+                          *_parameter_counts(prepared.model), report)
 
 
 def _parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -415,11 +421,7 @@ def _pick(items: list, indices: list[int]) -> list:
 
 # classify --------------------------------------------------------------------
 def _prepare_classify(config: FinetuneConfig, base: Base, resumed: bool) -> Prepared:
-    if base.model.structure != ENCODER:
-        raise LmlabError(
-            f"classify fine-tunes an encoder (BERT, RoBERTa or an lmlab encoder run); {base.source} is a "
-            f"{base.model.structure} model"
-        )
+    _check_classifiable(config, base)
     train = read_classification(config.data, config.text_column, config.label_column)
     names = train.label_names
     split = _split(config, len(train))
@@ -430,8 +432,7 @@ def _prepare_classify(config: FinetuneConfig, base: Base, resumed: bool) -> Prep
     else:
         train_texts, train_labels = _pick(train.texts, split[0]), _pick(train.labels, split[0])
         val_texts, val_labels = _pick(train.texts, split[1]), _pick(train.labels, split[1])
-    pooling = config.pooling or _default_pooling(base.tokenizer)
-    model, model_config = (base.model, base.config) if resumed else _classifier(base, len(names), pooling, config.seed)
+    model, model_config = (base.model, base.config) if resumed else _classifier(base, len(names), config)
     codec = Codec(base.tokenizer, {})
     truncation = Truncation(_context(model) or UNBOUNDED_STEPS, config.truncate)
     train_ids = [truncation.apply(codec.text(t), f"{config.data}, data row", row) for row, t in enumerate(train_texts, 1)]
@@ -440,6 +441,20 @@ def _prepare_classify(config: FinetuneConfig, base: Base, resumed: bool) -> Prep
     plan = EpochPlan([len(ids) for ids in train_ids], config.batch(), config.seed)
     task = ClassifyTask(plan, (train_ids, train_labels), (val_ids, val_labels), names, spec["pad_id"])
     return Prepared(model, model_config, base.tokenizer, task, spec, truncation.cut)
+
+
+def _check_classifiable(config: FinetuneConfig, base: Base) -> None:
+    """An encoder, or a Transformer decoder (last-token pooling, so no --pooling)."""
+    structure = base.model.structure
+    decoder = structure in (DECODER, DECODER_CLASSIFIER) and base.config.arch == "transformer"
+    if structure != ENCODER and not decoder:
+        raise LmlabError(
+            f"classify fine-tunes an encoder (BERT, RoBERTa, an lmlab encoder run) or a Transformer decoder "
+            f"(GPT-2, Llama, an lmlab decoder run); {base.source} is a{'n' if structure[0] == 'e' else ''} "
+            f"{base.config.arch} {structure} model"
+        )
+    if decoder and config.pooling is not None:
+        raise LmlabError("--pooling is for encoders; a decoder classifier reads its last real token, so drop --pooling")
 
 
 def _default_pooling(tokenizer: Tokenizer) -> str:
@@ -451,16 +466,21 @@ def _default_pooling(tokenizer: Tokenizer) -> str:
     return "mean"
 
 
-def _classifier(base: Base, num_labels: int, pooling: str, seed: int) -> tuple[nn.Module, ModelConfig]:
-    """An :class:`~lmlab.models.EncoderClassifier` on the base encoder's weights. A base that is
-    already a classifier with as many labels keeps its head (a ``…ForSequenceClassification``)."""
+def _classifier(base: Base, num_labels: int, config: FinetuneConfig) -> tuple[nn.Module, ModelConfig]:
+    """A new classifier on the base model's backbone weights: an
+    :class:`~lmlab.models.EncoderClassifier` (``config.pooling``) on an encoder, a
+    :class:`~lmlab.models.DecoderClassifier` on a decoder. A base that is already a classifier
+    with as many labels keeps its head (a ``…ForSequenceClassification``)."""
     if base.config.head == "classifier" and base.config.num_labels == num_labels:
         return base.model, base.config
-    config = dataclasses.replace(base.config, head="classifier", num_labels=num_labels, pooling=pooling)
-    torch.manual_seed(seed)
-    model = build_model(config)
+    fields = {"head": "classifier", "num_labels": num_labels}
+    if base.model.structure == ENCODER:
+        fields["pooling"] = POOLING_HEADS[config.pooling or _default_pooling(base.tokenizer)]
+    model_config = dataclasses.replace(base.config, **fields)
+    torch.manual_seed(config.seed)
+    model = build_model(model_config)
     model.backbone.load_state_dict(base.model.backbone.state_dict())
-    return model, config
+    return model, model_config
 
 
 # seq2seq ---------------------------------------------------------------------

@@ -79,6 +79,11 @@ class ClassifyTask(ExampleTask):
         loss = -picked.clamp(min=1e-12).log().mean().item()
         return {"loss": loss, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
 
+    def validation_report(self, model: nn.Module) -> dict:
+        """The validation set's classification report: per-class scores and the confusion matrix."""
+        predicted = predict_probabilities(model, self.val_ids, self.pad_id).argmax(-1).tolist()
+        return classification_report(self.val_labels, predicted, self.label_names)
+
 
 @torch.no_grad()
 def predict_probabilities(model: nn.Module, texts_ids: list[Ids], pad_id: int) -> torch.Tensor:

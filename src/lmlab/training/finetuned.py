@@ -1,15 +1,15 @@
-"""Using a fine-tuned run: classify texts, generate targets, and score a labelled file with the
+"""Using a fine-tuned run: classify texts, generate (or stream) targets, and score a labelled file with the
 task's metrics (what ``lmlab classify``, ``lmlab seq2seq`` and ``lmlab eval --data`` call)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from lmlab.errors import LmlabError
 from lmlab.evaluation.classification import classification_report
-from lmlab.generation import GenerationConfig
+from lmlab.generation import GenerationConfig, stream_text
 from lmlab.training.finetune import Codec, FinetuneConfig
 from lmlab.training.finetune_tasks import (
     CausalLMTask,
@@ -19,6 +19,7 @@ from lmlab.training.finetune_tasks import (
     generate_in_batches,
     packed_rows,
     predict_probabilities,
+    strip_eos,
     text_scores,
 )
 from lmlab.training.run import LoadedRun, load_run
@@ -89,10 +90,7 @@ def classify_texts(tuned: FinetunedRun, texts: list[str]) -> list[dict[str, Any]
 # ----------------------------------------------------------------------------- seq2seq
 def generate_targets(tuned: FinetunedRun, texts: list[str], generation: GenerationConfig | None = None) -> list[str]:
     """The generated target (translation, summary, ...) of each source text."""
-    tuned.require_task("seq2seq", "seq2seq")
-    generation = generation or tuned.settings.generation(tuned.spec["eos_id"])
-    if tuned.spec["eos_id"] not in generation.eos_ids:
-        generation.eos_ids = (*generation.eos_ids, tuned.spec["eos_id"])
+    generation = _decoding(tuned, generation)
     model, spec = tuned.run.model, tuned.spec
     if spec["prompt_format"] is not None:
         generate = lambda batch: decoder_outputs(model, batch, generation, spec["eos_id"], spec["pad_id"])  # noqa: E731
@@ -101,6 +99,29 @@ def generate_targets(tuned: FinetunedRun, texts: list[str], generation: Generati
             model, batch, generation, spec["eos_id"], spec["decoder_start_id"], spec["pad_id"])
     outputs = generate_in_batches(generate, [tuned.codec.source(text) for text in texts])
     return [tuned.codec.decode(ids) for ids in outputs]
+
+
+def stream_target(tuned: FinetunedRun, text: str, generation: GenerationConfig | None = None) -> Iterator[str]:
+    """The generated target of one source text, in pieces as they are decoded: a decoder-only
+    (prompt-format) run streams token by token through :func:`~lmlab.generation.stream_text`; an
+    encoder-decoder run yields its whole target at the end (generation has no streaming path for
+    encoder-decoders)."""
+    generation = _decoding(tuned, generation)
+    if tuned.spec["prompt_format"] is None:
+        yield from generate_targets(tuned, [text], generation)
+        return
+    eos_id = tuned.spec["eos_id"]
+    decode = lambda ids: tuned.codec.decode(strip_eos(ids, eos_id))  # noqa: E731  (EOS ends the target, unwritten)
+    yield from stream_text(tuned.run.model, decode, tuned.codec.source(text), generation)
+
+
+def _decoding(tuned: FinetunedRun, generation: GenerationConfig | None) -> GenerationConfig:
+    """``generation`` (default: the run's validation decoding), stopping at the run's EOS."""
+    tuned.require_task("seq2seq", "seq2seq")
+    generation = generation or tuned.settings.generation(tuned.spec["eos_id"])
+    if tuned.spec["eos_id"] not in generation.eos_ids:
+        generation.eos_ids = (*generation.eos_ids, tuned.spec["eos_id"])
+    return generation
 
 
 # ----------------------------------------------------------------------------- eval
