@@ -145,31 +145,20 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
 
 # ----------------------------------------------------------------------------- torch.compile
 @pytest.mark.slow
-def test_a_compiled_model_gives_the_eager_logits():
-    config = ModelConfig(n_layer=1, n_head=2, d_model=32, context_length=16, vocab_size=40, dropout=0.0)
-    torch.manual_seed(0)
-    model = build_model(config).eval()
-    ids = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        eager = model(ids)
-        try:
-            compiled = torch.compile(model)(ids)
-        except Exception as exc:  # no working compiler toolchain here
-            pytest.skip(f"torch.compile cannot run here: {exc}")
-    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
-
-
-@pytest.mark.slow
-def test_a_compiled_run_trains_and_reports_its_compile_time(tmp_path, corpus):
+def test_a_compiled_run_trains_reports_its_compile_time_and_gives_the_eager_logits(tmp_path, corpus):
+    """One compilation (they are slow): the training run's, reused for the logits check."""
     config = tiny_config(corpus, "train.compile=true", "train.max_steps=20", "train.eval_every=10")
     trainer = trainer_for(config, tmp_path / "run")
     result = trainer.fit()
     if not result.report["compiled"]:
-        pytest.skip("torch.compile cannot run here")
+        pytest.skip("torch.compile cannot run here (no working compiler toolchain)")
     assert result.report["compile_s"] > 0
     rows = train_rows(tmp_path / "run")
     assert rows[0]["step"] == 1 and rows[0]["compile_s"] == result.report["compile_s"]
     assert rows[-1]["loss"] < rows[0]["loss"]
+    ids = trainer.task.train_batch(torch.Generator().manual_seed(0)).input_ids
+    trainer.model.train()  # the mode and shapes the model was compiled for
+    torch.testing.assert_close(trainer._forward_model(ids), trainer.model(ids), rtol=0, atol=1e-5)
 
 
 class FailsAfterForward(torch.nn.Module):

@@ -118,9 +118,9 @@ def peak_memory_bytes(device: torch.device) -> int:
     return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, kilobytes on Linux
 
 
-def mfu(tokens_per_s: float, flops: int, peak: float | None) -> float | None:
-    """Model FLOPs utilisation: achieved model FLOP/s over the peak (None without a peak)."""
-    return tokens_per_s * flops / peak if peak else None
+def mfu(tokens_per_s: float | None, flops: int, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved model FLOP/s over the peak (None without both)."""
+    return tokens_per_s * flops / peak if peak and tokens_per_s is not None else None
 
 
 class SpeedMeter:

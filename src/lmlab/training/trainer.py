@@ -100,7 +100,7 @@ class Trainer:
         self._forward_model = torch.compile(self.model) if self.placement.compile else self.model
         self._compile_pending = self.placement.compile  # compilation happens in the first step
         self.compile_s: float | None = None  # seconds of the first compiled step (compilation + one step)
-        self.flops_per_token = reports.flops_per_token(self.model, getattr(task, "window", 0))
+        self.flops_per_token = reports.flops_per_token(self.model, getattr(task, "window", config.model.context_length))
         self._peak: tuple[float | None, str] | None = None  # peak FLOP/s and its source, once measured
         self._speed = reports.SpeedMeter(task.tokens_per_batch * self.cfg.grad_accum)
         self._bad_step: torch.Tensor | None = None  # on the device: the first step whose loss was not finite (0: none)
@@ -309,7 +309,7 @@ class Trainer:
         """tokens/s, model FLOPs per token, MFU and peak memory (bytes) for a log row or the summary."""
         peak, _ = self._peak or (None, "")
         return {"tokens_per_s": tokens_per_s, "flops_per_token": self.flops_per_token,
-                "mfu": reports.mfu(tokens_per_s or 0.0, self.flops_per_token, peak),
+                "mfu": reports.mfu(tokens_per_s, self.flops_per_token, peak),
                 "peak_memory_bytes": reports.peak_memory_bytes(self.placement.device)}
 
     def report(self) -> dict[str, Any]:
