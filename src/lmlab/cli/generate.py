@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from lmlab.cli.common import err, unescaped
+from lmlab.cli.train import DEVICE_HELP
 from lmlab.errors import LmlabError, read_json_file, read_text_file
 
 
@@ -24,7 +25,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.show_alternatives is not None and args.show_alternatives < 1:
         raise LmlabError(f"--show-alternatives must be at least 1, got {args.show_alternatives}")
     prompts = _batch_prompts(args.batch_file) if args.batch_file else [args.prompt]
-    run = load_run(args.run_dir, err)
+    run = load_run(args.run_dir, err, device=args.device)
     tokenizer, model = run.tokenizer, run.model
     if args.dtype == "bfloat16":
         model = model.to(torch.bfloat16)
@@ -161,7 +162,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from lmlab.models.interface import DECODER
     from lmlab.training.run import load_run
 
-    run = load_run(args.run_dir, err)
+    run = load_run(args.run_dir, err, device=args.device)
     if run.model.structure != DECODER:
         raise LmlabError(f"score works with decoder-only models; {args.run_dir} holds an {run.model.structure} model")
     prompt = run.tokenizer.encode(args.prompt)
@@ -200,6 +201,7 @@ def add_generate_parsers(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--score", action="store_true", help="also print each sequence's log-probability")
     gen.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                      help="weights and KV cache in this type (bfloat16: half the memory traffic)")
+    gen.add_argument("--device", default="cpu", help=DEVICE_HELP + " (default cpu)")
     gen.add_argument("--seed", type=int, help="makes sampling reproducible")
     gen.add_argument("--draft-tokens", type=int, default=6, metavar="K",
                      help="greedy or sampling, one sequence, float32 on CPU: an int8 copy of the model proposes K tokens "
@@ -212,4 +214,5 @@ def add_generate_parsers(sub: argparse._SubParsersAction) -> None:
     score.add_argument("run_dir", help="a run directory, checkpoint, Hugging Face model directory or Hub id, or GGUF file")
     score.add_argument("--prompt", required=True)
     score.add_argument("--continuation", required=True)
+    score.add_argument("--device", default="cpu", help=DEVICE_HELP + " (default cpu)")
     score.set_defaults(func=cmd_score)

@@ -9,6 +9,8 @@ from pathlib import Path
 from lmlab.cli.common import EXIT_INTERRUPTED, err, positive
 from lmlab.errors import LmlabError
 
+DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+
 
 # ----------------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
@@ -28,7 +30,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer, tokenizer = make_trainer(config, out, resume=args.resume, progress=not args.no_progress, echo=err)
     result = trainer.fit()
     print(json.dumps({"run_dir": str(out), "step": result.step, "stop_reason": result.stop_reason,
-                      **{f"val_{k}": v for k, v in (result.last_eval or {}).items() if k != "step"}}))
+                      **{f"val_{k}": v for k, v in (result.last_eval or {}).items() if k != "step"},
+                      **result.report}))
     if config.train.sample_chars > 0 and result.stop_reason != "interrupted" and config.model.backbone == "decoder":
         _print_sample(trainer.model, tokenizer, config)
     return EXIT_INTERRUPTED if result.stop_reason == "interrupted" else 0
@@ -55,10 +58,13 @@ def _apply_train_flags(config, args: argparse.Namespace) -> None:
         config.train.max_time = positive(args.max_time, "--max-time")
     if args.seed is not None:
         config.train.seed = args.seed
+    if args.device is not None:
+        config.train.device = args.device
 
 
 # ----------------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
+    from lmlab.training.devices import inputs_on_model_device
     from lmlab.training.finetuned import is_finetuned
     from lmlab.training.run import evaluate_run, load_run
 
@@ -66,9 +72,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.data is not None and args.split is not None:
         raise LmlabError("--split picks part of the run's own corpus; a --data corpus is scored whole, so drop one of them")
     split = args.split or "val"
-    run = load_run(args.run_dir, err)
+    run = load_run(args.run_dir, err, device=args.device)
     if is_finetuned(run):
-        return _eval_finetuned(run, args)
+        with inputs_on_model_device(run.model):
+            return _eval_finetuned(run, args)
     if args.confusion_png is not None:
         raise LmlabError("--confusion-png is for runs fine-tuned with --task classify; drop it for this run")
     metrics = evaluate_run(run, args.data, split, args.batch_size, progress=not args.no_progress)
@@ -132,6 +139,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its newest good checkpoint")
     train.add_argument("--seed", type=int, help="seed for initialisation, batches and dropout")
     train.add_argument("--objective", help="causal-lm (default), prefix-lm, mlm, span-corruption, bart or ul2")
+    train.add_argument("--device", help=DEVICE_HELP + " (sets train.device; default auto)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
@@ -142,6 +150,7 @@ def add_eval_info_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--data", help="a corpus to score whole (default: a split of the run's own corpus)")
     ev.add_argument("--split", choices=("val", "train"), help="the split of the run's own corpus (default: val)")
     ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--device", default="cpu", help=DEVICE_HELP + " (default cpu)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--confusion-png", help="a fine-tuned classifier: also save the confusion matrix as this PNG")
     ev.set_defaults(func=cmd_eval)

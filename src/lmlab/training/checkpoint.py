@@ -3,7 +3,7 @@
 A checkpoint is a directory ``RUN_DIR/checkpoints/step-00000100/`` holding
 
 - ``model.safetensors``: the weights (a tied weight stored once);
-- ``optimizer.safetensors``: the optimizer's tensors and the RNG state;
+- ``optimizer.safetensors``: the optimizer's tensors and the RNG states (CPU, and CUDA when in use);
 - ``state.json``: step, config, tokenizer, optimizer hyper-parameters, trainer counters;
 - ``manifest.json``: size and sha256 of each file above, written last.
 
@@ -41,6 +41,7 @@ STATE = "state.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_KEY = "rng.torch_cpu"
+CUDA_RNG_KEY = "rng.torch_cuda"  # the current CUDA device's generator, when CUDA is in use
 CHECKPOINT_NAME = re.compile(r"step-\d{8}")
 LEFTOVER_NAME = re.compile(r"\.step-\d{8}\.(tmp|old)-\d+")  # what an interrupted write leaves
 METADATA_BYTES = 1 << 16  # what a checkpoint needs beyond its tensors and state: the manifest, ...
@@ -59,6 +60,7 @@ class TrainingSnapshot:
     state: dict[str, Any]  # the parsed state.json
     optimizer_state: dict[str, Any] | None  # ready for optimizer.load_state_dict
     rng_state: torch.Tensor | None
+    cuda_rng_state: torch.Tensor | None = None  # the CUDA generator's, for a run that used CUDA
 
 
 def checkpoint_name(step: int) -> str:
@@ -90,6 +92,8 @@ def save_checkpoint(
         optimizer_tensors, groups = _flatten_optimizer(optimizer.state_dict())
         _refuse_non_finite(optimizer_tensors, "optimizer state")
         optimizer_tensors[RNG_KEY] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            optimizer_tensors[CUDA_RNG_KEY] = torch.cuda.get_rng_state()
         state = {**state, "optimizer_param_groups": groups}
     state = {**state, "step": step}
     root = Path(run_dir) / CHECKPOINTS
@@ -393,14 +397,16 @@ def load_weights(path: Path, model: nn.Module) -> None:
 
 
 def load_snapshot(path: Path) -> TrainingSnapshot:
-    """Step, state, optimizer state and RNG state of a verified checkpoint."""
+    """Step, state, optimizer state and RNG states of a verified checkpoint."""
     state = read_state(path)
-    optimizer_state, rng = None, None
+    optimizer_state, rng, cuda_rng = None, None, None
     if (path / OPTIMIZER_FILE).is_file():
         tensors = load_file(str(path / OPTIMIZER_FILE))
         rng = tensors.pop(RNG_KEY, None)
+        cuda_rng = tensors.pop(CUDA_RNG_KEY, None)
         optimizer_state = _unflatten_optimizer(tensors, state["optimizer_param_groups"])
-    return TrainingSnapshot(step=state["step"], state=state, optimizer_state=optimizer_state, rng_state=rng)
+    return TrainingSnapshot(step=state["step"], state=state, optimizer_state=optimizer_state, rng_state=rng,
+                            cuda_rng_state=cuda_rng)
 
 
 def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:

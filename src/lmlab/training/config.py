@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ import yaml
 from lmlab.errors import LmlabError, read_text_file
 from lmlab.models.config import ModelConfig, choice, estimated_parameter_count
 from lmlab.training.objective_names import OBJECTIVE_NAMES
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # the values of train.device and --device
+PRECISIONS = ("fp32", "fp32-strict", "bf16-mixed", "fp16-mixed", "bf16")
 
 
 @dataclass
@@ -48,6 +53,10 @@ class TrainConfig:
     keep_checkpoints: int = 3
     seed: int = 1337
     sample_chars: int = 400  # length of the sample printed when training ends (0: none)
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps
+    precision: str = choice("fp32", PRECISIONS)  # fp32 (TF32 matmuls on CUDA), fp32-strict, bf16-mixed, fp16-mixed, bf16
+    compile: bool | str = "auto"  # torch.compile the model: auto (on for CUDA), true or false
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
 
     def validate(self) -> None:
         """Raise :class:`LmlabError` for settings a run cannot use."""
@@ -67,6 +76,10 @@ class TrainConfig:
             raise LmlabError("train.warmup_steps, grad_clip, weight_decay and sample_chars must be ≥ 0")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise LmlabError(f"train.beta1 and train.beta2 must be in [0, 1); got {self.beta1} and {self.beta2}")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise LmlabError(f"train.device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
+        if self.compile not in ("auto", True, False):
+            raise LmlabError(f"train.compile must be auto, true or false; got {self.compile!r}")
 
 
 @dataclass

@@ -39,9 +39,13 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_embeddings: bo
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`parameter_groups`; the fused kernel where the device supports it."""
+    """AdamW over :func:`parameter_groups` of the model's parameters where they are now; the fused
+    kernel where their device has one (CPU and CUDA do), else the multi-tensor one."""
     groups = parameter_groups(model, cfg.weight_decay, cfg.decay_embeddings)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+    except RuntimeError:  # "fused=True requires ... supported devices"
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=True)
 
 
 # A time-limited run turns its budget into a step horizon once it has run this many steps; the

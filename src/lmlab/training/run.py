@@ -20,6 +20,7 @@ from lmlab.output_dir import DirectoryLock, claim_output_dir, lock_output_dir
 from lmlab.tokenizers import CharTokenizer, Tokenizer, tokenizer_from_json, tokenizer_to_json
 from lmlab.training import checkpoint as ckpt
 from lmlab.training.config import RunConfig, check_fits_in_memory, check_objective_fits_arch
+from lmlab.training.devices import inputs_on_model_device, resolve_device
 from lmlab.training.lora import LORA_STATE, apply_saved_lora, merge_lora
 from lmlab.training.objective_registry import ObjectiveTask, check_objective, tokens_needed
 from lmlab.training.trainer import METRICS_FILE, Trainer
@@ -91,6 +92,7 @@ def make_trainer(
     out_dir = Path(out_dir)
     config.train.validate()
     check_objective_fits_arch(config)
+    resolve_device(config.train.device)  # an unavailable device fails before the directory is claimed
     lock = claim_run_dir(out_dir, resume)
     try:
         return _build_trainer(config, out_dir, resume, progress, echo, lock)
@@ -142,10 +144,16 @@ def resume_config(out_dir: str | Path, echo: Callable[[str], None] = print) -> R
     return RunConfig.from_dict(ckpt.read_state(_resume_point(Path(out_dir), echo))["config"])
 
 
-def load_run(path: str | Path, echo: Callable[[str], None] = print) -> LoadedRun:
+def load_run(path: str | Path, echo: Callable[[str], None] = print, device: str = "cpu") -> LoadedRun:
     """Load a run directory (its newest good checkpoint) or one checkpoint directory — or a
     pretrained model: a Hugging Face model directory, a Hub model id or a GGUF file (see
-    :func:`load_pretrained_run`)."""
+    :func:`load_pretrained_run`) — with the model on ``device`` (any ``train.device`` value)."""
+    run = _load_run_on_cpu(path, echo)
+    run.model.to(resolve_device(device))
+    return run
+
+
+def _load_run_on_cpu(path: str | Path, echo: Callable[[str], None]) -> LoadedRun:
     from lmlab.interop.hub import resolve_model_path
     from lmlab.interop.pretrained import is_pretrained_path
 
@@ -213,7 +221,8 @@ def evaluate_run(run: LoadedRun, corpus: str | None, split: str, batch_size: int
     config = run.config
     span = corpus_span(corpus, run.tokenizer) if corpus is not None else own_split(run, split)
     task = ObjectiveTask(config.train.objective, run.tokenizer, span, span, batch_size, config.model.context_length)
-    return task.evaluate_span(run.model, span, batch_size, seed=config.train.seed, progress=progress)
+    with inputs_on_model_device(run.model):
+        return task.evaluate_span(run.model, span, batch_size, seed=config.train.seed, progress=progress)
 
 
 def corpus_span(corpus: str, tokenizer: Tokenizer) -> TokenSpan:

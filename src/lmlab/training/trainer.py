@@ -5,15 +5,20 @@ Runs are reproducible on the CPU: each micro-batch is drawn from a generator see
 and the learning rate is a function of the step (a time budget becomes a step horizon early in the
 run, kept in every checkpoint). A run killed at any moment and resumed from its last checkpoint
 therefore ends with the same weights, bit for bit, as one never stopped (at the same thread count).
+
+The run's device, precision, compilation and activation checkpointing come from ``config.train``
+(see :mod:`lmlab.training.devices`). Batches are built on the CPU and moved; a step waits for the
+device only at logging intervals, where the loss is read, divergence checked (a NaN/inf loss is
+flagged on the device at every step) and tokens/s, MFU and peak memory logged
+(:mod:`lmlab.training.reports`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -25,13 +30,18 @@ from lmlab.errors import LmlabError
 from lmlab.models import expert_utilisation
 from lmlab.output_dir import DirectoryLock
 from lmlab.training import checkpoint as ckpt
+from lmlab.training import reports
 from lmlab.training.config import RunConfig
+from lmlab.training.devices import (
+    checkpoint_activations, inputs_on_model_device, placement_for, synchronize, to_device,
+)
 from lmlab.training.optim import (
     HORIZON_AT_STEP, HORIZON_KEY, build_optimizer, learning_rate, recorded_horizon, time_horizon,
 )
 from lmlab.training.objective_registry import TrainingTask
 
 METRICS_FILE = "metrics.jsonl"
+GRAD_SCALER_KEY = "grad_scaler"  # state.json: the fp16-mixed GradScaler's state
 
 
 class EvalMonitor(Protocol):
@@ -53,6 +63,7 @@ class TrainResult:
     stop_reason: str  # "max_steps", "max_time", "interrupted" or "early_stopping"
     last_eval: dict[str, float] | None
     checkpoint: Path
+    report: dict[str, Any] = field(default_factory=dict)  # device, precision, speed, MFU, memory (see Trainer.report)
 
 
 class Trainer:
@@ -77,13 +88,23 @@ class Trainer:
     ):
         self.config = config
         self.cfg = config.train
-        self.model = model
         self.task = task
         self.run_dir = Path(run_dir)
         self.extra_state = extra_state or {}
         self.progress = progress
         self.echo = echo
-        self.optimizer = build_optimizer(model, self.cfg)
+        self.placement = placement_for(self.cfg.device, self.cfg.precision, self.cfg.compile)
+        self.model = self._placed(model)
+        self.optimizer = build_optimizer(self.model, self.cfg)
+        self.scaler = torch.amp.GradScaler(self.placement.device.type) if self.placement.uses_scaler else None
+        self._forward_model = torch.compile(self.model) if self.placement.compile else self.model
+        self._compile_pending = self.placement.compile  # compilation happens in the first step
+        self.compile_s: float | None = None  # seconds of the first compiled step (compilation + one step)
+        self.flops_per_token = reports.flops_per_token(self.model, getattr(task, "window", config.model.context_length))
+        self._peak: tuple[float | None, str] | None = None  # peak FLOP/s and its source, once measured
+        self._speed = reports.SpeedMeter(task.tokens_per_batch * self.cfg.grad_accum)
+        self._bad_step: torch.Tensor | None = None  # on the device: the first step whose loss was not finite (0: none)
+        self._bad_loss: torch.Tensor | None = None  # and that loss
         self.step = 0
         self.elapsed = 0.0  # seconds trained so far, over all sessions of this run
         self.last_eval: dict[str, float] | None = None
@@ -94,6 +115,13 @@ class Trainer:
         self._lock = lock
         self.monitor = monitor
 
+    def _placed(self, model: nn.Module) -> nn.Module:
+        """``model`` on the run's device in its weight dtype, blocks checkpointed if configured."""
+        model = model.to(self.placement.device, dtype=self.placement.weight_dtype)
+        if self.cfg.activation_checkpointing and checkpoint_activations(model) == 0:
+            self.echo("warning: train.activation_checkpointing has no effect: the model has no Transformer blocks")
+        return model
+
     # ----------------------------------------------------------------------------- resume
     def restore(self, path: Path) -> None:
         """Continue from checkpoint ``path`` (weights, optimizer, RNG, step, elapsed time)."""
@@ -103,6 +131,10 @@ class Trainer:
             self.optimizer.load_state_dict(snapshot.optimizer_state)
         if snapshot.rng_state is not None:
             torch.set_rng_state(snapshot.rng_state)
+        if snapshot.cuda_rng_state is not None and self.placement.device.type == "cuda":
+            torch.cuda.set_rng_state(snapshot.cuda_rng_state)
+        if self.scaler is not None and isinstance(snapshot.state.get(GRAD_SCALER_KEY), dict):
+            self.scaler.load_state_dict(snapshot.state[GRAD_SCALER_KEY])
         self.step = snapshot.step
         self.elapsed = snapshot.state.get("elapsed_s", 0.0)
         self.last_eval = snapshot.state.get("last_eval")
@@ -121,6 +153,8 @@ class Trainer:
         )
         last_checkpoint = None
         stop_reason = "max_steps"
+        self._peak = reports.peak_flops(self.placement.device, self.placement.compute_dtype,
+                                        tf32=self.placement.precision != "fp32-strict")
         session_start, session_elapsed_before = time.perf_counter(), self.elapsed
         try:
             while self.step < self._last_step():
@@ -137,8 +171,11 @@ class Trainer:
                 step_start = time.perf_counter()
                 loss, lr = self._train_step()
                 self.step += 1
+                if self._logs_at(self.step):
+                    synchronize(self.placement.device)  # the step's time includes the device's work
+                seconds = time.perf_counter() - step_start
                 self.elapsed = session_elapsed_before + (time.perf_counter() - session_start)
-                self._after_step(bar, loss, lr, time.perf_counter() - step_start)
+                self._after_step(bar, loss, lr, seconds)
                 self._fix_horizon(bar)
                 if self.step % self.cfg.checkpoint_every == 0 and self.step < self._last_step():
                     last_checkpoint = self.save()
@@ -152,27 +189,71 @@ class Trainer:
             signal.signal(signal.SIGINT, previous_handler)
             if self._lock is not None:
                 self._lock.release()
-        return TrainResult(self.step, stop_reason, self.last_eval, last_checkpoint)
+        return TrainResult(self.step, stop_reason, self.last_eval, last_checkpoint, self.report())
 
-    def _train_step(self) -> tuple[float, float]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, lr)."""
+    def _train_step(self) -> tuple[torch.Tensor, float]:
+        """One optimizer step; returns (mean loss, on the device, and lr). The first step of a
+        compiled model compiles it, falling back to the plain model if compilation fails."""
+        if not self._compile_pending:
+            return self._optimizer_step()
+        self._compile_pending = False
+        rng_state, start = torch.get_rng_state(), time.perf_counter()
+        try:
+            result = self._optimizer_step()
+        except LmlabError:
+            raise
+        except Exception as exc:  # dynamo / inductor failures surface at the first call
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            self.echo(f"warning: torch.compile failed ({reason}); training without it")
+            torch.set_rng_state(rng_state)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._forward_model = self.model
+            result = self._optimizer_step()
+        self.compile_s = time.perf_counter() - start
+        return result
+
+    def _optimizer_step(self) -> tuple[torch.Tensor, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, lr). Nothing
+        here waits for the device: a non-finite loss is only flagged (see :meth:`_check_divergence`)."""
         lr = learning_rate(self.step, self.cfg, self.horizon)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        total = 0.0
+        total = torch.zeros((), device=self.placement.device)
         for micro in range(self.cfg.grad_accum):
-            batch = self.task.train_batch(self._batch_generator(micro))
-            loss = self.task.loss(self.model, batch) / self.cfg.grad_accum
-            loss.backward()
-            total += loss.item()
-        if not math.isfinite(total):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise self._diverged(f"the loss is {total} at step {self.step + 1}")
+            batch = to_device(self.task.train_batch(self._batch_generator(micro)), self.placement.device)
+            with self.placement.autocast():
+                loss = self.task.loss(self._forward_model, batch) / self.cfg.grad_accum
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            total += loss.detach().float()
+        self._flag_non_finite(total)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total, lr
+
+    def _flag_non_finite(self, loss: torch.Tensor) -> None:
+        """Remember, on the device, the first step whose loss is inf or NaN, and that loss."""
+        if self._bad_step is None:
+            self._bad_step = torch.zeros((), dtype=torch.long, device=loss.device)
+            self._bad_loss = torch.zeros((), device=loss.device)
+        first = ~loss.isfinite() & (self._bad_step == 0)
+        self._bad_step = torch.where(first, self.step + 1, self._bad_step)
+        self._bad_loss = torch.where(first, loss, self._bad_loss)
+
+    def _check_divergence(self) -> None:
+        """Raise the divergence error if a step's loss was not finite (reads the device's flag)."""
+        if self._bad_step is None or int(self._bad_step) == 0:
+            return
+        step = int(self._bad_step)
+        # The weights of the step before gave the bad loss: a checkpoint of them is no good.
+        raise self._diverged(f"the loss is {float(self._bad_loss)} at step {step}", broken_step=step - 1)
 
     def _batch_generator(self, micro: int) -> torch.Generator:
         """The data position: batches depend only on (seed, step, micro-step)."""
@@ -196,28 +277,57 @@ class Trainer:
             self.horizon = time_horizon(self.step, self.elapsed, self.step_seconds, self.cfg)
             bar.total = self._last_step()
 
-    def _after_step(self, bar: tqdm, loss: float, lr: float, seconds: float) -> None:
+    def _logs_at(self, step: int) -> bool:
+        """Whether step ``step`` is logged (the loss read from the device)."""
+        return step % max(1, self.cfg.eval_every // 10) == 0 or step == 1
+
+    def _after_step(self, bar: tqdm, loss: torch.Tensor, lr: float, seconds: float) -> None:
         self.step_seconds.append(seconds)
-        tokens_per_s = self.task.tokens_per_batch * self.cfg.grad_accum / max(seconds, 1e-9)
+        if self.compile_s is None or len(self.step_seconds) > 1:
+            self._speed.add(seconds)  # the compiling step is reported as compile_s, not as speed
         if self.cfg.max_time is not None and self.step % 50 == 0:
             bar.total = self._projected_steps()
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
-        if self.step % max(1, self.cfg.eval_every // 10) == 0 or self.step == 1:
-            self._log({"kind": "train", "step": self.step, "loss": loss, "lr": lr,
-                       "tokens_per_s": tokens_per_s, "elapsed_s": self.elapsed,
-                       **expert_utilisation(self.model)})
+        if self._logs_at(self.step):
+            self._check_divergence()
+            self._log_train_step(bar, float(loss), lr)
         if self._evaluation_due():
             metrics = self._evaluate()
             if self.progress:
                 bar.write(f"step {self.step}: " + ", ".join(_shown(name, value) for name, value in metrics.items()))
+
+    def _log_train_step(self, bar: tqdm, loss: float, lr: float) -> None:
+        """The ``train`` row of metrics.jsonl and the progress bar's loss and tokens/s."""
+        tokens_per_s = self._speed.window_rate()
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s or 0:,.0f}", refresh=False)
+        compiled = {"compile_s": self.compile_s} if self.step == 1 and self.compile_s is not None else {}
+        self._log({"kind": "train", "step": self.step, "loss": loss, "lr": lr,
+                   **self._speed_fields(tokens_per_s), **compiled, "elapsed_s": self.elapsed,
+                   **expert_utilisation(self.model)})
+
+    def _speed_fields(self, tokens_per_s: float | None) -> dict[str, Any]:
+        """tokens/s, model FLOPs per token, MFU and peak memory (bytes) for a log row or the summary."""
+        peak, _ = self._peak or (None, "")
+        return {"tokens_per_s": tokens_per_s, "flops_per_token": self.flops_per_token,
+                "mfu": reports.mfu(tokens_per_s, self.flops_per_token, peak),
+                "peak_memory_bytes": reports.peak_memory_bytes(self.placement.device)}
+
+    def report(self) -> dict[str, Any]:
+        """The session's speed report: device, precision, compilation, tokens/s over the timed
+        steps, FLOPs per token, MFU against the peak (and where the peak comes from), peak memory."""
+        peak, source = self._peak or (None, "")
+        return {"device": str(self.placement.device), "precision": self.placement.precision,
+                "compiled": self._forward_model is not self.model, "compile_s": self.compile_s,
+                **self._speed_fields(self._speed.session_rate()), "peak_flops": peak, "peak_flops_source": source}
 
     def _evaluation_due(self) -> bool:
         every = self.cfg.eval_every > 0 and self.step % self.cfg.eval_every == 0
         return every or (self.monitor is not None and self.monitor.evaluates_at(self.step))
 
     def _evaluate(self) -> dict[str, float]:
-        metrics = self.task.evaluate(self.model, self.cfg.eval_batches, seed=self.cfg.seed)
+        self._check_divergence()
+        with inputs_on_model_device(self.model), self.placement.autocast():
+            metrics = self.task.evaluate(self.model, self.cfg.eval_batches, seed=self.cfg.seed)
         self.model.train()
         self.last_eval = {**metrics, "step": self.step}
         self._log({"kind": "eval", "step": self.step, "elapsed_s": self.elapsed,
@@ -228,14 +338,17 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- state
     def save(self) -> Path:
-        """Checkpoint the current step (weights, optimizer, RNG, counters)."""
+        """Checkpoint the current step (weights, optimizer, RNG, scaler, counters)."""
+        self._check_divergence()
         state = {**self.extra_state, "elapsed_s": self.elapsed, "last_eval": self.last_eval,
                  "config": self.config.to_dict(), HORIZON_KEY: {"steps": self.horizon, "max_time": self.cfg.max_time}}
+        if self.scaler is not None:
+            state[GRAD_SCALER_KEY] = self.scaler.state_dict()
         try:
             path = ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state,
                                         keep=self.cfg.keep_checkpoints, write_extra=self.extra_files())
         except ckpt.NonFiniteState as exc:
-            raise self._diverged(f"{exc} after step {self.step}") from None
+            raise self._diverged(f"{exc} after step {self.step}", broken_step=self.step) from None
         self._saved_step = self.step
         return path
 
@@ -249,12 +362,12 @@ class Trainer:
             raise KeyboardInterrupt
         self._stop_requested = True
 
-    def _diverged(self, what: str) -> LmlabError:
-        """The error for a run that broke down (``what`` says how). The checkpoint this trainer
-        wrote of the current step goes first: its weights are the ones that broke, so resuming
-        from it would diverge again. The error names the newest checkpoint that is still good."""
-        if self._saved_step == self.step:
-            ckpt.discard_checkpoint(self.run_dir, self.step)
+    def _diverged(self, what: str, broken_step: int) -> LmlabError:
+        """The error for a run that broke down (``what`` says how). A checkpoint this trainer wrote
+        of ``broken_step`` goes first: its weights are the ones that broke, so resuming from it
+        would diverge again. The error names the newest checkpoint that is still good."""
+        if self._saved_step == broken_step:
+            ckpt.discard_checkpoint(self.run_dir, broken_step)
         good = ckpt.latest_good_checkpoint(self.run_dir, warn=lambda message: None)
         kept, again = (f"the last good checkpoint is {good}", "resume from it with --resume") if good \
             else ("no good checkpoint was written", "train again")
