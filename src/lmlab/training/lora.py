@@ -129,7 +129,7 @@ def projection_roles(module: nn.Module) -> dict[str, dict[str, slice]]:
         kv = module.n_kv_heads * module.head_dim
         return {"q_proj": {"q": every}, "kv_proj": {"k": slice(0, kv), "v": slice(kv, 2 * kv)}, "out_proj": {"o": every}}
     if isinstance(module, (FeedForward, GatedFeedForward)):
-        return {name: {"ffn": every} for name in ("gate", "up", "down") if hasattr(module, name)}
+        return {name: {"ffn": every} for name, _ in module.named_children() if name in ("gate", "up", "down")}
     return {}
 
 
