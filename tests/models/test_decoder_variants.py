@@ -196,7 +196,7 @@ def test_impossible_moe_and_rope_settings_are_rejected():
     with pytest.raises(LmlabError, match="rope_fraction"):
         build_model(tiny(position="rope", rope_fraction=0.1))
     with pytest.raises(LmlabError, match="valid"):
-        build_model(tiny(backbone="decoder", head="classifier"))
+        build_model(tiny(backbone="encoder-decoder", head="classifier"))
 
 
 # ----------------------------------------------------------------------------- training
