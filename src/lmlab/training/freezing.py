@@ -28,7 +28,7 @@ def embedding_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The encoder stack: the whole backbone of an encoder, the ``encoder`` of an encoder-decoder."""
-    structure = getattr(model, "structure", None)
+    structure = model.structure
     if structure == ENCODER:
         return list(model.backbone.parameters())
     if structure == ENCODER_DECODER:
