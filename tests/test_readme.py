@@ -66,7 +66,7 @@ STDIN = {"lmlab chat runs/assistant ": "w1 w2\nw3\n"}
 PYTHON_BUDGETS = {
     'apply_overrides(config, ["train.max_steps=500"])':
         f'apply_overrides(config, ["train.max_steps=2", *{TINY_MODEL!r}])',
-    'out="runs/sentiment", epochs=3,': 'out="runs/sentiment-api", max_steps=2,',
+    'epochs=3, lr=3e-5, batch_size=16))': 'max_steps=2, lr=3e-5, batch_size=16))',
     'lora_rank=8, lora_alpha=16, lora_targets="q,k,v,o"))':
         'lora_rank=8, lora_alpha=16, lora_targets="q,k,v,o", max_steps=2))',
 }
