@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from lmlab.interop import bart
 from lmlab.interop.bart import BART_NORM_EPS, layer_tensors
 from lmlab.interop.mapping import LMLAB_TO_HF_ACTIVATION, bias_or_zeros, config_mismatches, require_exportable
 from lmlab.models import ModelConfig
@@ -29,29 +30,10 @@ def check_exportable(config: ModelConfig) -> None:
 
 
 def export_config(config: ModelConfig) -> dict:
-    """``config.json`` of the Blenderbot model equivalent to an lmlab encoder-decoder."""
-    return {
-        "model_type": "blenderbot",
-        "architectures": ["BlenderbotForConditionalGeneration"],
-        "vocab_size": config.vocab_size,
-        "d_model": config.d_model,
-        "encoder_layers": config.n_layer,
-        "decoder_layers": config.n_layer,
-        "encoder_attention_heads": config.n_head,
-        "decoder_attention_heads": config.n_head,
-        "encoder_ffn_dim": config.ffn_width,
-        "decoder_ffn_dim": config.ffn_width,
-        "activation_function": LMLAB_TO_HF_ACTIVATION[config.ffn],
-        "max_position_embeddings": config.context_length,
-        "dropout": config.dropout,
-        "attention_dropout": 0.0,
-        "activation_dropout": 0.0,
-        "encoder_layerdrop": 0.0,
-        "decoder_layerdrop": 0.0,
-        "scale_embedding": False,
-        "tie_word_embeddings": config.tie_embeddings,
-        "is_encoder_decoder": True,
-    }
+    """``config.json`` of the Blenderbot model equivalent to an lmlab encoder-decoder: BART's
+    fields (the layout differs only in where the norms sit, which the model type says)."""
+    return {**bart.export_config(config), "model_type": "blenderbot",
+            "architectures": ["BlenderbotForConditionalGeneration"]}
 
 
 def export_tensors(model: nn.Module, config: ModelConfig) -> dict:
