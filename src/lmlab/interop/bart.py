@@ -127,9 +127,15 @@ BART_NORM_EPS = 1e-5  # BART's LayerNorms use torch's default epsilon; the confi
 
 def check_exportable(config: ModelConfig) -> None:
     """Raise unless the encoder-decoder has a BART equivalent (BartForConditionalGeneration)."""
+    require_exportable(config, "BART", layout_mismatches(config, "post", "BART"))
+
+
+def layout_mismatches(config: ModelConfig, norm_placement: str, family: str) -> list[str]:
+    """What keeps an encoder-decoder from the BART layout with its norms ``norm_placement``
+    (BART: post, Blenderbot: pre); empty when it has that layout."""
     wanted = {
         "arch": "transformer", "backbone": "encoder-decoder", "position": "learned", "norm": "layernorm",
-        "norm_placement": "post", "share_embeddings": True,
+        "norm_placement": norm_placement, "share_embeddings": True,
     }
     bad = config_mismatches(config, wanted)
     if config.ffn not in LMLAB_TO_HF_ACTIVATION:
@@ -137,8 +143,8 @@ def check_exportable(config: ModelConfig) -> None:
     if (config.n_kv_heads or config.n_head) != config.n_head or config.head_size not in (None, config.d_model // config.n_head):
         bad.append("grouped or resized heads")
     if config.norm_eps != BART_NORM_EPS:
-        bad.append(f"norm_eps={config.norm_eps!r} (BART uses {BART_NORM_EPS})")
-    require_exportable(config, "BART", bad)
+        bad.append(f"norm_eps={config.norm_eps!r} ({family} uses {BART_NORM_EPS})")
+    return bad
 
 
 def export_config(config: ModelConfig) -> dict:

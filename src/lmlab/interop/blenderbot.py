@@ -8,25 +8,14 @@ from __future__ import annotations
 from torch import nn
 
 from lmlab.interop import bart
-from lmlab.interop.bart import BART_NORM_EPS, layer_tensors
-from lmlab.interop.mapping import LMLAB_TO_HF_ACTIVATION, bias_or_zeros, config_mismatches, require_exportable
+from lmlab.interop.bart import layer_tensors
+from lmlab.interop.mapping import bias_or_zeros, require_exportable
 from lmlab.models import ModelConfig
 
 
 def check_exportable(config: ModelConfig) -> None:
     """Raise unless the encoder-decoder has a Blenderbot equivalent (BlenderbotForConditionalGeneration)."""
-    wanted = {
-        "arch": "transformer", "backbone": "encoder-decoder", "position": "learned", "norm": "layernorm",
-        "norm_placement": "pre", "share_embeddings": True,
-    }
-    bad = config_mismatches(config, wanted)
-    if config.ffn not in LMLAB_TO_HF_ACTIVATION:
-        bad.append(f"ffn={config.ffn!r}")
-    if (config.n_kv_heads or config.n_head) != config.n_head or config.head_size not in (None, config.d_model // config.n_head):
-        bad.append("grouped or resized heads")
-    if config.norm_eps != BART_NORM_EPS:
-        bad.append(f"norm_eps={config.norm_eps!r} (Blenderbot uses {BART_NORM_EPS})")
-    require_exportable(config, "Blenderbot", bad)
+    require_exportable(config, "Blenderbot", bart.layout_mismatches(config, "pre", "Blenderbot"))
 
 
 def export_config(config: ModelConfig) -> dict:
