@@ -14,12 +14,13 @@ import pytest
 pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parent.parent
+HANG_GUARD_S = 3600  # only catches a hung benchmark; never a limit on how long it may take
 
 
 def test_the_finetune_benchmark_runs_quick():
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "finetune_vs_transformers.py"), "--quick",
-                           "--steps", "1"], capture_output=True, text=True, env=env, timeout=600)
+                           "--steps", "1"], capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["case"] for r in rows] == ["classify-bert-base", "seq2seq-t5-small"]
