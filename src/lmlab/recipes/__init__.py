@@ -1,0 +1,57 @@
+"""The textbooks' experiments as one-command recipes that write a report.
+
+Each module here that defines ``RECIPE`` (a :class:`~lmlab.recipes.base.Recipe`) is a recipe;
+:func:`recipes` finds them, :func:`run_recipe` runs one into an output directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import time
+from pathlib import Path
+
+from lmlab.errors import LmlabError
+from lmlab.output_dir import claim_output_dir, lock_output_dir
+from lmlab.recipes.base import BUDGETS, Recipe, RecipeContext, write_report
+
+__all__ = ["BUDGETS", "Recipe", "RecipeContext", "get_recipe", "recipes", "run_recipe"]
+
+
+def recipes() -> dict[str, Recipe]:
+    """Every recipe, by name."""
+    found: dict[str, Recipe] = {}
+    for module_info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        recipe = getattr(module, "RECIPE", None)
+        if isinstance(recipe, Recipe):
+            found[recipe.name] = recipe
+    return dict(sorted(found.items()))
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``; an unknown name is an error listing the known ones."""
+    known = recipes()
+    if name not in known:
+        raise LmlabError(f"unknown recipe {name!r}; choose one of {', '.join(known)} (see 'lmlab recipe list')")
+    return known[name]
+
+
+def run_recipe(name: str, out_dir: str | Path, *, budget: str = "default", max_time: float | None = None,
+               **options) -> Path:
+    """Run recipe ``name`` into ``out_dir`` and return its ``report.md``. ``max_time`` (seconds per
+    arm) overrides the budget; ``options`` are :class:`RecipeContext` fields (data, model, seed,
+    resume, ...)."""
+    recipe = get_recipe(name)
+    seconds = recipe.seconds_for(budget) if max_time is None else max_time
+    if not seconds > 0:
+        raise LmlabError(f"--max-time must be positive seconds, got {seconds}")
+    out = claim_output_dir(out_dir, "recipe")
+    lock = lock_output_dir(out)
+    try:
+        context = RecipeContext(recipe=recipe, out_dir=out, arm_seconds=seconds, budget=budget, **options)
+        started = time.perf_counter()
+        report = recipe.run(context)
+        return write_report(context, report, time.perf_counter() - started)
+    finally:
+        lock.release()
