@@ -53,3 +53,40 @@ def bart_dir(folder: Path) -> Path:
                                      bos_token_id=1, eos_token_id=2, decoder_start_token_id=2)
     transformers.BartForConditionalGeneration(config).save_pretrained(folder)
     return folder
+
+
+def make_view(model_dir: Path, out: Path, *flags: str) -> dict:
+    """Run ``lmlab attention model_dir --out out flags...`` and return the data the page embeds."""
+    from lmlab.cli import main
+
+    assert main(["attention", str(model_dir), "--out", str(out), *flags]) == 0
+    return embedded_data(out)
+
+
+def embedded_data(page: Path) -> dict:
+    """The JSON inside the page's ``<script type="application/json" id="attention-data">``."""
+    text = page.read_text(encoding="utf-8")
+    start = text.index('id="attention-data">') + len('id="attention-data">')
+    return json.loads(text[start:text.index("</script>", start)])
+
+
+def gpt2_queries_keys(model_dir: Path, ids: list[int]) -> list[tuple]:
+    """transformers' GPT-2 queries and keys per layer, float64 (H, T, D) each, read from ``c_attn``."""
+    import torch
+    import transformers
+
+    model = transformers.GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    found = []
+
+    def keep(module, inputs, output):
+        B, T, three_c = output.shape
+        H = model.config.n_head
+        q, k, _ = output.double().split(three_c // 3, dim=-1)  # (B, T, C) each
+        found.append(tuple(t.view(B, T, H, -1)[0].transpose(0, 1) for t in (q, k)))  # (H, T, D)
+
+    hooks = [block.attn.c_attn.register_forward_hook(keep) for block in model.transformer.h]
+    with torch.no_grad():
+        model(torch.tensor([ids]))
+    for hook in hooks:
+        hook.remove()
+    return found
