@@ -58,7 +58,8 @@ class AttentionTrace:
     sentence of a pair start, the chosen layer and head numbers, and the stacks."""
 
     structure: str
-    tokens: dict[str, list[str]]
+    ids: dict[str, list[int]]  # side ("encoder", "decoder") → token ids
+    tokens: dict[str, list[str]]  # side → each token's text
     layers: list[int]
     heads: list[int]
     stacks: list[AttentionStack]
@@ -68,7 +69,7 @@ class AttentionTrace:
     def as_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready data (numbers rounded to :data:`DIGITS` decimals; masked scores None)."""
         return {
-            "structure": self.structure, "tokens": self.tokens, "layers": self.layers, "heads": self.heads,
+            "structure": self.structure, "ids": self.ids, "tokens": self.tokens, "layers": self.layers, "heads": self.heads,
             "generated_from": self.generated_from, "segment_b_from": self.segment_b_from,
             "stacks": [_stack_dict(stack) for stack in self.stacks],
         }
@@ -148,7 +149,7 @@ def trace_attention(
     chosen_heads = _chosen("head", heads, n_head)
     stacks = [_select(stack, chosen_layers, chosen_heads) for stack in stacks]
     tokens = {side: token_texts(tokenizer, ids) for side, ids in sides.items()}
-    return AttentionTrace(model.structure, tokens, chosen_layers, chosen_heads, stacks, **marks)
+    return AttentionTrace(model.structure, sides, tokens, chosen_layers, chosen_heads, stacks, **marks)
 
 
 def _single_side(model, tokenizer, text, text_b, generate_tokens, special) -> tuple[dict, dict]:
