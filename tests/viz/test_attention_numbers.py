@@ -66,14 +66,21 @@ def test_bert_sentence_pair_weights_match(tmp_path):
 
 
 @pytest.mark.parametrize("family", ["t5", "bart"])
-def test_encoder_decoder_weights_match(tmp_path, family):
+@pytest.mark.parametrize("decoded", ["text-b", "generated"])
+def test_encoder_decoder_weights_match(tmp_path, family, decoded):
     make_dir, cls = {"t5": (t5_dir, transformers.T5ForConditionalGeneration),
                      "bart": (bart_dir, transformers.BartForConditionalGeneration)}[family]
     source, target = {"t5": ("the world is everything", "a fact"), "bart": ("w1 w2 w3 w4", "w5 w6 w7")}[family]
     model_dir = make_dir(tmp_path / family)
-    data = make_view(model_dir, tmp_path / "view.html", "--text", source, "--text-b", target, "--layers", "0", "--heads", "1")
+    output = ["--text-b", target] if decoded == "text-b" else ["--generate", "3"]
+    data = make_view(model_dir, tmp_path / "view.html", "--text", source, *output, "--layers", "0", "--heads", "1")
     reference = cls.from_pretrained(model_dir, attn_implementation="eager").eval()
-    decoder_ids = [reference.config.decoder_start_token_id] + ids_of(model_dir, target)
+    decoder_ids = data["ids"]["decoder"]
+    assert decoder_ids[0] == reference.config.decoder_start_token_id
+    if decoded == "text-b":
+        assert decoder_ids[1:] == ids_of(model_dir, target) and data["generated_from"] == {}
+    else:
+        assert data["generated_from"] == {"decoder": 1} and 2 <= len(decoder_ids) <= 4
     with torch.no_grad():
         out = reference(input_ids=torch.tensor([ids_of(model_dir, source)]), decoder_input_ids=torch.tensor([decoder_ids]),
                         output_attentions=True)

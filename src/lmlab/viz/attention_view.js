@@ -34,6 +34,9 @@
     return node;
   }
 
+  // Token text as drawn: newlines and tabs made visible, an empty token shown as ∅.
+  function shown(text) { return text.replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅"; }
+
   function fillSelect(select, labels, selected) {
     select.replaceChildren();
     labels.forEach(function (label, i) {
@@ -122,7 +125,7 @@
     const node = element("svg-text", {
       x: String(left ? LEFT_X : RIGHT_X), y: String(y(index)), "text-anchor": left ? "end" : "start",
       "data-index": String(index), "data-role": role,
-    }, text);
+    }, shown(text));
     node.setAttribute("class", ["token", role].concat(tokenClasses(side, index)).join(" "));
     node.addEventListener("mouseenter", function () { highlight(side, index, node); });
     node.addEventListener("mouseleave", clearHighlight);
@@ -218,7 +221,7 @@
     });
   }
 
-  function clip(text) { return text.length > 14 ? text.slice(0, 13) + "…" : text; }
+  function clip(text) { const s = shown(text); return s.length > 14 ? s.slice(0, 13) + "…" : s; }
 
   // ---------------------------------------------------------------------------- neuron view
   function openNeuron(query) {
@@ -229,7 +232,7 @@
   function renderNeuronControls() {
     fillSelect($("neuron-layer"), DATA.layers.map(function (l) { return "layer " + l; }), state.neuron.layer);
     fillSelect($("neuron-head"), DATA.heads.map(function (h) { return "head " + h; }), state.neuron.head);
-    fillSelect($("neuron-query"), queryTokens().map(function (t, i) { return i + ": " + t; }), state.neuron.query);
+    fillSelect($("neuron-query"), queryTokens().map(function (t, i) { return i + ": " + shown(t); }), state.neuron.query);
   }
 
   function renderNeuronView() {
@@ -247,7 +250,7 @@
     ["key token", "key vector k", "q × k", "q·k/√d"].concat(s.has_position_bias ? ["bias"] : [], ["softmax"])
       .forEach(function (label) { header.appendChild(element("th", {}, label)); });
     const queryRow = element("tr", { class: "query-row" });
-    queryRow.appendChild(element("td", { class: "token-cell" }, queryTokens()[n.query]));
+    queryRow.appendChild(element("td", { class: "token-cell" }, shown(queryTokens()[n.query])));
     queryRow.appendChild(vectorCell(q, "query-vector"));
     table.appendChild(element("tr")).appendChild(element("th", { colspan: "2" }, "query vector q"));
     table.appendChild(queryRow);
@@ -256,7 +259,7 @@
       const product = k.map(function (value, d) { return value * q[d]; });
       const dot = product.reduce(function (a, b) { return a + b; }, 0) / scale;
       const row = element("tr", { class: "key-row", "data-key": String(j) });
-      row.appendChild(element("td", { class: ["token-cell"].concat(tokenClasses(s.keys_from, j)).join(" ") }, keyTokens()[j]));
+      row.appendChild(element("td", { class: ["token-cell"].concat(tokenClasses(s.keys_from, j)).join(" ") }, shown(keyTokens()[j])));
       row.appendChild(vectorCell(k, "key-vector"));
       row.appendChild(vectorCell(product, "product"));
       row.appendChild(numberCell(dot, "dot", dot));
