@@ -105,3 +105,26 @@ def test_scores_with_position_bias_still_give_the_weights(tmp_path):
     q, k = np.array(stack["queries"]), np.array(stack["keys"])
     bias = scores - q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
     assert np.abs(bias).max() > 1e-3
+
+
+def test_alibi_bias_is_in_the_weights_the_view_shows():
+    """An lmlab ALiBi decoder: the trace's scores are q·k/√d plus −slope·distance, and the weights
+    their causal softmax (float64 recomputation)."""
+    from lmlab.generation.attention_trace import trace_attention
+    from lmlab.models import ModelConfig, build_model
+    from lmlab.tokenizers import CharTokenizer
+
+    tokenizer = CharTokenizer.from_text("abcdef")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, d_model=16,
+                                    context_length=16, position="alibi")).eval()
+    trace = trace_attention(model, tokenizer, "abcdef")
+    (stack,) = trace.stacks
+    assert stack.has_position_bias
+    q, k = stack.queries.double(), stack.keys.double()  # (L, H, T, D), (L, H, S, D)
+    T = q.size(2)
+    distance = (torch.arange(T)[:, None] - torch.arange(T)[None, :]).double()  # (T, S): i − j
+    slopes = torch.tensor([2.0 ** (-8 * (h + 1) / 2) for h in range(2)], dtype=torch.float64)  # ALiBi, 2 heads
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)) - slopes[None, :, None, None] * distance
+    scores = scores.masked_fill(distance < 0, float("-inf"))
+    torch.testing.assert_close(stack.weights.double(), scores.softmax(dim=-1), atol=1e-5, rtol=0)
