@@ -250,6 +250,8 @@ async def _complete(served: Served, metrics: Metrics, request: CompletionRequest
             pass
     finally:
         generation.cancel()
+    if generation.error():
+        return error_response(500, f"generation failed: {generation.error()}")
     body = chat_body(request, generation, rid, served.name) if chat else \
         completion_body(request, generation, rid, served.name, prompt_texts)
     return JSONResponse(body)
@@ -314,9 +316,13 @@ async def _sse(served: Served, request: CompletionRequest, generation: Generatio
                     "index": choice.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                     "finish_reason": None}))
         async for choice, piece, record in generation.stream():
+            if choice.error:
+                yield event({"error": {"message": f"generation failed: {choice.error}", "type": "server_error",
+                                       "param": None, "code": None}})
+                break
             if piece or choice.finish_reason is not None or (record is not None and request.top_logprobs is not None):
                 yield event(stream_chunk(chat, rid, served.name, piece_choice(request, chat, choice, piece, record)))
-        if request.include_usage:
+        if request.include_usage and not generation.error():
             yield event({**stream_chunk(chat, rid, served.name, {}), "choices": [], "usage": generation.usage()})
         yield "data: [DONE]\n\n"
     finally:

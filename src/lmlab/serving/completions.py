@@ -22,6 +22,7 @@ from lmlab.serving.metrics import Metrics
 from lmlab.serving.protocol import CompletionRequest, ProtocolError
 
 RETRY_AFTER_S = 1  # what a 429 asks the client to wait
+ERROR = "error"  # the engine's finish reason for a request it could not finish
 
 
 @dataclass
@@ -46,9 +47,14 @@ class Choice:
     tokens: list[TokenRecord] = field(default_factory=list)
     completion_tokens: int = 0
     finish_reason: str | None = None
+    error: str | None = None  # the engine's message when it could not finish this choice
 
     def take(self, event: TokenEvent, token_text: Callable[[int], str]) -> tuple[str, TokenRecord | None]:
-        """Add the engine's event; the new text (maybe empty) and the token's record (None for EOS)."""
+        """Add the engine's event; the new text (maybe empty) and the token's record (None for EOS
+        and for the engine's error event)."""
+        if event.finish_reason == ERROR:
+            self.finish_reason, self.error = ERROR, event.error or "the engine failed"
+            return "", None
         self.completion_tokens += 1
         if event.token_id in self.eos_ids:
             piece, record = self.streamer.flush(), None
@@ -114,6 +120,10 @@ class Generation:
                 unfinished -= 1
             yield choice, piece, record
         self.metrics.count_tokens(self.prompt_tokens, self.completion_tokens)
+
+    def error(self) -> str | None:
+        """The engine's message if it failed any choice."""
+        return next((choice.error for choice in self.choices if choice.error), None)
 
     def _time(self, index: int) -> None:
         now = time.perf_counter()
