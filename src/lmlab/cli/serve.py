@@ -17,11 +17,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     require_optional("uvicorn", "serve", "lmlab serve")
     from lmlab.serving.server import bound_socket, serve_forever
 
+    sock = bound_socket(args.host, args.port)  # a taken port fails before the model loads
+    try:
+        app, engine = _build_app(args)
+    except BaseException:
+        sock.close()
+        raise
     if args.host not in LOOPBACK_HOSTS:
         err(f"lmlab: warning: --host {args.host} makes the server reachable from other machines"
             + ("" if args.api_key else "; consider --api-key"))
-    sock = bound_socket(args.host, args.port)  # a taken port fails before the model loads
-    app, engine = _build_app(args)
     try:
         serve_forever(app, sock, lambda url: err(f"lmlab: serving {args.model} at {url} (playground: {url}/)"))
     finally:
@@ -65,8 +69,13 @@ def _embedder(path: str):
     """Sentence embeddings of the encoder directory ``path`` as lists of floats."""
     from lmlab.interop.embeddings import load_sentence_encoder
     from lmlab.interop.hub import resolve_model_path
+    from lmlab.interop.pretrained import is_pretrained_path
 
-    encoder = load_sentence_encoder(resolve_model_path(path))
+    folder = resolve_model_path(path)
+    if not is_pretrained_path(folder):
+        raise LmlabError(f"{path} is an lmlab encoder run; /v1/embeddings serves Hugging Face or sentence-transformers "
+                         "encoder directories: export it first with 'lmlab convert RUN DIR --to hf'")
+    encoder = load_sentence_encoder(folder)
     return lambda texts: encoder.encode(list(texts)).tolist()
 
 
