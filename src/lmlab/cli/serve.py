@@ -56,7 +56,7 @@ def _build_app(args: argparse.Namespace):
     model = run.model
     if model.structure == ENCODER:
         return create_app(model, run.tokenizer, None, model_name=args.model, api_key=args.api_key,
-                          embedder=_embedder(args.model)), None
+                          embedder=embedder_for(args.model)), None
     require_generative(model)
     if args.dtype == "bfloat16":
         model = model.to(torch.bfloat16)
@@ -65,7 +65,7 @@ def _build_app(args: argparse.Namespace):
     return create_app(model, run.tokenizer, engine, model_name=args.model, api_key=args.api_key), engine
 
 
-def _embedder(path: str):
+def embedder_for(path: str):
     """Sentence embeddings of the encoder directory ``path`` as lists of floats."""
     from lmlab.interop.embeddings import load_sentence_encoder
     from lmlab.interop.hub import resolve_model_path
