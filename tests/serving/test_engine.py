@@ -249,16 +249,16 @@ def test_presence_and_frequency_penalties_follow_openai(model):
 
 
 def test_a_failing_request_ends_alone_and_the_engine_goes_on(model, monkeypatch):
-    choose = RowSampler.choose
+    draw = RowSampler.draw
 
-    def fail_for_seed_13(self, seen, logits):
+    def fail_for_seed_13(self, seen, scores):
         if self.generator.initial_seed() == 13 and seen.size(1) > 4:
             raise RuntimeError("boom")
-        return choose(self, seen, logits)
+        return draw(self, seen, scores)
 
-    monkeypatch.setattr(RowSampler, "choose", fail_for_seed_13)
+    monkeypatch.setattr(RowSampler, "draw", fail_for_seed_13)
     requests = mixed_requests(seed=2, n=4)
-    doomed = EngineRequest([1, 2, 3], 10, temperature=0, seed=13)
+    doomed = EngineRequest([1, 2, 3], 10, temperature=1.0, seed=13)
     engine = Engine(model)
 
     def raise_on_third(collector):
