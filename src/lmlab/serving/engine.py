@@ -41,7 +41,7 @@ from lmlab.kernels import MAX_ROWS
 from lmlab.models.decoder import DecoderCache
 from lmlab.models.interface import DECODER, require_generative
 from lmlab.serving.batch import BatchCache
-from lmlab.serving.sampler import Choice, RowSampler
+from lmlab.serving.sampler import Choice, RowSampler, choose_tokens
 
 MAX_TOP_LOGPROBS = 20
 STOPPED = "the engine stopped"
@@ -295,7 +295,8 @@ class Engine:
         live.prefilled = hi
         if hi == live.prompt_len:
             logits = self.model.lm_head(hidden[:, -1])  # (1, V)
-            self._take(live, logits)
+            [choice] = choose_tokens([live.sampler], [self._seen(live)], logits)
+            self._take(live, choice)
             if not live.done:
                 self.batch.add(live.prompt_cache, live.prompt_len)
                 self._running.append(live)
@@ -323,11 +324,11 @@ class Engine:
                 self._fail(live, exc)
             self._leave(list(range(len(self._running))))
             return
-        for i, live in enumerate(self._running):
-            try:
-                self._take(live, logits[i:i + 1])
-            except Exception as exc:
-                self._fail(live, exc)
+        for live, choice in zip(self._running, self._choose_all(logits)):
+            if isinstance(choice, Exception):
+                self._fail(live, choice)
+            else:
+                self._take(live, choice)
         self._leave([i for i, live in enumerate(self._running) if live.done])
 
     def _batch_logits(self) -> torch.Tensor:
@@ -344,14 +345,32 @@ class Engine:
         with self._cond:
             self._counters.decode_steps += 1
             self._counters.decoded_rows += n
-        return torch.cat(pieces)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
-    def _take(self, live: _Live, logits: torch.Tensor) -> None:
-        """Choose ``live``'s next token from its logits (1, V) and send the event."""
+    def _choose_all(self, logits: torch.Tensor) -> list[Choice | Exception]:
+        """Every running row's next token from the logits (n, V), chosen together; if that
+        fails, each row chooses alone, so only a failing row's request ends (its exception)."""
+        running = self._running
+        try:
+            return choose_tokens([live.sampler for live in running], [self._seen(live) for live in running], logits)
+        except Exception:
+            choices: list[Choice | Exception] = []
+            for i, live in enumerate(running):
+                try:
+                    choices += choose_tokens([live.sampler], [self._seen(live)], logits[i:i + 1])
+                except Exception as exc:
+                    choices.append(exc)
+            return choices
+
+    @staticmethod
+    def _seen(live: _Live) -> torch.Tensor:
+        """Every token of ``live`` so far (1, L)."""
+        return live.seen[:, :live.prompt_len + live.generated]
+
+    def _take(self, live: _Live, choice: Choice) -> None:
+        """Record ``live``'s next token and send its event."""
         if live.done:
             return
-        seen = live.seen[:, :live.prompt_len + live.generated]
-        choice: Choice = live.sampler.choose(seen, logits)
         live.seen[0, live.prompt_len + live.generated] = choice.token_id
         live.generated += 1
         finish = None

@@ -64,20 +64,37 @@ class RowSampler:
         else:
             self.generator.seed()
 
-    def choose(self, seen: torch.Tensor, logits: torch.Tensor) -> Choice:
-        """The next token after ``seen`` (1, L) (prompt and output so far) from its logits (1, V)."""
-        scores = logits.float()
+    def penalise(self, seen: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """The penalties on one row's float scores (1, V) after ``seen`` (1, L)."""
         for penalise in self.penalties:
             scores = penalise(seen, scores)  # (1, V)
-        if self.greedy:
-            token = scores.argmax(dim=-1)  # (1,)
-        else:
-            uniform = torch.rand(scores.shape, generator=self.generator, device=scores.device)  # (1, V)
-            token = self.warpers.pick(seen, scores, uniform)  # (1,)
-        logprobs = (scores / self.temperature).log_softmax(dim=-1)[0]  # (V,)
-        token_id = int(token[0])
-        top: list[tuple[int, float]] = []
-        if self.top_logprobs:
-            values, ids = torch.topk(logprobs, min(self.top_logprobs, logprobs.numel()))
-            top = list(zip(ids.tolist(), values.tolist()))
-        return Choice(token_id, float(logprobs[token_id]), top)
+        return scores
+
+    def draw(self, seen: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """A sampled token (1,) from one row's penalised scores (1, V) (not for greedy rows)."""
+        uniform = torch.rand(scores.shape, generator=self.generator, device=scores.device)  # (1, V)
+        return self.warpers.pick(seen, scores, uniform)
+
+
+def choose_tokens(samplers: list[RowSampler], seen: list[torch.Tensor], logits: torch.Tensor) -> list[Choice]:
+    """The next token of each row: ``samplers[i]`` chooses row i of ``logits`` (n, V) after the
+    tokens ``seen[i]`` (1, L_i). What every row shares (log-softmax, argmax, top alternatives)
+    runs once over the batch."""
+    scores = logits.float()  # (n, V)
+    for i, sampler in enumerate(samplers):
+        if sampler.penalties:
+            scores[i:i + 1] = sampler.penalise(seen[i], scores[i:i + 1])
+    temperature = torch.tensor([[s.temperature] for s in samplers], device=scores.device)  # (n, 1)
+    logprobs = (scores / temperature).log_softmax(dim=-1)  # (n, V)
+    tokens = scores.argmax(dim=-1)  # (n,) the greedy rows' choice
+    for i, sampler in enumerate(samplers):
+        if not sampler.greedy:
+            tokens[i:i + 1] = sampler.draw(seen[i], scores[i:i + 1])
+    chosen = logprobs.gather(-1, tokens[:, None])[:, 0]  # (n,)
+    k = min(max(s.top_logprobs for s in samplers), logprobs.size(-1))
+    top_values, top_ids = torch.topk(logprobs, k) if k else (logprobs[:, :0], tokens[:, None][:, :0])  # (n, k)
+    top_values, top_ids = top_values.tolist(), top_ids.tolist()
+    return [
+        Choice(token, logprob, list(zip(top_ids[i][:s.top_logprobs], top_values[i][:s.top_logprobs])))
+        for i, (s, token, logprob) in enumerate(zip(samplers, tokens.tolist(), chosen.tolist()))
+    ]
