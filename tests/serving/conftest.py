@@ -1,4 +1,4 @@
-"""Servers for the serving tests: a tiny random character-level decoder behind the real engine
+"""Servers for the serving tests (skipped without the ``serve`` extra; the engine tests need none): a tiny random character-level decoder behind the real engine
 and app, on a free loopback port, for the whole module."""
 
 from __future__ import annotations
@@ -12,14 +12,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: browser.py, tiny_models.py
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-
 from lmlab.generation import GenerationConfig, generate  # noqa: E402
 from lmlab.models import ModelConfig, build_model  # noqa: E402
-from lmlab.serving.app import create_app  # noqa: E402
 from lmlab.serving.engine import Engine  # noqa: E402
-from lmlab.serving.server import BackgroundServer  # noqa: E402
 from lmlab.tokenizers import CharTokenizer  # noqa: E402
 
 TEXT = "the quick brown fox jumps over the lazy dog. THE END!\n"
@@ -58,6 +53,11 @@ def tiny_decoder() -> tuple[torch.nn.Module, CharTokenizer]:
 
 @pytest.fixture(scope="module")
 def server():
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    from lmlab.serving.app import create_app
+    from lmlab.serving.server import BackgroundServer
+
     model, tokenizer = tiny_decoder()
     engine = Engine(model, max_batch=4, max_queue=64)
     engine.start()

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
-import torch
-from conftest import HANG_GUARD_S
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+import torch  # noqa: E402
+from conftest import HANG_GUARD_S  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 

@@ -9,11 +9,14 @@ import random
 
 import httpx
 import pytest
-from conftest import HANG_GUARD_S, MODEL_NAME, tiny_decoder
 
-from lmlab.serving.app import create_app
-from lmlab.serving.engine import QueueFull, RequestHandle, TokenEvent
-from lmlab.serving.server import BackgroundServer
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+from conftest import HANG_GUARD_S, MODEL_NAME, tiny_decoder  # noqa: E402
+
+from lmlab.serving.app import create_app  # noqa: E402
+from lmlab.serving.engine import QueueFull, RequestHandle, TokenEvent  # noqa: E402
+from lmlab.serving.server import BackgroundServer  # noqa: E402
 
 KEY = "s3cret-key"
 

@@ -8,13 +8,16 @@ import json
 
 import httpx
 import pytest
-from browser import headless_chromium
-from conftest import HANG_GUARD_S, MODEL_NAME, TEXT, tiny_decoder
 
-from lmlab.serving.app import create_app
-from lmlab.serving.engine import RequestHandle, TokenEvent
-from lmlab.serving.server import BackgroundServer
-from lmlab.tokenizers import CharTokenizer
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+from browser import headless_chromium  # noqa: E402
+from conftest import HANG_GUARD_S, MODEL_NAME, TEXT, tiny_decoder  # noqa: E402
+
+from lmlab.serving.app import create_app  # noqa: E402
+from lmlab.serving.engine import RequestHandle, TokenEvent  # noqa: E402
+from lmlab.serving.server import BackgroundServer  # noqa: E402
+from lmlab.tokenizers import CharTokenizer  # noqa: E402
 
 PROMPT = "the lazy "
 MAX_TOKENS = 12
