@@ -14,7 +14,10 @@ same requests run one after another through :func:`lmlab.generation.stream_token
 
 ``ratio``: the row's tokens/s over the sequential row's. The sequential row's ``ttft`` is the
 single-request prefill (time to the first token). The clients share the process (and its GIL)
-with the server, which costs the server some of its speed.
+with the server, which costs the server some of its speed. Each ``stream_tokens`` call builds its
+decoding twin (and int8 draft) again, as every ``lmlab generate`` does, while the server builds
+its engine once: the server's 1-client row against its 4- and 16-client rows is the gain of
+batching alone.
 
     python benchmarks/serve_load.py [--shape gpt2|small|tiny] [--requests 32] [--clients 1,4,16]
 """
