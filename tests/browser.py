@@ -1,66 +1,63 @@
-"""A headless Chromium for tests that check pages in a real browser (selenium + Debian's
-``chromium`` and ``chromedriver``, which ``.ci/run`` installs).
+"""Headless Chromium for tests, through Selenium and Debian's ``chromium`` and ``chromedriver``
+(``.ci/run`` installs both with apt-get).
 
-:func:`headless_chromium` yields a selenium WebDriver. Without a browser (or selenium) the test
-is skipped with the reason, except under ``CI=true``, where it fails: CI must run browser tests.
-Use it as a context manager or through a fixture::
-
-    @pytest.fixture(scope="module")
-    def browser():
-        with headless_chromium() as driver:
-            yield driver
+:func:`chromium_driver` starts one browser with a fresh profile; the :func:`browser` fixture
+(module-scoped: one browser per test module) wraps it. Where the browser, the driver or Selenium is
+missing, a test skips with a message — but under ``CI=true`` it fails, so CI never passes by
+skipping the browser tests.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from contextlib import contextmanager
+import tempfile
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-CHROMIUM = ("/usr/bin/chromium", "chromium", "chromium-browser")
-CHROMEDRIVER = ("/usr/bin/chromedriver", "chromedriver")
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--window-size=1280,900")
-PAGE_LOAD_GUARD_S = 3600  # only catches a hung page; never a limit on how long it may take
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run")
+WINDOW = (1280, 900)
 
 
-def unavailable(reason: str) -> None:
-    """Skip the test with ``reason``, or fail it under CI (``CI=true``), where the browser must be there."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"browser test cannot run under CI: {reason}")
-    pytest.skip(reason)
+def missing_browser(reason: str) -> None:
+    """Fail under ``CI=true``, skip elsewhere, saying what is missing."""
+    message = f"{reason}; install Debian's chromium and chromium-driver (as .ci/run does) to run the browser tests"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
-def _first_found(names: tuple[str, ...]) -> str | None:
-    return next((found for found in map(shutil.which, names) if found), None)
-
-
-@contextmanager
-def headless_chromium() -> Iterator["object"]:
-    """A selenium Chrome WebDriver on headless Chromium, quit at the end."""
+def chromium_driver(profile: Path):
+    """A headless Chromium WebDriver using ``profile`` as its (fresh) user-data directory."""
     try:
         from selenium import webdriver
-        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        unavailable("selenium is not installed (pip install selenium)")
-    chromium, driver_path = _first_found(CHROMIUM), _first_found(CHROMEDRIVER)
-    if chromium is None or driver_path is None:
-        unavailable("no chromium and chromedriver on this machine (Debian: apt-get install chromium chromium-driver)")
+        missing_browser("selenium is not installed")
+    for program in (CHROMIUM, CHROMEDRIVER):
+        if not program.is_file():
+            missing_browser(f"{program} does not exist")
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
+    options.binary_location = str(CHROMIUM)
     for flag in FLAGS:
         options.add_argument(flag)
-    try:
-        driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    except WebDriverException as exc:
-        unavailable(f"chromium did not start: {exc.msg}")
-    driver.set_page_load_timeout(PAGE_LOAD_GUARD_S)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.add_argument(f"--window-size={WINDOW[0]},{WINDOW[1]}")
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    """One headless Chromium for the whole test module, closed (and its profile removed) after it."""
+    profile = Path(tempfile.mkdtemp(prefix="lmlab-chromium-"))
+    driver = chromium_driver(profile)
     try:
         yield driver
     finally:
         driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)

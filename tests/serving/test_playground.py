@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
-from browser import headless_chromium  # noqa: E402
+from browser import browser  # noqa: E402,F401  (the fixture)
 from conftest import HANG_GUARD_S, MODEL_NAME, TEXT, tiny_decoder  # noqa: E402
 
 from lmlab.serving.app import create_app  # noqa: E402
@@ -23,45 +23,39 @@ PROMPT = "the lazy "
 MAX_TOKENS = 12
 
 
-@pytest.fixture(scope="module")
-def driver():
-    with headless_chromium() as chromium:
-        yield chromium
-
-
-def _wait(driver, condition, what: str):
+def _wait(browser, condition, what: str):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, HANG_GUARD_S, poll_frequency=0.05).until(condition, message=what)
+    return WebDriverWait(browser, HANG_GUARD_S, poll_frequency=0.05).until(condition, message=what)
 
 
-def _generate_in_page(driver, url: str, prompt: str, settings: dict[str, str]) -> None:
+def _generate_in_page(browser, url: str, prompt: str, settings: dict[str, str]) -> None:
     from selenium.webdriver.common.by import By
 
-    driver.get(url + "/")
+    browser.get(url + "/")
     for field, value in settings.items():
-        box = driver.find_element(By.ID, field)
+        box = browser.find_element(By.ID, field)
         box.clear()
         box.send_keys(value)
-    driver.find_element(By.ID, "prompt").send_keys(prompt)
-    driver.find_element(By.ID, "send").click()
-    _wait(driver, lambda d: d.find_element(By.ID, "status").text.startswith("done"), "the stream to finish")
+    browser.find_element(By.ID, "prompt").send_keys(prompt)
+    browser.find_element(By.ID, "send").click()
+    _wait(browser, lambda d: d.find_element(By.ID, "status").text.startswith("done"), "the stream to finish")
 
 
-def test_streamed_text_coloured_tokens_and_alternatives_on_hover(server, driver):
+def test_streamed_text_coloured_tokens_and_alternatives_on_hover(server, browser):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    _generate_in_page(driver, server.url, PROMPT, {"temperature": "0", "max_tokens": str(MAX_TOKENS),
+    _generate_in_page(browser, server.url, PROMPT, {"temperature": "0", "max_tokens": str(MAX_TOKENS),
                                                    "top_logprobs": "3"})
-    tokens = driver.find_elements(By.CSS_SELECTOR, "#output .token")
+    tokens = browser.find_elements(By.CSS_SELECTOR, "#output .token")
     assert "".join(t.get_attribute("textContent") for t in tokens) == server.greedy_text(PROMPT, MAX_TOKENS)
-    assert driver.find_element(By.CSS_SELECTOR, "#output .prompt").get_attribute("textContent") == PROMPT
+    assert browser.find_element(By.CSS_SELECTOR, "#output .prompt").get_attribute("textContent") == PROMPT
     first = tokens[0]
     assert first.value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "transparent")
-    ActionChains(driver).move_to_element(first).perform()
-    box = driver.find_element(By.ID, "alternatives")
-    _wait(driver, lambda d: box.is_displayed(), "the alternatives to show")
+    ActionChains(browser).move_to_element(first).perform()
+    box = browser.find_element(By.ID, "alternatives")
+    _wait(browser, lambda d: box.is_displayed(), "the alternatives to show")
     shown = [json.loads(row.find_element(By.CLASS_NAME, "alt-token").text)
              for row in box.find_elements(By.CLASS_NAME, "alt")]
     expected = httpx.post(server.url + "/v1/completions", json={
@@ -87,14 +81,14 @@ class MarkupEngine:
         return {}
 
 
-def test_token_text_is_never_parsed_as_html(driver):
+def test_token_text_is_never_parsed_as_html(browser):
     from selenium.webdriver.common.by import By
 
     model, _ = tiny_decoder()
     tokenizer = CharTokenizer(sorted(set(TEXT)), extra_tokens=[MARKUP])
     app = create_app(model, tokenizer, MarkupEngine(tokenizer.token_to_id(MARKUP)), model_name=MODEL_NAME)
     with BackgroundServer(app) as running:
-        _generate_in_page(driver, running.url, "the", {"max_tokens": "1"})
-    output = driver.find_element(By.ID, "output")
+        _generate_in_page(browser, running.url, "the", {"max_tokens": "1"})
+    output = browser.find_element(By.ID, "output")
     assert [t.get_attribute("textContent") for t in output.find_elements(By.CSS_SELECTOR, ".token")] == [MARKUP]
     assert output.find_elements(By.CSS_SELECTOR, "b, img") == []
