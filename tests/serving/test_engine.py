@@ -35,6 +35,15 @@ def tiny_model(position: str) -> torch.nn.Module:
     return model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Ops on these tiny tensors are cheaper than waking a pool of intra-op threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def model():
     return tiny_model("rope")
@@ -101,7 +110,9 @@ def reference_greedy(model, request: EngineRequest) -> list[int]:
     return generate(model, request.prompt_ids, config)
 
 
-@pytest.mark.parametrize("position, max_batch, prefill_chunk", [("rope", 8, 256), ("rope", 3, 4), ("learned", 3, 4)])
+@pytest.mark.parametrize("position, max_batch, prefill_chunk", [
+    ("rope", 8, 256), ("rope", 3, 4), ("learned", 3, 4), ("alibi", 3, 4),  # ALiBi reads slot distances
+])
 def test_greedy_through_the_batch_equals_generate(position, kernels, max_batch, prefill_chunk, monkeypatch):
     model = tiny_model(position)
     requests = mixed_requests(seed=1)
