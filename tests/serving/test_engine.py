@@ -131,6 +131,35 @@ def test_greedy_through_the_batch_equals_generate(position, kernels, max_batch, 
     assert stats["finished"]["length"] == len(requests)
 
 
+def test_a_long_prompt_prefills_in_chunks_while_others_decode(model):
+    order: list[str] = []
+    engine = Engine(model, max_batch=2, prefill_chunk=4)
+    short = Collector(then=lambda c: order.append("short"))
+    long_prompt = Collector(then=lambda c: order.append("long"))
+    short_request, long_request = EngineRequest([7], 12, temperature=0), EngineRequest(list(range(29)), 3, temperature=0)
+    engine.submit(short_request, short)
+    engine.submit(long_request, long_prompt)
+    engine.start()
+    short.wait(), long_prompt.wait()
+    engine.stop()
+    assert order.index("long") >= 6  # 29 prompt tokens, 4 a step boundary: the short one went on decoding
+    assert short.tokens == reference_greedy(model, short_request)
+    assert long_prompt.tokens == reference_greedy(model, long_request)
+
+
+def test_a_short_request_does_not_wait_for_a_long_one(model):
+    finished: list[str] = []
+    engine = Engine(model, max_batch=2)
+    long, short = (Collector(then=lambda c, name=name: finished.append(name) if c.events[-1].finish_reason else None)
+                   for name in ("long", "short"))
+    engine.submit(EngineRequest([1, 2], CONTEXT - 2, temperature=0), long)
+    engine.submit(EngineRequest([3, 4], 2, temperature=0), short)
+    engine.start()
+    long.wait(), short.wait()
+    engine.stop()
+    assert finished == ["short", "long"]
+
+
 def test_eos_finishes_with_stop_and_the_budget_with_length(model):
     prompt = [3, 1, 4, 1, 5]
     free = reference_greedy(model, EngineRequest(prompt, 12, temperature=0))
