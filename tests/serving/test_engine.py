@@ -4,6 +4,7 @@ OpenAI penalties), and its limits: queue, context, cancellation, failing request
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 
@@ -13,6 +14,7 @@ import torch
 import lmlab.generation.fast.swap as swap
 from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig, generate
+from lmlab.generation.fast import ScreenedHead
 from lmlab.kernels import load_native
 from lmlab.models import ModelConfig, build_model
 from lmlab.serving.batch import BatchCache
@@ -33,6 +35,15 @@ def tiny_model(position: str) -> torch.nn.Module:
             if param.dim() >= 2:
                 param.normal_(std=0.3)
     return model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Ops on these tiny tensors are cheaper than waking a pool of intra-op threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +112,9 @@ def reference_greedy(model, request: EngineRequest) -> list[int]:
     return generate(model, request.prompt_ids, config)
 
 
-@pytest.mark.parametrize("position, max_batch, prefill_chunk", [("rope", 8, 256), ("rope", 3, 4), ("learned", 3, 4)])
+@pytest.mark.parametrize("position, max_batch, prefill_chunk", [
+    ("rope", 8, 256), ("rope", 3, 4), ("learned", 3, 4), ("alibi", 3, 4),  # ALiBi reads slot distances
+])
 def test_greedy_through_the_batch_equals_generate(position, kernels, max_batch, prefill_chunk, monkeypatch):
     model = tiny_model(position)
     requests = mixed_requests(seed=1)
@@ -118,6 +131,51 @@ def test_greedy_through_the_batch_equals_generate(position, kernels, max_batch, 
     stats = engine.stats()
     assert stats["decoded_rows"] > stats["decode_steps"]  # steps really were shared
     assert stats["finished"]["length"] == len(requests)
+
+
+def test_a_long_prompt_prefills_in_chunks_while_others_decode(model):
+    order: list[str] = []
+    engine = Engine(model, max_batch=2, prefill_chunk=4)
+    short = Collector(then=lambda c: order.append("short"))
+    long_prompt = Collector(then=lambda c: order.append("long"))
+    short_request, long_request = EngineRequest([7], 12, temperature=0), EngineRequest(list(range(29)), 3, temperature=0)
+    engine.submit(short_request, short)
+    engine.submit(long_request, long_prompt)
+    engine.start()
+    short.wait(), long_prompt.wait()
+    engine.stop()
+    assert order.index("long") >= 6  # 29 prompt tokens, 4 a step boundary: the short one went on decoding
+    assert short.tokens == reference_greedy(model, short_request)
+    assert long_prompt.tokens == reference_greedy(model, long_request)
+
+
+def test_a_short_request_does_not_wait_for_a_long_one(model):
+    finished: list[str] = []
+    engine = Engine(model, max_batch=2)
+    long, short = (Collector(then=lambda c, name=name: finished.append(name) if c.events[-1].finish_reason else None)
+                   for name in ("long", "short"))
+    engine.submit(EngineRequest([1, 2], CONTEXT - 2, temperature=0), long)
+    engine.submit(EngineRequest([3, 4], 2, temperature=0), short)
+    engine.start()
+    long.wait(), short.wait()
+    engine.stop()
+    assert finished == ["short", "long"]
+
+
+def test_greedy_without_logprobs_takes_the_head_screen_and_still_equals_generate(monkeypatch):
+    if load_native() is None:
+        pytest.skip("the native kernels are unavailable")
+    model = tiny_model("rope")
+    requests = mixed_requests(seed=3)
+    for request in requests:
+        request.logprobs = False
+    expected = [reference_greedy(model, r) for r in requests]  # before the spy: generate screens too
+    screened = []
+    top_logits = ScreenedHead.top_logits
+    monkeypatch.setattr(ScreenedHead, "top_logits", lambda self, h, k: screened.append(k) or top_logits(self, h, k))
+    got = serve(Engine(model), requests)
+    assert [c.tokens for c in got] == expected
+    assert screened and all(math.isnan(e.logprob) for c in got for e in c.events)
 
 
 def test_eos_finishes_with_stop_and_the_budget_with_length(model):
@@ -280,3 +338,30 @@ def test_encoder_decoder_models_are_refused():
                          context_length=16, dropout=0.0)
     with pytest.raises(LmlabError, match="encoder-decoder"):
         Engine(build_model(config))
+
+
+def test_a_failing_batch_step_ends_the_running_requests_and_the_engine_serves_the_next(model, monkeypatch):
+    padding = BatchCache.padding
+    calls = []
+
+    def fail_on_third_step(self, lo, hi):
+        calls.append(lo)
+        if len(calls) == 3:
+            raise RuntimeError("step broke")
+        return padding(self, lo, hi)
+
+    monkeypatch.setattr(BatchCache, "padding", fail_on_third_step)
+    engine = Engine(model)
+    first = [Collector(), Collector()]
+    for collector in first:
+        engine.submit(EngineRequest([1, 2, 3], 10, temperature=0), collector)
+    engine.start()
+    for collector in first:
+        assert collector.wait().events[-1].error == "RuntimeError: step broke"
+    later_request = EngineRequest([4, 5], 6, temperature=0)
+    later = Collector()
+    engine.submit(later_request, later)
+    later.wait()
+    engine.stop()
+    assert later.tokens == reference_greedy(model, later_request)
+    assert engine.batch.used == 0

@@ -73,6 +73,10 @@ class BatchCache:
         if not self.starts:
             self.write = 0
 
+    def clear(self) -> None:
+        """No row runs any more."""
+        self.starts, self.write = [], 0
+
     def make_room(self) -> None:
         """Before a step: when the write index is at the cache's end, move every row left so the
         longest one starts at slot 0."""

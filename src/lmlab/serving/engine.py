@@ -53,7 +53,10 @@ log = logging.getLogger(__name__)
 class EngineRequest:
     """One completion to decode: the prompt's ids and the sampling settings (temperature 0 is
     greedy). ``presence_penalty`` / ``frequency_penalty`` follow OpenAI (over the generated
-    tokens); ``top_logprobs``: how many alternatives each event reports (0..20)."""
+    tokens); ``top_logprobs``: how many alternatives each event reports (0..20). ``logprobs``
+    False: the events' ``logprob`` is nan (not computed), which lets a greedy row without
+    penalties take its token from the int8 head screen on the native path (``top_logprobs``
+    > 0 computes them anyway)."""
 
     prompt_ids: list[int]
     max_new_tokens: int
@@ -67,6 +70,7 @@ class EngineRequest:
     eos_ids: tuple[int, ...] = ()
     seed: int | None = None
     top_logprobs: int = 0
+    logprobs: bool = True
 
 
 @dataclass
@@ -154,7 +158,8 @@ class Engine:
     ):
         require_generative(model)
         check_servable(model)
-        for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("prefill_chunk", prefill_chunk)):
+        limits = dict(max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk, decode_group=decode_group or 1)
+        for name, value in limits.items():
             if value < 1:
                 raise LmlabError(f"{name} must be at least 1, got {value}")
         self.model, self.fast = decoding_model(model)
@@ -246,8 +251,19 @@ class Engine:
     def _serve(self) -> None:
         with torch.inference_mode():
             while self._next_boundary():
-                self._prefill_some()
-                self._decode_step()
+                try:
+                    self._prefill_some()
+                    self._decode_step()
+                except Exception as exc:  # a fault outside any one request: end those in flight, go on
+                    log.exception("the engine's step failed")
+                    self._reset(exc)
+
+    def _reset(self, exc: Exception) -> None:
+        """End every prefilling and running request with an ``"error"`` event; empty the batch."""
+        for live in self._prefilling + self._running:
+            self._fail(live, exc)
+        self._prefilling, self._running = [], []
+        self.batch.clear()
 
     def _next_boundary(self) -> bool:
         """Wait for work; drop cancelled requests, admit waiting ones. False once stopping."""
@@ -336,11 +352,15 @@ class Engine:
         batch, n = self.batch, len(self._running)
         batch.make_room()
         tokens = torch.tensor([[live.last_token] for live in self._running], device=self.device)  # (n, 1)
+        screen = self.fast.screen() if self.fast is not None else None
         pieces = []
         for lo in range(0, n, self.decode_group):
             hi = min(n, lo + self.decode_group)
             hidden = self.model.hidden_states(tokens[lo:hi], batch.view(lo, hi), batch.write, **batch.padding(lo, hi))
-            pieces.append(self.model.lm_head(hidden[:, -1]))  # (g, V)
+            logits = None
+            if screen is not None and all(live.sampler.argmax_only for live in self._running[lo:hi]):
+                logits = screen.top_logits(hidden[:, -1], 1)  # (g, V): exact at the best, −inf elsewhere
+            pieces.append(logits if logits is not None else self.model.lm_head(hidden[:, -1]))  # (g, V)
         batch.advance()
         with self._cond:
             self._counters.decode_steps += 1
@@ -431,8 +451,7 @@ class Engine:
         for live in everyone:
             if not live.done and not live.handle.cancelled.is_set():
                 self._end(live, message)
-        while self.batch.used:
-            self.batch.remove(self.batch.used - 1)
+        self.batch.clear()
 
 
 def check_servable(model) -> None:

@@ -8,7 +8,8 @@ reported log-probabilities are those of that distribution divided by the tempera
 greedy), before top-k / top-p / min-p cut it down. Greedy (temperature 0) takes the argmax of
 the penalised logits; sampling draws with the Gumbel-max trick exactly as
 :meth:`~lmlab.generation.processors.LogitsPipeline.sample` does, so a seeded request gives the
-tokens of ``generate(..., GenerationConfig(strategy="sample", seed=...))``.
+tokens of ``generate(..., GenerationConfig(strategy="sample", seed=...))``. A request that asks
+for no log-probabilities gets nan.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class RowSampler:
             self.penalties.append(openai_penalties(prompt_len, request.presence_penalty, request.frequency_penalty))
         self.warpers = LogitsPipeline([], built.warpers, built.top_k)  # temperature, top-k, top-p, min-p
         self.top_logprobs = request.top_logprobs
+        self.logprobs = request.logprobs or request.top_logprobs > 0
+        self.argmax_only = self.greedy and not self.penalties and not self.logprobs  # the best logit decides
         self.generator = torch.Generator(device=device)
         if request.seed is not None:
             self.generator.manual_seed(request.seed)
@@ -91,6 +94,7 @@ def choose_tokens(samplers: list[RowSampler], seen: list[torch.Tensor], logits: 
         if not sampler.greedy:
             tokens[i:i + 1] = sampler.draw(seen[i], scores[i:i + 1])
     chosen = logprobs.gather(-1, tokens[:, None])[:, 0]  # (n,)
+    chosen = chosen.masked_fill(torch.tensor([not s.logprobs for s in samplers], device=chosen.device), float("nan"))
     k = min(max(s.top_logprobs for s in samplers), logprobs.size(-1))
     top_values, top_ids = torch.topk(logprobs, k) if k else (logprobs[:, :0], tokens[:, None][:, :0])  # (n, k)
     top_values, top_ids = top_values.tolist(), top_ids.tolist()
