@@ -116,7 +116,8 @@ def _imdb_reviews(path: Path, sizes: Sizes, seed: int) -> Reviews:
     train, test = found["train"], found["test"]
     pool = _shuffled(len(train), seed)  # validation and training reviews from the archive's training split
     picked_test = sorted(_shuffled(len(test), seed)[:sizes.test])
-    splits = Splits(sorted(pool[sizes.val:sizes.val + sizes.train]), sorted(pool[:sizes.val]),
+    val = max(1, min(sizes.val, len(train) // 5))
+    splits = Splits(sorted(pool[val:val + sizes.train]), sorted(pool[:val]),
                     [len(train) + i for i in picked_test])
     return Reviews(train.texts + test.texts, train.labels + test.labels, list(IMDB_LABELS), splits)
 
