@@ -72,6 +72,7 @@ def test_results_hold_every_arm_metric_and_figure(finished):
     text = report.read_text(encoding="utf-8")
     assert all(f"| {arm} |" in text for arm in ARMS)
     assert "Most confident mistakes (pretrained)" in text and "--task classify" in text
+    assert (report.parent / "curves.png").read_bytes().startswith(b"\x89PNG") and "](curves.png)" in text
 
 
 @pytest.mark.slow

@@ -53,6 +53,7 @@ def test_results_hold_every_arm_and_metric(finished):
     assert "| gru |" in text and "| transformer |" in text
     assert "Sample translations" in text and "step by step (transformer)" in text
     assert "lmlab finetune" in text and "--task seq2seq" in text
+    assert (report.parent / "curves.png").read_bytes().startswith(b"\x89PNG") and "](curves.png)" in text
 
 
 @pytest.mark.slow

@@ -27,6 +27,8 @@ from lmlab.training.finetune import FinetuneConfig, finetune
 from lmlab.training.finetuned import FinetunedRun, load_finetuned
 from lmlab.training.run import RUN_KIND
 from lmlab.training.selection import BEST_DIR
+from lmlab.training.trainer import METRICS_FILE
+from lmlab.viz.confusion import require_matplotlib
 
 INIT_DIR = "init"  # OUT/init/ARM: the step-0 run an arm trained from scratch starts from
 SPLITS_DIR = "splits"  # OUT/splits/{train,val,test}.jsonl
@@ -91,6 +93,23 @@ def trained(run_dir: Path) -> FinetunedRun:
     """The arm's best checkpoint by its validation metric (``RUN/best``), else its newest."""
     best = run_dir / BEST_DIR
     return load_finetuned(best if ckpt.list_checkpoints(best) else run_dir, echo=lambda _: None)
+
+
+def validation_points(run_dir: Path) -> list[dict[str, float]]:
+    """The run's evaluations from its ``metrics.jsonl``: ``{"step", "elapsed_s", "val_loss"}`` each."""
+    rows = (json.loads(line) for line in (run_dir / METRICS_FILE).read_text(encoding="utf-8").splitlines() if line)
+    return [{key: row[key] for key in ("step", "elapsed_s", "val_loss")} for row in rows
+            if row.get("kind") == "eval" and "val_loss" in row]
+
+
+def plot_curves(path: Path, run_dirs: Mapping[str, Path]) -> str:
+    """Draw the runs' validation-loss curves overlaid (against step and seconds) into ``path``
+    (PNG); returns its file name. matplotlib is imported only here."""
+    require_matplotlib()
+    from lmlab.viz.curves import plot_validation_curves
+
+    plot_validation_curves({name: validation_points(directory) for name, directory in run_dirs.items()}, path)
+    return path.name
 
 
 def finetune_command(config: FinetuneConfig) -> str:

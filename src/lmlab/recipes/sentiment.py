@@ -31,6 +31,7 @@ from lmlab.recipes.finetuned_arms import (
     Splits,
     finetune_command,
     initial_run,
+    plot_curves,
     run_finetune,
     three_way_split,
     trained,
@@ -50,6 +51,7 @@ LOCAL_FORMAT = ("a CSV, TSV or JSONL file with 'text' and 'label' columns, or th
                 "(or its extracted aclImdb folder with train/ and test/ pos and neg folders)")
 MISTAKES = 5  # the most confident mistakes shown per arm
 SNIPPET_CHARS = 240
+CURVES = "curves.png"  # validation loss of the two neural arms
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,8 @@ def bag_of_words(train: tuple[list[str], list[int]], test_texts: list[str]) -> d
     classes = classifier.classes_.tolist()
     return {"predictions": [classes[row.argmax()] for row in probabilities],
             "confidences": [float(row.max()) for row in probabilities],
-            "parameters": int(classifier.coef_.size + classifier.intercept_.size), "steps": int(classifier.n_iter_.max())}
+            "parameters": int(classifier.coef_.size + classifier.intercept_.size),
+            "steps": int(classifier.n_iter_.max())}
 
 
 def _finetuned_scores(config: FinetuneConfig, resume: bool, test_texts: list[str], names: list[str],
@@ -222,12 +225,13 @@ def run(context: RecipeContext) -> RecipeReport:
                                           lr=sizes.scratch_lr, **base),
         "pretrained": FinetuneConfig(model=str(model_path), out=str(context.arm_dir("pretrained")), lr=2e-5, **base),
     }
-    outcomes = {"tfidf-logreg": context.run_arm("tfidf-logreg", lambda run_dir, resume: bag_of_words(train, test_texts))}
+    outcomes = {"tfidf-logreg": context.run_arm("tfidf-logreg", lambda _dir, _resume: bag_of_words(train, test_texts))}
     for arm, config in configs.items():
         context.save_arm_config(arm, {"finetune": dataclasses.asdict(config)})
         outcomes[arm] = context.run_arm(arm, lambda run_dir, resume, c=config: _finetuned_scores(
             c, resume, test_texts, reviews.names, context.echo))
     commands = {arm: finetune_command(config) for arm, config in configs.items()}
+    plot_curves(context.out_dir / CURVES, {arm: context.arm_dir(arm) for arm in configs})
     return _report(context, reviews, outcomes, test_texts, test_labels, commands)
 
 
@@ -235,7 +239,7 @@ def run(context: RecipeContext) -> RecipeReport:
 def _report(context: RecipeContext, reviews: Reviews, outcomes: dict[str, dict[str, Any]], test_texts: list[str],
             test_labels: list[int], commands: dict[str, str]) -> RecipeReport:
     names = reviews.names
-    arms, figures, sections = {}, [], []
+    arms, figures, sections = {}, [CURVES], []
     for arm in ARMS:
         outcome = outcomes[arm]
         scores = classification_report(test_labels, outcome["predictions"], names)
@@ -255,8 +259,8 @@ def _report(context: RecipeContext, reviews: Reviews, outcomes: dict[str, dict[s
     results = {"arms": arms, "labels": names, "test_labels": [names[y] for y in test_labels],
                "predictions": {arm: [names[p] for p in outcomes[arm]["predictions"]] for arm in ARMS},
                "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}}
-    return RecipeReport("Sentiment: fine-tuned pretrained encoder vs TF-IDF logistic regression vs encoder from scratch",
-                        summary, ["arm", "parameters", "steps", "accuracy", "macro-F1"], rows, results, sections,
+    title = "Sentiment: fine-tuned pretrained encoder vs TF-IDF logistic regression vs encoder from scratch"
+    return RecipeReport(title, summary, ["arm", "parameters", "steps", "accuracy", "macro-F1"], rows, results, sections,
                         commands, figures)
 
 

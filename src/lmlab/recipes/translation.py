@@ -28,8 +28,10 @@ from lmlab.recipes.base import DataSource, Recipe, RecipeContext, RecipeReport, 
 from lmlab.recipes.finetuned_arms import (
     INIT_DIR,
     SPLITS_DIR,
+    Splits,
     finetune_command,
     initial_run,
+    plot_curves,
     run_finetune,
     three_way_split,
     trained,
@@ -46,7 +48,9 @@ MAX_WORDS = 30  # pairs with a longer side are dropped (the chapter keeps senten
 MAX_NEW_TOKENS = 48  # the longest translation generated (fewer when the training targets are all shorter)
 TOP_CANDIDATES = 5
 SAMPLES = 8
-LOCAL_FORMAT = "a TSV file of English<TAB>Spanish lines (the Anki spa.txt format; columns: source, target) or the spa-eng.zip archive"
+CURVES = "curves.png"
+LOCAL_FORMAT = ("a TSV file of English<TAB>Spanish lines (the Anki spa.txt format; columns: source, target) "
+                "or the spa-eng.zip archive")
 SPA_ENG_URL = "http://storage.googleapis.com/download.tensorflow.org/data/spa-eng.zip"
 
 
@@ -144,10 +148,11 @@ def run(context: RecipeContext) -> RecipeReport:
         results["hypotheses"][arm] = outcome.pop("hypotheses")
         results["decoding_steps"][arm] = outcome.pop("decoding_steps")
         results["arms"][arm] = outcome
+    plot_curves(context.out_dir / CURVES, {arm: context.arm_dir(arm) for arm in ARMS})
     return _report(results, commands)
 
 
-def _write_splits(directory: Path, pairs: list[TextPair], splits) -> dict[str, Path]:
+def _write_splits(directory: Path, pairs: list[TextPair], splits: Splits) -> dict[str, Path]:
     return {name: write_jsonl(directory / f"{name}.jsonl", ({"source": pairs[i].source, "target": pairs[i].target}
                                                              for i in getattr(splits, name)))
             for name in ("train", "val", "test")}
@@ -220,7 +225,7 @@ def _report(results: dict[str, Any], commands: dict[str, str]) -> RecipeReport:
     sections = [("Sample translations (greedy)", _samples_table(results)),
                 *((f"The decoding loop, step by step ({arm})", _steps_table(results, arm)) for arm in ARMS)]
     return RecipeReport("English→Spanish translation: GRU seq2seq vs Transformer", summary, columns, rows,
-                        results, sections, commands)
+                        results, sections, commands, [CURVES])
 
 
 def _samples_table(results: dict[str, Any]) -> str:
