@@ -96,6 +96,17 @@ def test_both_models_learn_and_the_transformer_writes_spanish_number_words(finis
     assert words and sum(w in ES for w in words) / len(words) >= 0.5, words[:20]
 
 
+@pytest.mark.slow
+def test_resuming_a_finished_recipe_reads_its_arms_back(finished):
+    report, results = finished
+    data = report.parent.parent / "pairs.tsv"
+    with pytest.raises(LmlabError, match="--resume"):
+        run_recipe("translation", report.parent, budget="small", max_time=ARM_SECONDS, data=data, **QUIET)
+    run_recipe("translation", report.parent, budget="small", max_time=ARM_SECONDS, data=data, resume=True, **QUIET)
+    again = json.loads((report.parent / "results.json").read_text(encoding="utf-8"))
+    assert again["arms"] == results["arms"] and again["hypotheses"] == results["hypotheses"]
+
+
 def test_a_one_column_tsv_names_the_expected_columns(tmp_path):
     data = tmp_path / "one.tsv"
     data.write_text("hello\nworld\n", encoding="utf-8")
