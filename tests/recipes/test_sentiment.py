@@ -132,3 +132,9 @@ def test_too_few_reviews_to_split_is_an_error(tmp_path, roberta):
     data = write_jsonl(tmp_path / "reviews.jsonl", reviews(3, seed=2))
     with pytest.raises(LmlabError, match="too few to split"):
         run_recipe("sentiment", tmp_path / "out", max_time=1, data=data, model=str(roberta), **QUIET)
+
+
+def test_reviews_of_one_label_only_are_an_error(tmp_path, roberta):
+    data = write_jsonl(tmp_path / "reviews.jsonl", [{"text": "a good film", "label": "pos"}] * 20)
+    with pytest.raises(LmlabError, match=r"one label only \(pos\)"):
+        run_recipe("sentiment", tmp_path / "out", max_time=1, data=data, model=str(roberta), **QUIET)

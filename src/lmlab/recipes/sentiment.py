@@ -97,12 +97,9 @@ def read_reviews(path: Path, sizes: Sizes, seed: int) -> Reviews:
         data = read_labelled_texts(path, "text", "label")
     except LmlabError as exc:
         raise LmlabError(f"sentiment needs {LOCAL_FORMAT}: {exc}") from None
-    texts = [_clipped(text, sizes.max_words) for text in data.texts]
-    kept = [i for i, text in enumerate(texts) if text]
-    if len(kept) < len(texts):
-        texts, labels = [texts[i] for i in kept], [data.labels[i] for i in kept]
-    else:
-        labels = data.labels
+    kept = [(text, label) for text, label in zip((_clipped(t, sizes.max_words) for t in data.texts), data.labels)
+            if text]
+    texts, labels = [text for text, _ in kept], [label for _, label in kept]
     splits = three_way_split(len(texts), sizes.test, sizes.val, sizes.train, seed, f"{path} (non-empty reviews)")
     return Reviews(texts, labels, data.label_names, splits)
 
@@ -150,6 +147,11 @@ def _clipped(text: str, max_words: int) -> str:
 
 
 def _write_splits(directory: Path, reviews: Reviews) -> dict[str, Path]:
+    present = set(reviews.split("train")[1])
+    if len(present) < 2:
+        only = ", ".join(reviews.names[y] for y in present) or "none"
+        raise LmlabError(f"the training split holds reviews of one label only ({only}); sentiment needs at least "
+                         f"two labels ({LOCAL_FORMAT})")
     files = {}
     for name in ("train", "val", "test"):
         texts, labels = reviews.split(name)
