@@ -124,13 +124,13 @@ def word_vectors(model: nn.Module, tokenizer: Tokenizer, words: Sequence[str]) -
 
 def pca_2d(vectors: torch.Tensor) -> torch.Tensor:
     """(N, C) vectors → (N, 2) coordinates on their first two principal components (centred, by
-    SVD in float64). Each axis is signed so that its largest loading is positive; a missing
-    component (N = 2, or C = 1) is a column of zeros."""
+    SVD in float64). Each axis is signed so that its largest loading is positive. Centred points
+    span at most N - 1 directions: with two points (or C = 1) the second coordinate is 0."""
     centred = vectors.double() - vectors.double().mean(dim=0)  # (N, C)
     _, singular, axes = torch.linalg.svd(centred, full_matrices=False)  # axes: (K, C), K = min(N, C)
     largest = axes.abs().argmax(dim=1, keepdim=True)  # (K, 1)
     axes = axes * axes.gather(1, largest).sign()
-    coords = centred @ axes[:2].T  # (N, min(K, 2))
+    coords = centred @ axes[:min(2, vectors.size(0) - 1)].T  # (N, 1 or 2)
     return F.pad(coords, (0, 2 - coords.size(1)))  # (N, 2)
 
 
