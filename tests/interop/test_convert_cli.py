@@ -60,7 +60,7 @@ def test_generate_and_info_accept_an_hf_directory(gpt2_dir, capsys):
     assert info["config"]["model"]["d_model"] == 64
 
 
-def _llama_chat_dir(tmp_path, silent: bool):
+def _llama_chat_dir(tmp_path, silent: bool, first_word: str = "</s>"):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                       num_attention_heads=4, max_position_embeddings=128, tie_word_embeddings=False)
@@ -72,7 +72,8 @@ def _llama_chat_dir(tmp_path, silent: bool):
     model.save_pretrained(folder)
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    words = ["</s>", "<s>", "<pad>", "<unk>", "<|user|>", "<|assistant|>"] + [f"w{i}" for i in range(34)]
+    words = [first_word, "<s>", "<pad>", "<unk>", "<|user|>", "<|assistant|>"] + [f"w{i}" for i in range(33)]
+    words.append("w33" if first_word == "</s>" else "</s>")
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.add_special_tokens(words[:6])
@@ -90,6 +91,15 @@ def test_chat_reads_turns_from_stdin_and_stops_at_eos(tmp_path, monkeypatch, cap
     monkeypatch.setattr("sys.stdin", io.StringIO("w1 w2\n\nw3\n"))
     assert main(["chat", str(folder), "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out == "\n\n"  # two turns, each reply empty: EOS came first
+
+
+def test_chat_stops_at_the_end_of_turn_token(tmp_path, monkeypatch, capsys):
+    import io
+
+    folder = _llama_chat_dir(tmp_path, silent=True, first_word="<|im_end|>")  # greedy picks <|im_end|>, not EOS
+    monkeypatch.setattr("sys.stdin", io.StringIO("w1 w2\n"))
+    assert main(["chat", str(folder), "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out == "\n"  # the reply ended at once, and the token was not printed
 
 
 def test_chat_streams_a_reply(tmp_path, monkeypatch, capsys):

@@ -542,3 +542,16 @@ def test_bad_merges_and_sentencepiece_files(tmp_path):
     (other / "tokenizer.model").write_bytes(b"definitely not a model")
     with pytest.raises(LmlabError, match="not a valid SentencePiece model"):
         load_pretrained_tokenizer(other)
+
+
+def test_end_of_turn_ids_are_eos_and_the_templates_turn_tokens(tmp_path):
+    from tokenizers import Tokenizer, models
+
+    from lmlab.tokenizers.hf_pretrained import PretrainedHFTokenizer
+
+    words = ["</s>", "<|im_end|>", "<|eot_id|>", "hello"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="hello"))
+    backend.add_special_tokens(words[:3])
+    tokenizer = PretrainedHFTokenizer(backend, {"eos": "</s>"}, "{{ messages }}")
+    assert tokenizer.end_of_turn_ids() == (0, 1, 2)
+    assert tokenizer.decode_visible([3, 1, 3, 0]) == tokenizer.decode([3, 3])

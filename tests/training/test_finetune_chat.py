@@ -86,10 +86,10 @@ def test_a_tuned_model_lowers_its_loss_and_chat_answers_with_the_learned_reply(t
                                                                                monkeypatch, capsys):
     run = tmp_path / "run"
     result = finetune(FinetuneConfig(model=str(chat_model), task="chat", data=str(chat_data[0]), val=str(chat_data[1]),
-                                     out=str(run), lr=1e-2, batch_size=8, epochs=6, eval_every=6), progress=False)
+                                     out=str(run), lr=1e-2, batch_size=8, epochs=8, eval_every=8), progress=False)
     losses = [json.loads(line)["val_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
               if '"eval"' in line]
-    assert result.step == 36 and losses[-1] < 0.5 * losses[0]
+    assert result.step == 48 and losses[-1] < 0.5 * losses[0]
     monkeypatch.setattr("sys.stdin", io.StringIO("w20 w21\nw9\n"))
     assert main(["chat", str(run), "--max-new-tokens", "6"]) == 0
     assert capsys.readouterr().out == f"{REPLY}\n{REPLY}\n"

@@ -97,3 +97,19 @@ def test_a_decoder_classifier_learns_a_keyword_rule_to_95_percent(tmp_path):
     assert result.last_eval["accuracy"] >= 0.95
     best = load_run(result.best)
     assert isinstance(best.model, DecoderClassifier) and best.state["finetune"]["label_names"] == ["no", "yes"]
+
+
+def test_a_bert_checkpoints_pooler_seeds_the_classifier(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+
+    reference, tokenizer = _tiny_bert(tmp_path / "cls", transformers)
+    reference.bert.save_pretrained(tmp_path / "bert")  # a bare BertModel: encoder + pooler, no head
+    tokenizer.save_pretrained(tmp_path / "bert")
+    train = write_csv(tmp_path / "train.csv", ["text", "label"], keyword_texts(16, seed=0))
+    finetune(FinetuneConfig(model=str(tmp_path / "bert"), task="classify", data=str(train), val=str(train),
+                            out=str(tmp_path / "run"), lr=1e-9, max_steps=1, batch_size=8, pooling="cls"), progress=False)
+    tuned = load_run(tmp_path / "run").model
+    pooler = load_file(tmp_path / "bert" / "model.safetensors")
+    torch.testing.assert_close(tuned.classifier.pooler[0].weight, pooler["pooler.dense.weight"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(tuned.classifier.pooler[0].bias, pooler["pooler.dense.bias"], atol=1e-6, rtol=0)

@@ -82,7 +82,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     tokenizer = run.tokenizer
     if getattr(tokenizer, "chat_template", None) is None or run.config.model.backbone != "decoder":
         raise LmlabError(f"{args.model} has no chat template (or is not a decoder); 'lmlab chat' needs a chat model")
-    eos = tokenizer.special_tokens.get("eos")
+    end_of_turn = tokenizer.end_of_turn_ids()
     messages = [{"role": "system", "content": args.system}] if args.system else []
     for line in sys.stdin:
         user = line.rstrip("\r\n")
@@ -93,14 +93,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
         prompt = tokenizer.encode(prompt_text)
         config = GenerationConfig(max_new_tokens=args.max_new_tokens, strategy=args.strategy,
                                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                  seed=args.seed, prompt_overflow="truncate")
+                                  seed=args.seed, prompt_overflow="truncate", eos_ids=end_of_turn)
         reply_ids: list[int] = []
         printed = ""
         for token in stream_tokens(run.model, prompt, config):
-            if token == eos:
+            if token in end_of_turn:
                 break
             reply_ids.append(token)
-            text = tokenizer.decode(reply_ids, skip_special_tokens=True) if _decode_skips(tokenizer) else tokenizer.decode(reply_ids)
+            text = tokenizer.decode_visible(reply_ids)
             sys.stdout.write(text[len(printed):])
             sys.stdout.flush()
             printed = text
@@ -108,12 +108,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         messages.append({"role": "assistant", "content": printed})
     return 0
-
-
-def _decode_skips(tokenizer) -> bool:
-    import inspect
-
-    return "skip_special_tokens" in inspect.signature(tokenizer.decode).parameters
 
 
 def add_interop_parsers(sub: argparse._SubParsersAction) -> None:

@@ -14,6 +14,8 @@ which gives the same positions for unpadded and right-padded inputs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -151,6 +153,26 @@ def load(hf: HFConfig, source: TensorSource) -> tuple[nn.Module, ModelConfig]:
         with torch.no_grad():
             model.backbone.pos_emb.weight += source.get(types[0])[0].to(model.backbone.pos_emb.weight.dtype)
     return model, config
+
+
+def pretrained_pooler(directory: str | Path) -> dict[str, torch.Tensor] | None:
+    """The pretrained BERT pooler (``pooler.dense``) of a Hugging Face BERT directory as the state
+    dict of a ``cls-dense-tanh`` classification head's ``pooler``; None when the checkpoint is not
+    BERT's or has none. A bare or masked-LM BERT does not use its pooler, so :func:`load` leaves it
+    out; a classifier fine-tuned from it starts from these weights, as
+    ``BertForSequenceClassification.from_pretrained`` does."""
+    from lmlab.errors import read_json_file
+    from lmlab.interop.weights import WeightSource
+
+    folder = Path(directory)
+    config = folder / "config.json"
+    if not config.is_file() or read_json_file(config, "pass a Hugging Face model directory", dict).get("model_type") != "bert":
+        return None
+    source = WeightSource.from_directory(folder)
+    found = {strip_prefix(name, prefixes("bert")): name for name in source.names()}
+    if "pooler.dense.weight" not in found:
+        return None
+    return {f"0.{kind}": source.get(found[f"pooler.dense.{kind}"]) for kind in ("weight", "bias")}
 
 
 # ---------------------------------------------------------------- export

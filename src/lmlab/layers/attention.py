@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.layers.dropout import Dropout
 from lmlab.layers.kv_cache import CrossAttentionCache, KVCache
 from lmlab.layers.masks import AttentionMask, allowed_keys, build_attention_mask
 from lmlab.layers.positional import Rotary
@@ -53,7 +54,7 @@ class Attention(nn.Module):
         self.head_dim = head_dim or d_model // n_head  # an explicit head size need not divide d_model (T5)
         self.out_proj = nn.Linear(n_head * self.head_dim, d_model, bias=bias)
         self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
         self.keep_weights = False
         self.weights: torch.Tensor | None = None  # (B, H, T, S) of the last call, with keep_weights
 

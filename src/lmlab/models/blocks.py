@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from lmlab.layers.dropout import Dropout
 from lmlab.layers.attention import CrossAttention, MultiHeadAttention
 from lmlab.layers.feedforward import build_feedforward
 from lmlab.layers.kv_cache import CrossAttentionCache, KVCache
@@ -128,7 +129,7 @@ class TransformerStack(nn.Module):
         self.tok_emb = tok_emb if tok_emb is not None else nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = build_positional(config, causal)
         self.emb_norm = norm() if placement.norm_embeddings else nn.Identity()
-        self.emb_dropout = nn.Dropout(config.dropout)
+        self.emb_dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = norm() if placement.norm_output else nn.Identity()
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab.layers.dropout import Dropout
 from lmlab.layers.norms import build_norm
 
 
@@ -57,7 +58,7 @@ class ClassificationHead(nn.Module):
         super().__init__()
         self.pool = POOLING[pooling]
         self.pooler = nn.Sequential(nn.Linear(d_model, d_model), nn.Tanh()) if pooling in DENSE_TANH_POOLING else nn.Identity()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(d_model, num_labels)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

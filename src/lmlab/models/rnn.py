@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from lmlab.layers.dropout import Dropout
 from lmlab.models.config import ModelConfig
 from lmlab.models.interface import DECODER, ENCODER_DECODER
 
@@ -54,7 +55,7 @@ class GRULM(nn.Module):
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.gru = _gru(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.head = nn.Linear(config.rnn_hidden, config.vocab_size)
 
     max_positions = None  # a recurrent model has no context limit
@@ -102,7 +103,7 @@ class GRUSeq2Seq(nn.Module):
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.encoder = _gru(config)
         self.decoder = _gru(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.head = nn.Linear(config.rnn_hidden, config.vocab_size)
 
     max_positions = None

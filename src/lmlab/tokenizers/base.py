@@ -62,6 +62,11 @@ class Tokenizer(ABC):
         """The vocabulary entry of one id (for tables and attention views)."""
         return self.decode([token_id])
 
+    def decode_visible(self, ids: Sequence[int]) -> str:
+        """Ids → the text a reader sees: special tokens (EOS, end-of-turn, padding) left out."""
+        special = set(self.special_tokens.values())
+        return self.decode([i for i in ids if i not in special])
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Encode several texts."""
         return [self.encode(text) for text in texts]

@@ -61,8 +61,13 @@ def render_chat_template(
         ) from exc
 
 
+# Tokens that chat templates put after each turn (ChatML, Llama 3, Phi-3, Gemma); a reply ends at one.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+
+
 class ChatTemplateMixin:
-    """Adds ``chat_template`` and :meth:`apply_chat_template` to a tokenizer with ``roles``."""
+    """Adds ``chat_template``, :meth:`apply_chat_template` and :meth:`end_of_turn_ids` to a
+    tokenizer with ``roles``."""
 
     chat_template: str | None
     roles: dict[str, str]
@@ -82,3 +87,9 @@ class ChatTemplateMixin:
         return render_chat_template(
             self.chat_template, messages, add_generation_prompt, **{**tokens, **variables}
         )
+
+    def end_of_turn_ids(self) -> tuple[int, ...]:
+        """The ids that end an assistant's reply: EOS and the end-of-turn tokens of
+        :data:`END_OF_TURN_TOKENS` that the vocabulary has."""
+        ids = [self.special_tokens.get("eos")] + [self.token_to_id(token) for token in END_OF_TURN_TOKENS]
+        return tuple(dict.fromkeys(i for i in ids if i is not None))

@@ -130,6 +130,10 @@ class HFTokenizer(Tokenizer):
         encodings = self.backend.encode_batch_fast(list(texts), add_special_tokens=add_special_tokens)
         return [encoding.ids for encoding in encodings]
 
+    def decode_visible(self, ids: Sequence[int]) -> str:
+        """Ids → text without the special tokens (the tokenizer's own ``skip_special_tokens``)."""
+        return self.decode(ids, skip_special_tokens=True)
+
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Ids → text, keeping special tokens unless ``skip_special_tokens``."""
         ids = self._checked(ids)

@@ -111,6 +111,10 @@ class SentencePieceTokenizer(ChatTemplateMixin, Tokenizer):
             return self.processor.encode(text)
         return self.processor.encode(self._unk_piece + text)[self._unk_prefix_length :]
 
+    def decode_visible(self, ids: Sequence[int]) -> str:
+        """Ids → text without the special tokens (the tokenizer's own ``skip_special_tokens``)."""
+        return self.decode(ids, skip_special_tokens=True)
+
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Ids → text; special tokens are written out unless ``skip_special_tokens``."""
         ids = self._checked(ids)

@@ -36,6 +36,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig
+from lmlab.interop.bert import pretrained_pooler
 from lmlab.interop.hub import resolve_model_path
 from lmlab.models import ModelConfig, build_model
 from lmlab.models.interface import DECODER, DECODER_CLASSIFIER, ENCODER, ENCODER_DECODER
@@ -82,7 +83,8 @@ SELECTION_METRICS = {"classify": ("accuracy", True), "seq2seq": ("chrf", True), 
 POOLINGS = ("cls", "mean")
 # --pooling → the encoder head's pooling: cls is BERT's pooler (first token → dense → tanh), which
 # BertForSequenceClassification and RoBERTa's head have, so a cls classifier exports exactly
-POOLING_HEADS = {"cls": "cls-dense-tanh", "mean": "mean"}
+BERT_POOLING = "cls-dense-tanh"
+POOLING_HEADS = {"cls": BERT_POOLING, "mean": "mean"}
 DEFAULT_EPOCHS = 3
 DEFAULT_BATCH_SIZE = 16
 UNBOUNDED_STEPS = 10**9  # the step budget of a run bounded by --max-time alone
@@ -470,7 +472,8 @@ def _classifier(base: Base, num_labels: int, config: FinetuneConfig) -> tuple[nn
     """A new classifier on the base model's backbone weights: an
     :class:`~lmlab.models.EncoderClassifier` (``config.pooling``) on an encoder, a
     :class:`~lmlab.models.DecoderClassifier` on a decoder. A base that is already a classifier
-    with as many labels keeps its head (a ``…ForSequenceClassification``)."""
+    with as many labels keeps its head (a ``…ForSequenceClassification``); a BERT directory's pooler
+    seeds a cls head, as in ``BertForSequenceClassification.from_pretrained``."""
     if base.config.head == "classifier" and base.config.num_labels == num_labels:
         return base.model, base.config
     fields = {"head": "classifier", "num_labels": num_labels}
@@ -480,6 +483,9 @@ def _classifier(base: Base, num_labels: int, config: FinetuneConfig) -> tuple[nn
     torch.manual_seed(config.seed)
     model = build_model(model_config)
     model.backbone.load_state_dict(base.model.backbone.state_dict())
+    pooler = pretrained_pooler(base.source) if model_config.pooling == BERT_POOLING and base.source.is_dir() else None
+    if pooler is not None:
+        model.classifier.pooler.load_state_dict(pooler)
     return model, model_config
 
 
