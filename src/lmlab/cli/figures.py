@@ -95,29 +95,13 @@ def cmd_probs(args: argparse.Namespace) -> int:
     run = load_run(args.model, err, device=args.device)
     prompt_ids = run.tokenizer.encode(args.prompt)
     report = next_token_distributions(next_token_logits(run.model, prompt_ids), temperatures, args.top_k, args.top_p)
-    numbers = next_token_numbers(report, run.tokenizer.decode, top_n)
+    numbers = report.figure_numbers(run.tokenizer.decode, top_n)
     plot_next_token_figure(numbers["temperatures"], numbers["cumulative"], args.prompt, out)
     for bar in numbers["temperatures"]:
         shown = ", ".join(f"{t!r} {p:.3f}" for t, p in list(zip(bar["tokens"], bar["probs"]))[:5])
         print(f"temperature {bar['temperature']:g}: {shown}")
     err(f"wrote {out} and {write_numbers({'prompt': args.prompt, **numbers}, out)}")
     return 0
-
-
-def next_token_numbers(report, decode, top_n: int) -> dict:
-    """The figure's numbers as JSON values: per temperature the top ``top_n`` tokens (text, id,
-    probability), and the cumulative curve over enough ranks to show both cut-offs."""
-    bars = []
-    for temperature, probs in report.by_temperature.items():
-        top = probs.topk(min(top_n, probs.numel()))
-        bars.append({"temperature": temperature, "ids": top.indices.tolist(),
-                     "tokens": [decode([i]) for i in top.indices.tolist()], "probs": top.values.tolist()})
-    cut = max(report.top_k_kept or 0, report.top_p_kept or 0)
-    shown = min(report.sorted_probs.numel(), max(2 * cut, 100))
-    cumulative = report.sorted_probs.double().cumsum(0)[:shown].tolist()
-    return {"temperatures": bars, "cumulative": {
-        "cumulative": cumulative, "top_k": report.top_k, "top_k_kept": report.top_k_kept,
-        "top_p": report.top_p, "top_p_kept": report.top_p_kept}}
 
 
 def _output(out: str, suffixes: tuple[str, ...]) -> Path:

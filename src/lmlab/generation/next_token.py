@@ -8,6 +8,7 @@ Every distribution comes from the logits processors generation samples with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -32,6 +33,21 @@ class NextTokenDistributions:
     top_k_kept: int | None
     top_p: float | None
     top_p_kept: int | None
+
+    def figure_numbers(self, decode: Callable[[list[int]], str], top_n: int) -> dict[str, Any]:
+        """What the figure draws, as JSON values: per temperature the ``top_n`` most likely tokens
+        (ids, text, probabilities); the cumulative curve over enough ranks to show both cut-offs."""
+        bars = []
+        for temperature, probs in self.by_temperature.items():
+            top = probs.topk(min(top_n, probs.numel()))
+            ids = top.indices.tolist()
+            bars.append({"temperature": temperature, "ids": ids, "tokens": [decode([i]) for i in ids],
+                         "probs": top.values.tolist()})
+        shown = min(self.sorted_probs.numel(), max(2 * max(self.top_k_kept or 0, self.top_p_kept or 0), 100))
+        cumulative = self.sorted_probs.double().cumsum(0)[:shown].tolist()
+        return {"temperatures": bars, "cumulative": {
+            "cumulative": cumulative, "top_k": self.top_k, "top_k_kept": self.top_k_kept,
+            "top_p": self.top_p, "top_p_kept": self.top_p_kept}}
 
 
 @torch.inference_mode()
