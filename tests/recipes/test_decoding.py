@@ -92,7 +92,7 @@ def test_the_next_token_figure_and_its_numbers(finished):
         k: v for k, v in numbers.items() if k != "prompt"}
 
 
-def test_resume_reads_the_finished_arms_back(finished, tmp_path):
+def test_resume_reads_the_finished_arms_back(finished):
     report, results, model_dir = finished
     again = run_recipe("decoding", report.parent, budget="small", data=report.parent.parent / "prompt.txt",
                        model=str(model_dir), seed=3, resume=True, echo=lambda line: None)

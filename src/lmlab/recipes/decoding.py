@@ -12,7 +12,6 @@ and ``--data`` may name a text file that holds the prompt.
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 from typing import Any
 
 from lmlab.errors import LmlabError, read_text_file
