@@ -93,6 +93,8 @@ def cmd_probs(args: argparse.Namespace) -> int:
     temperatures = [_finite(float(t), "--temperatures") for t in _names(args.temperatures, "--temperatures", float)]
     top_n = positive(args.top_n, "--top-n")
     run = load_run(args.model, err, device=args.device)
+    if run.tokenizer is None:
+        raise LmlabError(f"{args.model} has no tokenizer; the next-token figure needs one to read the prompt")
     prompt_ids = run.tokenizer.encode(args.prompt)
     report = next_token_distributions(next_token_logits(run.model, prompt_ids), temperatures, args.top_k, args.top_p)
     numbers = report.figure_numbers(run.tokenizer.decode, top_n)
