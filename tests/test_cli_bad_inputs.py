@@ -154,6 +154,21 @@ CASES: dict[str, dict[str, Case]] = {
         "top-k zero": case("probs", "{run}", "--prompt", "to", "--out", "{tmp}/probs.png", "--top-k", "0",
                            says="top-k must be at least 1"),
     },
+    "attention": {
+        "a GRU": case("attention", "{gru_run}", "--text", "to be", "--out", "{tmp}/att-a.html",
+                      says="no attention layers"),
+        "unknown layer": case("attention", "{run}", "--text", "to be", "--layers", "0,5", "--out", "{tmp}/att-b.html",
+                              says="there is no layer 5"),
+        "unknown head": case("attention", "{run}", "--text", "to be", "--heads", "7", "--out", "{tmp}/att-c.html",
+                             says="there is no head 7"),
+        "empty text": case("attention", "{run}", "--text", "", "--out", "{tmp}/att-d.html", says="--text is empty"),
+        "too long to draw": case("attention", "{run}", "--text", "to be or not", "--max-tokens", "4",
+                                 "--out", "{tmp}/att-e.html", says="--max-tokens"),
+        "an encoder asked to generate": case("attention", "{encoder_run}", "--text", "to be", "--generate", "2",
+                                             "--out", "{tmp}/att-f.html", says="does not generate"),
+        "layers not numbers": case("attention", "{run}", "--text", "to be", "--layers", "first",
+                                   "--out", "{tmp}/att-g.html", says="comma-separated numbers"),
+    },
 }
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lmlab.layers.attention import MultiHeadAttention
+from lmlab.layers.attention import MultiHeadAttention, capture_attention
 from lmlab.layers.kv_cache import KVCache
 
 
@@ -92,3 +92,21 @@ def test_float32_cached_steps_match_naive_float64(n_head, n_kv_heads, bias):
             pos += size
         expected = naive_attention(module.double(), x.double()).float()
     torch.testing.assert_close(torch.cat(outputs, 1), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_head,n_kv_heads", [(4, None), (6, 2)])
+def test_captured_queries_keys_scores_and_weights_agree(n_head, n_kv_heads):
+    """What capture_attention keeps: each query head's keys (a GQA key head repeated), scores
+    q·kᵀ/√D with −inf above the diagonal, weights their softmax; the output is unchanged."""
+    module = make(n_head, n_kv_heads, True)
+    x = torch.randn(2, 7, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), capture_attention(module) as (layer,):
+        out = module(x)
+        q, k, scores, weights = layer.queries, layer.keys, layer.scores, layer.weights
+    D = 48 // n_head
+    assert q.shape == k.shape == (2, n_head, 7, D)
+    expected = (q @ k.transpose(-2, -1) / math.sqrt(D)).masked_fill(torch.ones(7, 7, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(scores, expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(weights.double(), expected.softmax(dim=-1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, naive_attention(module, x), atol=1e-6, rtol=0)
+    assert layer.weights is None and layer.queries is None  # released after the block

@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import shutil
 
 import pytest
 import torch
@@ -18,10 +16,10 @@ from lmlab.cli import main
 from lmlab.interop.embeddings import nearest_neighbours, pca_2d, word_vectors
 from lmlab.training.run import load_run
 from lmlab.viz.embedding_map import PNG_SIZE
+from browser import browser  # noqa: F401  (tests/browser.py: headless Chromium, skips or fails under CI=true)
 
 transformers = pytest.importorskip("transformers")
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def run(*argv) -> tuple[int, str, str]:
@@ -101,26 +99,6 @@ def test_fewer_than_two_words_is_an_error(tiny_gpt2, tmp_path):
 
 
 # ------------------------------------------------------------------------------- in a browser
-@pytest.fixture
-def browser():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)")
-        pytest.skip(f"no headless browser ({CHROMIUM}, {CHROMEDRIVER}); install chromium and chromium-driver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 def test_html_map_zooms_shows_labels_on_hover_and_escapes_them(tiny_gpt2, tmp_path, browser):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By

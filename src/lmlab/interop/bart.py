@@ -65,12 +65,27 @@ def model_config(hf: HFConfig, has_logits_bias: bool) -> ModelConfig:
 def name_map(config: ModelConfig, hf_tied: bool, scaled: bool) -> RuleMap:
     """BART tensor names → lmlab names."""
     d = config.d_model
-    slices = qkv_slices(d, d)
     w = r"\.(weight|bias)"
     scale = math.sqrt(d)
     shared = [Target("encoder.tok_emb.weight", (lambda t: t * scale) if scaled else None)]
     if hf_tied and scaled:
         shared.append(Target("lm_head.weight"))
+    rules = [
+        (r"shared\.weight", lambda m: shared),
+        (r"(encoder|decoder)\.embed_positions\.weight", to("{0}.pos_emb.weight", lambda t: t[POSITION_OFFSET:])),
+        (r"(encoder|decoder)\.layernorm_embedding" + w, to("{0}.emb_norm.{1}")),
+        (r"final_logits_bias", to("lm_head.bias", lambda t: t.reshape(-1))),
+    ] + layer_rules(d)
+    if not hf_tied:
+        rules.append((r"lm_head\.weight", to("lm_head.weight")))
+    return RuleMap(rules, PREFIXES)
+
+
+def layer_rules(d: int) -> list:
+    """The rules of BART-named encoder and decoder layers (PEGASUS and Blenderbot name theirs the
+    same): self-attention into the fused ``qkv``, cross-attention keys and values into ``kv_proj``."""
+    slices = qkv_slices(d, d)
+    w = r"\.(weight|bias)"
 
     def part(stack: str, which: str):
         return lambda m: Target(f"{stack}.blocks.{m.group(1)}.attn.qkv.{m.group(2)}", None, slices[which])
@@ -78,12 +93,7 @@ def name_map(config: ModelConfig, hf_tied: bool, scaled: bool) -> RuleMap:
     def kv(which: slice):
         return lambda m: Target(f"decoder.blocks.{m.group(1)}.cross_attn.kv_proj.{m.group(2)}", None, which)
 
-    rules = [
-        (r"shared\.weight", lambda m: shared),
-        (r"(encoder|decoder)\.embed_positions\.weight", to("{0}.pos_emb.weight", lambda t: t[POSITION_OFFSET:])),
-        (r"(encoder|decoder)\.layernorm_embedding" + w, to("{0}.emb_norm.{1}")),
-        (r"final_logits_bias", to("lm_head.bias", lambda t: t.reshape(-1))),
-    ]
+    rules = []
     for stack in ("encoder", "decoder"):
         p, b = rf"{stack}\.layers\.(\d+)\.", stack + ".blocks.{0}."
         rules += [
@@ -104,9 +114,7 @@ def name_map(config: ModelConfig, hf_tied: bool, scaled: bool) -> RuleMap:
         (p + r"encoder_attn\.out_proj" + w, to(b + "cross_attn.out_proj.{1}")),
         (p + r"encoder_attn_layer_norm" + w, to(b + "cross_norm.{1}")),
     ]
-    if not hf_tied:
-        rules.append((r"lm_head\.weight", to("lm_head.weight")))
-    return RuleMap(rules, PREFIXES)
+    return rules
 
 
 def load(hf: HFConfig, source: TensorSource) -> tuple[nn.Module, ModelConfig]:

@@ -16,6 +16,17 @@ from lmlab.errors import LmlabError, read_json_file
 
 CONFIG_FILE = "config.json"
 
+BART_SHAPE_KEYS = (
+    "vocab_size",
+    "d_model",
+    "encoder_layers",
+    "decoder_layers",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+    "encoder_ffn_dim",
+    "decoder_ffn_dim",
+    "max_position_embeddings",
+)
 # The keys that define each supported model type's shapes (all positive integers).
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "gpt2": ("vocab_size", "n_embd", "n_layer", "n_head", "n_positions"),
@@ -57,17 +68,8 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
         "intermediate_size",
     ),
     "t5": ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"),
-    "bart": (
-        "vocab_size",
-        "d_model",
-        "encoder_layers",
-        "decoder_layers",
-        "encoder_attention_heads",
-        "decoder_attention_heads",
-        "encoder_ffn_dim",
-        "decoder_ffn_dim",
-        "max_position_embeddings",
-    ),
+    "bart": BART_SHAPE_KEYS,
+    "pegasus": BART_SHAPE_KEYS,  # BART's layers in a pre-norm layout
 }
 SUPPORTED_MODEL_TYPES = tuple(REQUIRED_KEYS)
 # (width key, heads key) pairs whose width must split evenly into heads, when no head size is given.

@@ -41,7 +41,7 @@ class LoadedPretrained:
 
 
 def _families() -> dict[str, Callable[[HFConfig, TensorSource], tuple[nn.Module, ModelConfig]]]:
-    from lmlab.interop import bart, bert, gpt2, llama, t5
+    from lmlab.interop import bart, bert, gpt2, llama, pegasus, t5
 
     return {
         "gpt2": gpt2.load,
@@ -51,6 +51,7 @@ def _families() -> dict[str, Callable[[HFConfig, TensorSource], tuple[nn.Module,
         "roberta": bert.load,
         "t5": t5.load,
         "bart": bart.load,
+        "pegasus": pegasus.load,
     }
 
 

@@ -21,9 +21,10 @@ from lmlab.layers.masks import AttentionMask, allowed_keys, build_attention_mask
 from lmlab.layers.positional import Rotary
 
 
-def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
-    """softmax(q·kᵀ/√D + mask): (B, H, T, S), the same weights SDPA uses (rows that may see no key
-    are zero for a boolean mask). q: (B, H, T, D); k: (B, H_kv, S, D)."""
+def attention_scores(q: torch.Tensor, k: torch.Tensor, mask: AttentionMask) -> torch.Tensor:
+    """q·kᵀ/√D + mask: the scores (B, H, T, S) the softmax turns into weights, position biases
+    (ALiBi, T5) included; keys a query may not see are −inf (boolean or causal mask) or the dtype's
+    lowest value (additive mask). q: (B, H, T, D); k: (B, H_kv, S, D)."""
     k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)  # (B, H, S, D)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
     T, S = scores.shape[-2:]
@@ -33,7 +34,12 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: AttentionMask) -> 
         scores = scores.masked_fill(~mask.tensor, float("-inf"))
     elif mask.tensor is not None:
         scores = scores + mask.tensor
-    return scores.float().softmax(dim=-1).nan_to_num(0.0).to(q.dtype)
+    return scores
+
+
+def softmax_weights(scores: torch.Tensor) -> torch.Tensor:
+    """Scores (B, H, T, S) → float32 weights; a row with no visible key is all zeros."""
+    return scores.float().softmax(dim=-1).nan_to_num(0.0)
 
 
 class Attention(nn.Module):
@@ -57,6 +63,9 @@ class Attention(nn.Module):
         self.resid_dropout = Dropout(dropout)
         self.keep_weights = False
         self.weights: torch.Tensor | None = None  # (B, H, T, S) of the last call, with keep_weights
+        self.queries: torch.Tensor | None = None  # (B, H, T, D) of the last call, with keep_weights
+        self.keys: torch.Tensor | None = None  # (B, H, S, D): each query head's keys, with keep_weights
+        self.scores: torch.Tensor | None = None  # (B, H, T, S) before the softmax, with keep_weights
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """(B, T, n·D) → (B, n, T, D)."""
@@ -67,7 +76,9 @@ class Attention(nn.Module):
         """q (B, H, T, D) over k, v (B, H_kv, S, D) → projected output (B, T, C)."""
         B, H, T, D = q.shape
         if self.keep_weights:
-            self.weights = attention_weights(q, k, mask).detach()
+            self.scores = attention_scores(q, k, mask).detach()
+            self.weights = softmax_weights(self.scores).to(q.dtype)
+            self.queries, self.keys = q.detach(), k.detach().repeat_interleave(H // k.size(1), dim=1)
             y = self.weights @ v.repeat_interleave(H // v.size(1), dim=1)  # (B, H, T, D)
         else:
             attn_mask = mask.tensor
@@ -188,7 +199,8 @@ class CrossAttention(Attention):
 def capture_attention(model: nn.Module) -> Iterator[list[Attention]]:
     """Within the block, every attention layer of ``model`` keeps its weights.
 
-    Yields the layers in order; after a forward pass, ``layer.weights`` is (B, H, T, S).
+    Yields the layers in order; after a forward pass, ``layer.weights`` is (B, H, T, S), and
+    ``layer.queries``, ``layer.keys`` and ``layer.scores`` what they were computed from.
     """
     layers = [m for m in model.modules() if isinstance(m, Attention)]
     for layer in layers:
@@ -198,4 +210,4 @@ def capture_attention(model: nn.Module) -> Iterator[list[Attention]]:
     finally:
         for layer in layers:
             layer.keep_weights = False
-            layer.weights = None
+            layer.weights = layer.queries = layer.keys = layer.scores = None

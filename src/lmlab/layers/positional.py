@@ -58,11 +58,15 @@ class LearnedPositionalEmbedding(PositionalEncoding):
         return x + self.weight[start_pos:end]
 
 
-def sinusoidal_table(start: int, length: int, d_model: int) -> torch.Tensor:
-    """(length, d_model): sin on even and cos on odd dimensions, wavelengths 2π … 10000·2π."""
+def sinusoidal_table(start: int, length: int, d_model: int, halves: bool = False) -> torch.Tensor:
+    """(length, d_model): sines and cosines of wavelengths 2π … 10000·2π — sin on even and cos on
+    odd dimensions, or with ``halves`` sin on the first half and cos on the second (the layout of
+    fairseq, Marian and PEGASUS)."""
     position = torch.arange(start, start + length, dtype=torch.float32)[:, None]  # (T, 1)
     frequency = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
     angle = position * frequency  # (T, ceil(C/2))
+    if halves:
+        return torch.cat((angle.sin(), angle.cos()), dim=-1)[:, :d_model]  # (T, C)
     table = torch.zeros(length, d_model)
     table[:, 0::2] = angle.sin()
     table[:, 1::2] = angle.cos()[:, : d_model // 2]
@@ -73,13 +77,15 @@ class SinusoidalPositionalEncoding(PositionalEncoding):
     """Fixed sinusoids (Vaswani et al., 2017), added to the embeddings scaled by √d_model.
 
     The table is precomputed for ``max_len`` positions; longer inputs compute it on the fly, so
-    the encoding extrapolates to any length.
+    the encoding extrapolates to any length. ``halves``: the sin/cos layout of
+    :func:`sinusoidal_table`.
     """
 
-    def __init__(self, max_len: int, d_model: int):
+    def __init__(self, max_len: int, d_model: int, halves: bool = False):
         super().__init__()
         self.scale = math.sqrt(d_model)
-        self.register_buffer("table", sinusoidal_table(0, max_len, d_model), persistent=False)
+        self.halves = halves
+        self.register_buffer("table", sinusoidal_table(0, max_len, d_model, halves), persistent=False)
 
     def embed(self, x: torch.Tensor, start_pos: int, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C) · √C + sinusoids of positions [start_pos, start_pos+T) (or ``position_ids``)."""
@@ -89,7 +95,7 @@ class SinusoidalPositionalEncoding(PositionalEncoding):
         elif start_pos + T <= self.table.size(0):
             table = self.table[start_pos : start_pos + T]
         else:
-            table = sinusoidal_table(start_pos, T, C).to(x.device)
+            table = sinusoidal_table(start_pos, T, C, self.halves).to(x.device)
         return x * self.scale + table.to(x.dtype)
 
 

@@ -31,6 +31,7 @@ from lmlab.models.config import ModelConfig
 POSITIONAL: dict[str, Callable[[ModelConfig, bool], PositionalEncoding]] = {
     "learned": lambda c, causal: LearnedPositionalEmbedding(c.context_length, c.d_model),
     "sinusoidal": lambda c, causal: SinusoidalPositionalEncoding(c.context_length, c.d_model),
+    "sinusoidal-halves": lambda c, causal: SinusoidalPositionalEncoding(c.context_length, c.d_model, halves=True),
     "rope": lambda c, causal: RotaryPositionalEncoding(c.head_dim, c.context_length, c.rope_base, c.rope_fraction),
     "alibi": lambda c, causal: ALiBiPositionalEncoding(c.n_head),
     "t5": lambda c, causal: T5RelativePositionBias(c.n_head, not causal, c.t5_num_buckets, c.t5_max_distance),

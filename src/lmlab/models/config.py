@@ -15,7 +15,7 @@ from lmlab.layers.feedforward import FFN_KINDS
 from lmlab.layers.moe import ROUTERS
 from lmlab.layers.norms import NORMS, PLACEMENTS
 
-POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
+POSITIONS = ("learned", "sinusoidal", "sinusoidal-halves", "rope", "alibi", "t5", "none")
 BACKBONES = ("decoder", "encoder", "encoder-decoder")
 
 

@@ -41,7 +41,7 @@ def plot_embedding_map_png(labels: list[str], points: list[tuple[float, float]],
 def write_embedding_map_html(numbers: dict[str, Any], path: str | Path) -> Path:
     """Save the interactive page for ``numbers`` (``{"title", "points": [{"label", "x", "y"}],
     "neighbours": [[{"label", "similarity"}, ...], ...]}``, neighbours in point order)."""
-    template = resources.files("lmlab.viz").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
+    template = resources.files("lmlab.viz").joinpath(TEMPLATE).read_text(encoding="utf-8")
     path = Path(path)
     path.write_text(template.replace(DATA_SLOT, script_json(numbers)), encoding="utf-8")
     return path
