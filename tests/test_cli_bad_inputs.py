@@ -135,6 +135,25 @@ CASES: dict[str, dict[str, Case]] = {
     "fill-mask": {
         "a decoder": case("fill-mask", "{run}", "to be [MASK]"),
     },
+    "plot": {
+        "a metric never logged": case("plot", "{run}", "--out", "{tmp}/curves.png", "--metric", "moe_load",
+                                      says="never logged moe_load; it has:"),
+        "not a run": case("plot", "{tmp}", "--out", "{tmp}/curves-b.png", says="metrics.jsonl"),
+        "matplotlib missing": case("plot", "{run}", "--out", "{tmp}/curves-c.png", missing_module="matplotlib"),
+    },
+    "embeddings": {
+        "fewer than two words": case("embeddings", "{run}", "--words", "t", "--out", "{tmp}/map.png",
+                                     says="at least two words"),
+        "file not UTF-8": case("embeddings", "{run}", "--file", "{not_utf8}", "--out", "{tmp}/map.html"),
+        "not a picture": case("embeddings", "{run}", "--words", "t", "o", "--out", "{tmp}/map.txt", says=".png or .html"),
+    },
+    "probs": {
+        "an encoder": case("probs", "{encoder_run}", "--prompt", "to", "--out", "{tmp}/probs.png"),
+        "nan temperature": case("probs", "{run}", "--prompt", "to", "--out", "{tmp}/probs.png",
+                                "--temperatures", "nan"),
+        "top-k zero": case("probs", "{run}", "--prompt", "to", "--out", "{tmp}/probs.png", "--top-k", "0",
+                           says="top-k must be at least 1"),
+    },
     "attention": {
         "a GRU": case("attention", "{gru_run}", "--text", "to be", "--out", "{tmp}/att-a.html",
                       says="no attention layers"),

@@ -132,3 +132,22 @@ def t5_dir(folder: Path) -> Path:
                                    decoder_start_token_id=0)
     transformers.T5ForConditionalGeneration(config).save_pretrained(folder)
     return folder
+
+
+GPT2_WORDS = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(60)]
+
+
+def gpt2_dir(folder: Path) -> Path:
+    """A one-layer GPT-2 in ``folder`` (d_model 32) with a word-level tokenizer (``w0`` … ``w59``)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(GPT2_WORDS), n_positions=64,
+                                     bos_token_id=1, eos_token_id=2)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(GPT2_WORDS)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(folder / "tokenizer.json"))
+    return folder

@@ -14,7 +14,7 @@ from typing import Callable, NoReturn, Sequence
 
 from safetensors import SafetensorError
 
-from lmlab.cli import compare, data, fill_mask, finetune, generate, interop, train
+from lmlab.cli import compare, data, figures, fill_mask, finetune, generate, interop, train
 from lmlab.cli import attention
 from lmlab.cli import serve
 from lmlab.cli.common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, err as _err
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_finetune_parsers(sub)
     attention.add_attention_parser(sub)
     serve.add_serve_parser(sub)
+    figures.add_figure_parsers(sub)
     return parser
 
 

@@ -6,6 +6,10 @@ over the real tokens) and optionally a Normalize module (unit length). A plain H
 directory without ``modules.json`` is mean-pooled, not normalised. Pooling always reads the
 encoder's hidden states (its backbone), whatever head the checkpoint carries: a masked-LM or
 classifier directory embeds like its bare ``BertModel``, as sentence-transformers does.
+
+The embedding map (``lmlab embeddings``) reads these vectors, or a model's token embeddings
+(:func:`word_vectors`), projects them to two dimensions (:func:`pca_2d`) and lists each one's
+nearest neighbours by cosine similarity (:func:`nearest_neighbours`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import nn
 
 from lmlab.errors import LmlabError, read_json_file
 from lmlab.interop.pretrained import LoadedPretrained, load_hf
+from lmlab.models.inspection import token_embedding
 from lmlab.tokenizers import Tokenizer
 
 MODULES_FILE = "modules.json"
@@ -95,6 +100,47 @@ def load_sentence_encoder(directory: str | Path) -> SentenceEncoder:
     if loaded.model_config.backbone != "encoder":
         raise LmlabError(f"{directory} is a {loaded.family} model, not an encoder; sentence embeddings need BERT/RoBERTa")
     return SentenceEncoder(loaded, pooling, normalize)
+
+
+def is_sentence_encoder_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a directory in the sentence-transformers layout (it has ``modules.json``)."""
+    return (Path(path) / MODULES_FILE).is_file()
+
+
+@torch.inference_mode()
+def word_vectors(model: nn.Module, tokenizer: Tokenizer, words: Sequence[str]) -> torch.Tensor:
+    """(N, C) input embeddings of ``words``: a word the tokenizer splits into several tokens gets
+    the mean of its tokens' embedding rows. Words are encoded as given, without special tokens
+    (for byte-level BPE, ``" cat"`` and ``"cat"`` are different tokens)."""
+    table = token_embedding(model).weight  # (V, C)
+    rows = []
+    for word in words:
+        ids = tokenizer.encode(word)
+        if not ids:
+            raise LmlabError(f"the word {word!r} encodes to no tokens; give words with visible characters")
+        rows.append(table[torch.tensor(ids, device=table.device)].float().mean(dim=0).cpu())  # (C,)
+    return torch.stack(rows)  # (N, C)
+
+
+def pca_2d(vectors: torch.Tensor) -> torch.Tensor:
+    """(N, C) vectors → (N, 2) coordinates on their first two principal components (centred, by
+    SVD in float64). Each axis is signed so that its largest loading is positive. Centred points
+    span at most N - 1 directions: with two points (or C = 1) the second coordinate is 0."""
+    centred = vectors.double() - vectors.double().mean(dim=0)  # (N, C)
+    _, singular, axes = torch.linalg.svd(centred, full_matrices=False)  # axes: (K, C), K = min(N, C)
+    largest = axes.abs().argmax(dim=1, keepdim=True)  # (K, 1)
+    axes = axes * axes.gather(1, largest).sign()
+    coords = centred @ axes[:min(2, vectors.size(0) - 1)].T  # (N, 1 or 2)
+    return F.pad(coords, (0, 2 - coords.size(1)))  # (N, 2)
+
+
+def nearest_neighbours(vectors: torch.Tensor, k: int) -> list[list[tuple[int, float]]]:
+    """For each of the (N, C) vectors, the ``k`` others most similar by cosine similarity, as
+    (index, similarity), most similar first."""
+    similarity = cosine_similarity_matrix(vectors.double())  # (N, N)
+    similarity.fill_diagonal_(float("-inf"))
+    top = similarity.topk(min(k, vectors.size(0) - 1), dim=1)
+    return [list(zip(index, value)) for index, value in zip(top.indices.tolist(), top.values.tolist())]
 
 
 def cosine_similarity_matrix(embeddings: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,11 @@
-"""Numbers about a built model: parameter counts and the state of its MoE layers."""
+"""Numbers about a built model: parameter counts, the state of its MoE layers, its token embedding table."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from lmlab.errors import LmlabError
 from lmlab.layers.moe import MoEFeedForward
 
 
@@ -44,3 +45,14 @@ def expert_utilisation(model: nn.Module) -> dict[str, list]:
         "moe_load": [[round(x, 4) for x in layer.load.tolist()] for layer in layers],
         "moe_dropped": [round(layer.dropped, 4) for layer in layers],
     }
+
+
+def token_embedding(model: nn.Module) -> nn.Embedding:
+    """The table that turns token ids into the model's input vectors (V, C): every lmlab model
+    registers it before any other embedding (positions come after it; an encoder-decoder's
+    encoder table comes first, and is the shared one when the stacks share embeddings)."""
+    vocab = model.config.vocab_size
+    table = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    if table is None or table.num_embeddings != vocab:
+        raise LmlabError(f"{type(model).__name__} has no token embedding table of {vocab} rows to show")
+    return table
