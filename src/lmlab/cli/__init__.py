@@ -14,7 +14,7 @@ from typing import Callable, NoReturn, Sequence
 
 from safetensors import SafetensorError
 
-from lmlab.cli import compare, data, fill_mask, finetune, generate, interop, train
+from lmlab.cli import chess, compare, data, fill_mask, finetune, generate, interop, train
 from lmlab.cli.common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, err as _err
 from lmlab.cli.compare import cmd_compare
 from lmlab.cli.data import cmd_data_prepare, cmd_tokenizer_decode, cmd_tokenizer_encode, cmd_tokenizer_train
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     interop.add_interop_parsers(sub)
     fill_mask.add_fill_mask_parser(sub)
     finetune.add_finetune_parsers(sub)
+    chess.add_chess_parsers(sub)
     return parser
 
 
