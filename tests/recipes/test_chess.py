@@ -41,7 +41,7 @@ def write_games(path: Path, games: int, plies: int, seed: int = 0, elo: int = 15
 @pytest.fixture(scope="module")
 def recipe_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chess")
-    data = write_games(tmp / "games.pgn", games=24, plies=30)
+    data = write_games(tmp / "games.pgn", games=30, plies=60)
     report = run_recipe("chess", tmp / "out", data=data, max_time=2, budget="small", echo=lambda _: None)
     return report.parent, data
 

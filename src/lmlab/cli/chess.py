@@ -50,6 +50,7 @@ def cmd_chess_play(args: argparse.Namespace) -> int:
         print(board, flush=True)
     if board.is_game_over():
         print(f"Game over: {board.result()} ({board.outcome().termination.name.lower().replace('_', ' ')})")
+    print(f"Moves: {chess.Board().variation_san(board.move_stack) or '(none)'}")
     print(f"Illegal model moves (resampled): {illegal}")
     return 0
 
