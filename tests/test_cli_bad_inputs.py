@@ -135,6 +135,12 @@ CASES: dict[str, dict[str, Case]] = {
     "fill-mask": {
         "a decoder": case("fill-mask", "{run}", "to be [MASK]"),
     },
+    "chess play": {
+        "not a chess model": case("chess", "play", "{run}", stdin=b"e4\n", says="not a chess model"),
+        "negative resample": case("chess", "play", "{run}", "--resample", "-1", says="--resample"),
+        "nan temperature": case("chess", "play", "{run}", "--temperature", "nan", says="--temperature"),
+        "missing run": case("chess", "play", "{tmp}/no-such-run", says="no-such-run"),
+    },
 }
 
 
