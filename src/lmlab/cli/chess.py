@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from typing import TYPE_CHECKING
 
 from lmlab.cli.common import err
 from lmlab.errors import LmlabError
+
+if TYPE_CHECKING:
+    import chess
 
 QUIT_WORDS = ("quit", "resign")
 

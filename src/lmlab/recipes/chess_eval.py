@@ -16,6 +16,7 @@ a prompt longer than the model's context keeps its last tokens.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class Notation(Protocol):
     """How one notation writes games for a model and reads the model's moves back."""
 
     name: str
+    tokenizer: Tokenizer
     max_move_tokens: int  # new tokens generated for one move (enough for the longest)
 
     def move_text(self, board: chess.Board, move: chess.Move) -> str:
@@ -135,7 +137,7 @@ def notation_for(tokenizer: Tokenizer, run_dir: str | Path | None = None) -> Not
 
 def write_notation(run_dir: Path, notation: Notation) -> None:
     """Record in ``run_dir`` which notation its model was trained on."""
-    (run_dir / NOTATION_FILE).write_text(f'{{"notation": "{notation.name}"}}\n', encoding="utf-8")
+    (run_dir / NOTATION_FILE).write_text(json.dumps({"notation": notation.name}) + "\n", encoding="utf-8")
 
 
 @dataclass
