@@ -178,6 +178,12 @@ CASES: dict[str, dict[str, Case]] = {
         "an encoder run": case("serve", "{encoder_run}", "--port", "0", says="lmlab convert"),
         "fastapi missing": case("serve", "{run}", "--port", "0", missing_module="fastapi", says="lmlab[serve]"),
     },
+    "chess play": {
+        "not a chess model": case("chess", "play", "{run}", stdin=b"e4\n", says="not a chess model"),
+        "negative resample": case("chess", "play", "{run}", "--resample", "-1", says="--resample"),
+        "nan temperature": case("chess", "play", "{run}", "--temperature", "nan", says="--temperature"),
+        "missing run": case("chess", "play", "{tmp}/no-such-run", says="no-such-run"),
+    },
 }
 
 

@@ -14,9 +14,7 @@ from typing import Callable, NoReturn, Sequence
 
 from safetensors import SafetensorError
 
-from lmlab.cli import compare, data, figures, fill_mask, finetune, generate, interop, train
-from lmlab.cli import attention
-from lmlab.cli import serve
+from lmlab.cli import attention, chess, compare, data, figures, fill_mask, finetune, generate, interop, serve, train
 from lmlab.cli.common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, err as _err
 from lmlab.cli.compare import cmd_compare
 from lmlab.cli.data import cmd_data_prepare, cmd_tokenizer_decode, cmd_tokenizer_encode, cmd_tokenizer_train
@@ -57,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     attention.add_attention_parser(sub)
     serve.add_serve_parser(sub)
     figures.add_figure_parsers(sub)
+    chess.add_chess_parsers(sub)
     return parser
 
 

@@ -281,7 +281,7 @@ def iter_pgn_games(path: str | Path, keep_headers: bool = False) -> Iterator[PGN
     """
     chess_pgn = _import_chess_pgn()
     path = Path(path)
-    with _open_pgn(path) as handle:
+    with open_pgn(path) as handle:
         number = 0
         while (game := _read_game(chess_pgn, handle, path, number + 1)) is not None:
             number += 1
@@ -306,7 +306,7 @@ def _read_game(chess_pgn: Any, handle: IO[str], path: Path, number: int) -> Any:
         ) from None
 
 
-def _open_pgn(path: Path) -> IO[str]:
+def open_pgn(path: Path) -> IO[str]:
     """A text stream over a ``.pgn`` file or a ``.pgn.zst`` file decompressed on the fly."""
     if not path.is_file():
         raise LmlabError(f"no such file: {path}; check the path")
