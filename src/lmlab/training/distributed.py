@@ -81,7 +81,8 @@ def launched_processes(mode: str) -> Processes:
     if missing:
         raise LmlabError(
             f"train.distributed={mode} runs in processes started by torchrun ({missing[0]} is not set); "
-            f"use 'lmlab train --nproc N ...' or 'torchrun --nproc_per_node N -m lmlab train ...'"
+            f"use 'lmlab train --nproc N ...' or 'torchrun --nproc_per_node N -m lmlab train ...' "
+            "(or --set train.distributed=none for one process)"
         )
     return Processes(mode, int(os.environ["RANK"]), world_size, int(os.environ["LOCAL_RANK"]))
 
