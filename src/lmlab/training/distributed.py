@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
@@ -120,9 +121,12 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
+class StoppedByLauncher(LmlabError):
+    """torchrun ended this process (it does so when another process of the run ended)."""
+
+
 def _stopped_by_launcher(signum: int, frame: Any) -> None:
-    raise LmlabError(f"{where()}was stopped by torchrun because another process of the run ended; "
-                     "see the error above, then continue with --resume")
+    raise StoppedByLauncher(f"{where()}torchrun stopped this process because another process of the run ended")
 
 
 def where() -> str:
@@ -133,16 +137,19 @@ def where() -> str:
 
 
 def lost_contact(exc: BaseException, last_checkpoint: Path | None) -> LmlabError:
-    """The one-line error of a process whose collective failed (another process died or hung)."""
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    """The one-line error of a process that lost the others (one died, hung, or torchrun stopped
+    the run): why, and the checkpoint ``--resume`` continues from."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].removeprefix(where())
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", reason).split(". ")[0]  # gloo's "[file:line] what. Advice."
     kept = f"the last checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint was written"
-    return LmlabError(f"{where()}lost the other processes of the run ({reason[:200]}); {kept}; "
-                      "continue with --resume")
+    return LmlabError(f"{where()}lost the other processes of the run ({reason}); {kept}; "
+                      "continue it with --resume")
 
 
 def is_collective_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is a failed collective: a lost peer, a timeout, a broken connection."""
-    if isinstance(exc, dist.DistError):
+    """Whether ``exc`` is a failed collective (a lost peer, a timeout, a broken connection) or
+    torchrun's stop after another process ended."""
+    if isinstance(exc, (dist.DistError, StoppedByLauncher)):
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and dist.is_initialized() and any(
@@ -256,6 +263,17 @@ def loss_weight(global_batch: LMBatch, local_batch: LMBatch, processes: Processe
     labelled = int((global_batch.labels != IGNORE_INDEX).sum())
     local = int((local_batch.labels != IGNORE_INDEX).sum())
     return local * processes.world_size / max(1, labelled)
+
+
+def labelled(batch: LMBatch) -> LMBatch:
+    """``batch``, or, when none of its positions has a label, the batch with its first position
+    labelled (token 0): its loss is then weighted by 0, and a mean over no tokens would be NaN, and
+    its gradient too. The process still runs the forward and backward pass the others wait for."""
+    if bool((batch.labels != IGNORE_INDEX).any()):
+        return batch
+    labels = batch.labels.clone()
+    labels.view(-1)[0] = 0
+    return replace(batch, labels=labels)
 
 
 # ------------------------------------------------------------------------------- checkpoints

@@ -268,7 +268,7 @@ class Trainer:
             whole = self.task.train_batch(self._batch_generator(micro))  # the global batch
             rows = distributed.local_rows(whole, self.processes)
             weight = distributed.loss_weight(whole, rows, self.processes)
-            batch = to_device(rows, self.placement.device)
+            batch = to_device(distributed.labelled(rows) if weight == 0 else rows, self.placement.device)
             last = micro == self.cfg.grad_accum - 1
             with distributed.gradient_sync(self.model, self.processes, enabled=last):
                 with self.placement.autocast():
