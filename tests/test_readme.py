@@ -53,6 +53,8 @@ HELP_ONLY = {
     "python benchmarks/generate_vs_transformers.py": "a benchmark: a 124M model in two libraries",
     "python benchmarks/prepare_data.py": "a benchmark: a corpus repeated 30 times",
     "python benchmarks/load_pretrained_rss.py": "a benchmark: writes and loads a 124M checkpoint",
+    "torchrun --standalone --nproc_per_node 8": "eight processes of the nanoGPT preset",
+    "torchrun --nnodes=2": "needs two machines",
 }
 # Commands (their first words) that need this many CUDA GPUs: with fewer, they run as ``--help`` only.
 GPU_COMMANDS = {
