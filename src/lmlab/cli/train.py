@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +61,11 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
     positive(args.nproc, "--nproc")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
                "-m", "lmlab", "train", *_forwarded_train_args(args)]
-    return subprocess.run(command, check=False).returncode
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches torchrun and the processes
+    try:
+        return subprocess.run(command, check=False).returncode
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _forwarded_train_args(args: argparse.Namespace) -> list[str]:
