@@ -65,6 +65,11 @@ CASES: dict[str, dict[str, Case]] = {
                          "--set", *TINY, "model.arch=gru", "model.backbone=encoder-decoder"),
         "gru prefix-lm": case(*TRAIN, "--data", "{text}", "--objective", "prefix-lm", "--set", *TINY, "model.arch=gru"),
         "shard ids outside the vocabulary": case(*TRAIN, "--data", "{bad_shards}", "--set", *TINY),
+        "no processes": case(*TRAIN, "--data", "{text}", "--nproc", "0", says="--nproc"),
+        "ddp without torchrun": case(*TRAIN, "--data", "{text}", "--set", *TINY, "train.distributed=ddp",
+                                     says="torchrun"),
+        "unknown distributed mode": case(*TRAIN, "--data", "{text}", "--set", "train.distributed=horovod",
+                                         says="train.distributed"),
     },
     "generate": {
         "batch file not UTF-8": case(*GENERATE, "--batch-file", "{not_utf8}"),

@@ -58,6 +58,8 @@ HELP_ONLY = {
     "python benchmarks/load_pretrained_rss.py": "a benchmark: writes and loads a 124M checkpoint",
     "lmlab serve": "a server runs until stopped (SERVED_BLOCKS run the examples against one)",
     "python benchmarks/serve_load.py": "a benchmark: a 124M model under load",
+    "torchrun --standalone --nproc_per_node 8": "eight processes of the nanoGPT preset",
+    "torchrun --nnodes=2": "needs two machines",
 }
 # Blocks (their first line) that talk to a server: each runs while `lmlab serve` of this model
 # listens on a free loopback port, which replaces the README's address (README_SERVER) in it.

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from lmlab.cli.common import EXIT_INTERRUPTED, err, positive
@@ -14,6 +17,9 @@ DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
 
 # ----------------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc is not None:
+        return _launch_torchrun(args)
+    from lmlab.training import distributed
     from lmlab.training.config import apply_overrides, load_config_file, load_preset
     from lmlab.training.run import make_trainer, resume_config
 
@@ -29,12 +35,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     _apply_train_flags(config, args)
     trainer, tokenizer = make_trainer(config, out, resume=args.resume, progress=not args.no_progress, echo=err)
     result = trainer.fit()
-    print(json.dumps({"run_dir": str(out), "step": result.step, "stop_reason": result.stop_reason,
-                      **{f"val_{k}": v for k, v in (result.last_eval or {}).items() if k != "step"},
-                      **result.report}))
-    if config.train.sample_chars > 0 and result.stop_reason != "interrupted" and config.model.backbone == "decoder":
-        _print_sample(trainer.model, tokenizer, config)
+    if trainer.processes.is_main:
+        print(json.dumps({"run_dir": str(out), "step": result.step, "stop_reason": result.stop_reason,
+                          **{f"val_{k}": v for k, v in (result.last_eval or {}).items() if k != "step"},
+                          **result.report}))
+        if config.train.sample_chars > 0 and result.stop_reason != "interrupted" and config.model.backbone == "decoder":
+            _print_sample(_whole_model(trainer, result.checkpoint), tokenizer, config)
+    distributed.leave()
     return EXIT_INTERRUPTED if result.stop_reason == "interrupted" else 0
+
+
+def _whole_model(trainer, checkpoint: Path):
+    """The trained model in one piece: a run of many processes reads it back from its last
+    (sharded) checkpoint."""
+    if not trainer.processes.distributed:
+        return trainer.model
+    from lmlab.training.run import load_run
+
+    return load_run(checkpoint, err).model
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """``lmlab train --nproc N ...``: the same command in N local processes under torchrun
+    (``python -m torch.distributed.run --standalone``, bound to this machine); its exit code."""
+    positive(args.nproc, "--nproc")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+               "-m", "lmlab", "train", *_forwarded_train_args(args)]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches torchrun and the processes
+    try:
+        return subprocess.run(command, check=False).returncode
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _forwarded_train_args(args: argparse.Namespace) -> list[str]:
+    """The arguments of ``lmlab train`` as given, but for ``--nproc``."""
+    forwarded: list[str] = []
+    for flag, value in (("--preset", args.preset), ("--config", args.config), ("--data", args.data),
+                        ("--out", args.out), ("--max-steps", args.max_steps), ("--max-time", args.max_time),
+                        ("--seed", args.seed), ("--objective", args.objective), ("--device", args.device)):
+        if value is not None:
+            forwarded += [flag, str(value)]
+    for group in args.set:
+        forwarded += ["--set", *group]
+    forwarded += ["--resume"] * args.resume + ["--no-progress"] * args.no_progress
+    return forwarded
 
 
 def _print_sample(model, tokenizer, config) -> None:
@@ -141,6 +186,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--objective", help="causal-lm (default), prefix-lm, mlm, span-corruption, bart or ul2")
     train.add_argument("--device", help=DEVICE_HELP + " (sets train.device; default auto)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--nproc", type=int, help="train in N local processes under torchrun "
+                       "(with --set train.distributed=ddp or fsdp)")
     train.set_defaults(func=cmd_train)
 
 

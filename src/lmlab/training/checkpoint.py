@@ -7,6 +7,14 @@ A checkpoint is a directory ``RUN_DIR/checkpoints/step-00000100/`` holding
 - ``state.json``: step, config, tokenizer, optimizer hyper-parameters, trainer counters;
 - ``manifest.json``: size and sha256 of each file above, written last.
 
+A run of many processes (:mod:`lmlab.training.distributed`) writes a *sharded* checkpoint instead:
+``shard-NNNNN-model-00001-of-00001.safetensors``, one per process, written through
+``torch.distributed.checkpoint``'s safetensors writer (each holds that process's part of the
+weights, ``model/NAME``, the optimizer state, ``optim/NAME/KEY``, and the RNG state; where each
+part sits in the whole tensor is JSON in the file's header, so reading one unpickles nothing),
+beside ``state.json`` (parameter groups by parameter name) and ``manifest.json``. It is read
+whole, with no process group, by :func:`load_weights` (for ``generate``, ``convert``, ...).
+
 It is written to a temporary directory and renamed into place, so a crash leaves either the
 whole checkpoint or none; a failed write (a full disk) removes its temporary directory. Only
 finite weights and optimizer state are written. Loading verifies the manifest and state against
@@ -23,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +52,8 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_KEY = "rng.torch_cpu"
 CUDA_RNG_KEY = "rng.torch_cuda"  # the current CUDA device's generator, when CUDA is in use
 CHECKPOINT_NAME = re.compile(r"step-\d{8}")
+SHARD_FILE = re.compile(r"shard-\d{5}-model-\d{5}-of-\d{5}\.safetensors")  # one process's part
+MODEL_TENSORS = "model/"  # the prefix of the weights' names in a sharded checkpoint
 LEFTOVER_NAME = re.compile(r"\.step-\d{8}\.(tmp|old)-\d+")  # what an interrupted write leaves
 METADATA_BYTES = 1 << 16  # what a checkpoint needs beyond its tensors and state: the manifest, ...
 HEADER_BYTES_PER_TENSOR = 256  # ... and the safetensors headers
@@ -250,8 +261,8 @@ def verify_checkpoint(path: Path) -> None:
             raise LmlabError(f"checkpoint {path} is corrupt: {name} does not match its checksum")
     state = read_json_file(path / STATE, "the checkpoint is damaged", dict)
     _raise_if(path, STATE, _state_problem(path, state, manifest["step"]))
-    for name in (MODEL_FILE, OPTIMIZER_FILE):
-        if (path / name).is_file():
+    for name in sorted(manifest["files"]):
+        if name in (MODEL_FILE, OPTIMIZER_FILE) or SHARD_FILE.fullmatch(name):
             _raise_if(path, name, _non_finite_problem(path / name))
 
 
@@ -287,7 +298,8 @@ def _manifest_problem(path: Path, manifest: dict[str, Any]) -> str | None:
         problem = schema_problem(entry, MANIFEST_ENTRY_KEYS)
         if problem:
             return f"has an entry for {name} that {problem}"
-    needed = {MODEL_FILE, STATE} | {p.name for p in path.iterdir() if p.name != MANIFEST}
+    weights = set() if is_sharded(path) else {MODEL_FILE}
+    needed = weights | {STATE} | {p.name for p in path.iterdir() if p.name != MANIFEST}
     unlisted = sorted(needed - files.keys())
     return f"does not list {', '.join(unlisted)}" if unlisted else None
 
@@ -302,7 +314,7 @@ def _state_problem(path: Path, state: dict[str, Any], step: int) -> str | None:
         return f"has a 'tokenizer' that {problem}"
     if state["step"] != step:
         return f"is for step {state['step']}, the manifest for step {step}"
-    if (path / OPTIMIZER_FILE).is_file():
+    if (path / OPTIMIZER_FILE).is_file() or is_sharded(path):
         groups = state.get("optimizer_param_groups")
         if not isinstance(groups, list) or any(schema_problem(g, {"params": list}) for g in groups):
             return "lacks a list of optimizer parameter groups"
@@ -381,19 +393,114 @@ def _model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str,
 
 
 def load_weights(path: Path, model: nn.Module) -> None:
-    """Load a checkpoint's weights into ``model`` (shapes must match)."""
-    file = str(path / MODEL_FILE)
+    """Load a checkpoint's weights (one process's or sharded) into ``model`` (shapes must match)."""
     try:
-        with safe_open(file, framework="pt") as handle:  # one read for the tensors and the aliases
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-            aliases = handle.metadata() or {}
-        for name, saved in aliases.items():
-            if saved in tensors:
-                tensors.setdefault(name, tensors[saved])
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(read_weights(path, model), strict=True)
     except (RuntimeError, SafetensorError) as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise LmlabError(f"weights in {path} do not fit the model ({first_line})") from exc
+
+
+def read_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights as whole tensors on the CPU, by ``model``'s parameter names (a tied
+    weight stored once appears under each of its names)."""
+    if is_sharded(path):
+        try:
+            tensors = read_sharded_tensors(path, prefix=MODEL_TENSORS)
+        except Exception as exc:  # DCP reports a shape or name mismatch as a CheckpointException
+            raise LmlabError(f"weights in {path} cannot be read ({_first_line(exc)})") from exc
+        tensors = {name[len(MODEL_TENSORS):]: tensor for name, tensor in tensors.items()}
+        return _with_tied_names(tensors, model)
+    with safe_open(str(path / MODEL_FILE), framework="pt") as handle:  # one read for the tensors and the aliases
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        aliases = handle.metadata() or {}
+    for name, saved in aliases.items():
+        if saved in tensors:
+            tensors.setdefault(name, tensors[saved])
+    return tensors
+
+
+def _with_tied_names(tensors: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``tensors`` plus, for each of ``model``'s tied weights stored under one name, its other names."""
+    by_storage: dict[tuple, str] = {}
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name in tensors:
+            by_storage.setdefault((tensor.data_ptr(), tensor.shape), name)
+    for name, tensor in own.items():
+        saved = by_storage.get((tensor.data_ptr(), tensor.shape))
+        if name not in tensors and saved is not None and tensor.numel():
+            tensors[name] = tensors[saved]
+    return tensors
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# ----------------------------------------------------------------------------- sharded checkpoints
+def is_sharded(path: Path) -> bool:
+    """Whether checkpoint directory ``path`` is a sharded one (written by many processes)."""
+    return Path(path).is_dir() and any(SHARD_FILE.fullmatch(file.name) for file in Path(path).iterdir())
+
+
+def sharded_temporary(run_dir: Path, step: int, pid: int) -> Path:
+    """The temporary directory the processes write the checkpoint of ``step`` into (named after
+    process 0's ``pid``, so :func:`remove_partial_checkpoints` recognises a leftover)."""
+    return Path(run_dir) / CHECKPOINTS / f".{checkpoint_name(step)}.tmp-{pid}"
+
+
+def prepare_sharded(run_dir: Path, tmp: Path, local_tensors: dict[str, torch.Tensor], world_size: int) -> None:
+    """Make an empty ``tmp`` and room for about ``world_size`` parts the size of ``local_tensors``."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    _make_room(Path(run_dir), _bytes_needed([local_tensors], {}) * world_size)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+
+
+def write_sharded_tensors(tmp: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write this process's part of ``tensors`` (whole tensors, or DTensors' shards) into ``tmp``
+    (a collective: every process of the run calls it)."""
+    import torch.distributed.checkpoint as dcp  # imported when used: it takes seconds
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True))
+
+
+def publish_sharded(run_dir: Path, step: int, tmp: Path, state: dict[str, Any], keep: int) -> Path:
+    """Complete the sharded checkpoint the processes wrote into ``tmp`` (its state and manifest)
+    and rename it into place, then keep only the newest ``keep`` (process 0 alone calls this)."""
+    try:
+        _write_json(tmp / STATE, {**state, "step": step})
+        _write_json(tmp / MANIFEST, {"step": step, "files": _describe_files(tmp)})
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    final = Path(run_dir) / CHECKPOINTS / checkpoint_name(step)
+    _replace_dir(tmp, final)
+    _prune(Path(run_dir), keep)
+    return final
+
+
+def read_sharded_tensors(path: Path, targets: dict[str, torch.Tensor] | None = None,
+                         prefix: str = "") -> dict[str, torch.Tensor]:
+    """Tensors of a sharded checkpoint: loaded in place into ``targets`` (DTensors get this
+    process's shard: a collective then), or, without targets, every tensor whose name starts with
+    ``prefix``, whole, on the CPU, with no process group."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    whole = targets is None
+    if whole:
+        stored = HuggingFaceStorageReader(str(path)).read_metadata().state_dict_metadata
+        targets = {name: torch.empty(meta.size, dtype=meta.properties.dtype)
+                   for name, meta in stored.items() if name.startswith(prefix)}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(targets, storage_reader=HuggingFaceStorageReader(str(path)), no_dist=whole)
+    return targets
 
 
 def load_snapshot(path: Path) -> TrainingSnapshot:

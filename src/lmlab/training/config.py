@@ -28,6 +28,7 @@ from lmlab.training.objective_names import OBJECTIVE_NAMES
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # the values of train.device and --device
 PRECISIONS = ("fp32", "fp32-strict", "bf16-mixed", "fp16-mixed", "bf16")
+DISTRIBUTED_MODES = ("none", "ddp", "fsdp")  # the values of train.distributed
 
 
 @dataclass
@@ -57,6 +58,7 @@ class TrainConfig:
     precision: str = choice("fp32", PRECISIONS)  # fp32 (TF32 matmuls on CUDA), fp32-strict, bf16-mixed, fp16-mixed, bf16
     compile: bool | str = "auto"  # torch.compile the model: auto (on for CUDA), true or false
     activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    distributed: str = choice("none", DISTRIBUTED_MODES)  # under torchrun: none, ddp or fsdp (FSDP2)
 
     def validate(self) -> None:
         """Raise :class:`LmlabError` for settings a run cannot use."""
@@ -78,6 +80,8 @@ class TrainConfig:
             raise LmlabError(f"train.beta1 and train.beta2 must be in [0, 1); got {self.beta1} and {self.beta2}")
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise LmlabError(f"train.device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
+        if self.distributed not in DISTRIBUTED_MODES:
+            raise LmlabError(f"train.distributed must be none, ddp or fsdp; got {self.distributed!r}")
         if self.compile not in ("auto", True, False):
             raise LmlabError(f"train.compile must be auto, true or false; got {self.compile!r}")
 

@@ -19,6 +19,7 @@ from lmlab.models import ModelConfig, build_model
 from lmlab.output_dir import DirectoryLock, claim_output_dir, lock_output_dir
 from lmlab.tokenizers import CharTokenizer, Tokenizer, tokenizer_from_json, tokenizer_to_json
 from lmlab.training import checkpoint as ckpt
+from lmlab.training import distributed
 from lmlab.training.config import RunConfig, check_fits_in_memory, check_objective_fits_arch
 from lmlab.training.devices import inputs_on_model_device, resolve_device
 from lmlab.training.lora import LORA_STATE, apply_saved_lora, merge_lora
@@ -87,17 +88,26 @@ def make_trainer(
     the trainer continues from the run's newest good checkpoint.
 
     ``out_dir`` must be new, empty or an lmlab run directory; it stays locked against other lmlab
-    processes until the trainer's :meth:`~Trainer.fit` ends (or the process exits).
+    processes until the trainer's :meth:`~Trainer.fit` ends (or the process exits). Under torchrun
+    (``train.distributed``) this process joins the run's process group; process 0 claims and
+    locks the directory, and a setup error on any process stops all of them.
     """
     out_dir = Path(out_dir)
     config.train.validate()
     check_objective_fits_arch(config)
-    resolve_device(config.train.device)  # an unavailable device fails before the directory is claimed
-    lock = claim_run_dir(out_dir, resume)
+    processes = distributed.launched_processes(config.train.distributed)
+    distributed.check_batch_split(processes, config.train)
+    # an unavailable device fails before the directory is claimed
+    device = resolve_device(distributed.process_device(processes, config.train.device))
+    distributed.join(processes, device)
+    echo = echo if processes.is_main else (lambda message: None)
+    with distributed.together(processes):
+        lock = claim_run_dir(out_dir, resume) if processes.is_main else None
     try:
-        return _build_trainer(config, out_dir, resume, progress, echo, lock)
+        return _build_trainer(config, out_dir, resume, progress and processes.is_main, echo, lock)
     except BaseException:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
 
 
@@ -116,23 +126,26 @@ def _build_trainer(
     resume: bool,
     progress: bool,
     echo: Callable[[str], None],
-    lock: DirectoryLock,
+    lock: DirectoryLock | None,
 ) -> tuple[Trainer, Tokenizer]:
-    start = _resume_point(out_dir, echo) if resume else None
-    _refuse_to_overwrite(out_dir, resume)
-    if start is None:  # a new run in a directory without checkpoints: no log of an earlier attempt
-        (out_dir / METRICS_FILE).unlink(missing_ok=True)
-    tokenizer = _stored_tokenizer(start) if start else None
-    tokenizer, train_tokens, val_tokens = token_splits(config, tokenizer)
-    config.model.vocab_size = tokenizer.vocab_size
-    check_fits_in_memory(config)
-    window = config.model.context_length
-    torch.manual_seed(config.train.seed)
-    model = build_model(config.model)
-    task = ObjectiveTask(config.train.objective, tokenizer, train_tokens, val_tokens, config.train.batch_size, window)
+    main = lock is not None  # the process that claimed the directory (process 0 under torchrun)
+    with distributed.together(distributed.launched_processes(config.train.distributed)):
+        start = _resume_point(out_dir, echo) if resume else None
+        _refuse_to_overwrite(out_dir, resume)
+        if start is None and main:  # a new run in a directory without checkpoints: no log of an earlier attempt
+            (out_dir / METRICS_FILE).unlink(missing_ok=True)
+        tokenizer = _stored_tokenizer(start) if start else None
+        tokenizer, train_tokens, val_tokens = token_splits(config, tokenizer)
+        config.model.vocab_size = tokenizer.vocab_size
+        check_fits_in_memory(config)
+        window = config.model.context_length
+        torch.manual_seed(config.train.seed)
+        model = build_model(config.model)
+        task = ObjectiveTask(config.train.objective, tokenizer, train_tokens, val_tokens, config.train.batch_size, window)
+        if main:
+            ckpt.remove_partial_checkpoints(out_dir)
     extra = {"tokenizer": tokenizer_to_json(tokenizer)}
     trainer = Trainer(config, model, task, out_dir, extra_state=extra, progress=progress, echo=echo, lock=lock)
-    ckpt.remove_partial_checkpoints(out_dir)
     if start is not None:
         trainer.restore(start)
         echo(f"resuming from {start} (step {trainer.step})")

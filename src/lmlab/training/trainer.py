@@ -11,6 +11,12 @@ The run's device, precision, compilation and activation checkpointing come from 
 device only at logging intervals, where the loss is read, divergence checked (a NaN/inf loss is
 flagged on the device at every step) and tokens/s, MFU and peak memory logged
 (:mod:`lmlab.training.reports`).
+
+Under torchrun (``train.distributed``: ``ddp`` or ``fsdp``, see :mod:`lmlab.training.distributed`)
+every process trains on its rows of the step's global batch, the gradient is synchronised on the
+last micro-batch of a step only, the logged loss is the mean over the processes, only process 0
+prints, logs and shows the progress bar, and checkpoints are sharded. The processes agree at every
+step on the clock and on a stop request (one small all-reduce), so they always stop together.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from lmlab.errors import LmlabError
 from lmlab.models import expert_utilisation
 from lmlab.output_dir import DirectoryLock
 from lmlab.training import checkpoint as ckpt
-from lmlab.training import reports
+from lmlab.training import distributed, reports
 from lmlab.training.config import RunConfig
 from lmlab.training.devices import (
     checkpoint_activations, inputs_on_model_device, placement_for, synchronize, to_device,
@@ -91,16 +97,19 @@ class Trainer:
         self.task = task
         self.run_dir = Path(run_dir)
         self.extra_state = extra_state or {}
-        self.progress = progress
-        self.echo = echo
-        self.placement = placement_for(self.cfg.device, self.cfg.precision, self.cfg.compile)
-        self.model = self._placed(model)
-        self.optimizer = build_optimizer(self.model, self.cfg)
+        self.processes = distributed.launched_processes(self.cfg.distributed)
+        self.progress = progress and self.processes.is_main
+        self.echo = echo if self.processes.is_main else _silent
+        device = distributed.process_device(self.processes, self.cfg.device)
+        self.placement = placement_for(device, self.cfg.precision, self.cfg.compile)
+        distributed.join(self.processes, self.placement.device)
+        self.model = distributed.wrap(self._placed(model), self.processes, self.placement)
+        self.optimizer = build_optimizer(distributed.unwrapped(self.model), self.cfg)
         self.scaler = torch.amp.GradScaler(self.placement.device.type) if self.placement.uses_scaler else None
         self._forward_model = torch.compile(self.model) if self.placement.compile else self.model
         self._compile_pending = self.placement.compile  # compilation happens in the first step
         self.compile_s: float | None = None  # seconds of the first compiled step (compilation + one step)
-        self.flops_per_token = reports.flops_per_token(self.model, getattr(task, "window", config.model.context_length))
+        self.flops_per_token = reports.flops_per_token(distributed.unwrapped(self.model), getattr(task, "window", config.model.context_length))
         self._peak: tuple[float | None, str] | None = None  # peak FLOP/s and its source, once measured
         self._speed = reports.SpeedMeter(task.tokens_per_batch * self.cfg.grad_accum)
         self._bad_step: torch.Tensor | None = None  # on the device: the first step whose loss was not finite (0: none)
@@ -124,7 +133,24 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- resume
     def restore(self, path: Path) -> None:
-        """Continue from checkpoint ``path`` (weights, optimizer, RNG, step, elapsed time)."""
+        """Continue from checkpoint ``path`` (weights, optimizer, RNG, step, elapsed time): a
+        one-process checkpoint or a sharded one, whatever the number of processes now."""
+        if self.processes.distributed or ckpt.is_sharded(path):
+            distributed.restore_training_state(path, self.model, self.optimizer)
+            state = ckpt.read_state(path)
+        else:
+            state = self._restore_one_process(path)
+        if self.scaler is not None and isinstance(state.get(GRAD_SCALER_KEY), dict):
+            self.scaler.load_state_dict(state[GRAD_SCALER_KEY])
+        self.step = state["step"]
+        self.elapsed = state.get("elapsed_s", 0.0)
+        self.last_eval = state.get("last_eval")
+        self.horizon = recorded_horizon(state, self.cfg.max_time)
+        if self.processes.is_main:
+            self._truncate_metrics_after(self.step)
+
+    def _restore_one_process(self, path: Path) -> dict[str, Any]:
+        """Weights, optimizer and RNG states of a one-process checkpoint; returns its state.json."""
         ckpt.load_weights(path, self.model)
         snapshot = ckpt.load_snapshot(path)
         if snapshot.optimizer_state is not None:
@@ -133,13 +159,7 @@ class Trainer:
             torch.set_rng_state(snapshot.rng_state)
         if snapshot.cuda_rng_state is not None and self.placement.device.type == "cuda":
             torch.cuda.set_rng_state(snapshot.cuda_rng_state)
-        if self.scaler is not None and isinstance(snapshot.state.get(GRAD_SCALER_KEY), dict):
-            self.scaler.load_state_dict(snapshot.state[GRAD_SCALER_KEY])
-        self.step = snapshot.step
-        self.elapsed = snapshot.state.get("elapsed_s", 0.0)
-        self.last_eval = snapshot.state.get("last_eval")
-        self.horizon = recorded_horizon(snapshot.state, self.cfg.max_time)
-        self._truncate_metrics_after(self.step)
+        return snapshot.state
 
     # ----------------------------------------------------------------------------- loop
     def fit(self) -> TrainResult:
@@ -151,45 +171,70 @@ class Trainer:
             total=self.cfg.max_steps, initial=self.step, disable=not self.progress,
             dynamic_ncols=True, desc="train", unit="step",
         )
-        last_checkpoint = None
-        stop_reason = "max_steps"
         self._peak = reports.peak_flops(self.placement.device, self.placement.compute_dtype,
                                         tf32=self.placement.precision != "fp32-strict")
-        session_start, session_elapsed_before = time.perf_counter(), self.elapsed
         try:
-            while self.step < self._last_step():
-                if self._stop_requested:
-                    stop_reason = "interrupted"
-                    break
-                if self.monitor is not None and self.monitor.should_stop:
-                    stop_reason = "early_stopping"
-                    break
-                if self.cfg.max_time is not None and self.elapsed >= self.cfg.max_time:
-                    stop_reason = "max_time"
-                    bar.total = self.step  # the time budget, not the step horizon, ended the run
-                    break
-                step_start = time.perf_counter()
-                loss, lr = self._train_step()
-                self.step += 1
-                if self._logs_at(self.step):
-                    synchronize(self.placement.device)  # the step's time includes the device's work
-                seconds = time.perf_counter() - step_start
-                self.elapsed = session_elapsed_before + (time.perf_counter() - session_start)
-                self._after_step(bar, loss, lr, seconds)
-                self._fix_horizon(bar)
-                if self.step % self.cfg.checkpoint_every == 0 and self.step < self._last_step():
-                    last_checkpoint = self.save()
-            if stop_reason == "max_steps" and self.step < self.cfg.max_steps:
-                stop_reason = "max_time"  # the time budget's horizon ended the run
-            if self.last_eval is None or self.last_eval.get("step") != self.step:
-                self._evaluate()
-            last_checkpoint = self.save()
+            stop_reason, last_checkpoint = self._train(bar)
+        except Exception as exc:
+            if self.processes.distributed and distributed.is_collective_failure(exc):
+                raise distributed.lost_contact(exc, self._last_good_checkpoint()) from None
+            raise
         finally:
             bar.close()
             signal.signal(signal.SIGINT, previous_handler)
             if self._lock is not None:
                 self._lock.release()
         return TrainResult(self.step, stop_reason, self.last_eval, last_checkpoint, self.report())
+
+    def _train(self, bar: tqdm) -> tuple[str, Path]:
+        """The loop of :meth:`fit`: steps until a stop, then the final evaluation and checkpoint;
+        returns the stop reason and the last checkpoint."""
+        stop_reason, last_checkpoint = "max_steps", None
+        session_start, session_elapsed_before = time.perf_counter(), self.elapsed
+        while self.step < self._last_step():
+            if self._stop_requested:
+                stop_reason = "interrupted"
+                break
+            if self.monitor is not None and self.monitor.should_stop:
+                stop_reason = "early_stopping"
+                break
+            if self.cfg.max_time is not None and self.elapsed >= self.cfg.max_time:
+                stop_reason = "max_time"
+                bar.total = self.step  # the time budget, not the step horizon, ended the run
+                break
+            step_start = time.perf_counter()
+            loss, lr = self._train_step()
+            self.step += 1
+            if self._logs_at(self.step):
+                synchronize(self.placement.device)  # the step's time includes the device's work
+            seconds = time.perf_counter() - step_start
+            self.elapsed = session_elapsed_before + (time.perf_counter() - session_start)
+            seconds = self._agree_on_clock(seconds)
+            self._after_step(bar, loss, lr, seconds)
+            self._fix_horizon(bar)
+            if self.step % self.cfg.checkpoint_every == 0 and self.step < self._last_step():
+                last_checkpoint = self.save()
+        if stop_reason == "max_steps" and self.step < self.cfg.max_steps:
+            stop_reason = "max_time"  # the time budget's horizon ended the run
+        if self.last_eval is None or self.last_eval.get("step") != self.step:
+            self._evaluate()
+        last_checkpoint = self.save()
+        return stop_reason, last_checkpoint
+
+    def _agree_on_clock(self, seconds: float) -> float:
+        """With many processes: make the elapsed time, a stop request and the step's time (which
+        a time budget's horizon is measured from) those of the slowest process, so that all take
+        the same decisions; returns the step's time."""
+        if not self.processes.distributed:
+            return seconds
+        device = self.placement.device if self.placement.device.type == "cuda" else torch.device("cpu")
+        values = torch.tensor([float(self._stop_requested), self.elapsed, seconds], dtype=torch.float64, device=device)
+        stop, self.elapsed, seconds = distributed.max_over_processes(values, self.processes).tolist()
+        self._stop_requested = stop > 0
+        return seconds
+
+    def _last_good_checkpoint(self) -> Path | None:
+        return ckpt.latest_good_checkpoint(self.run_dir, warn=lambda message: None)
 
     def _train_step(self) -> tuple[torch.Tensor, float]:
         """One optimizer step; returns (mean loss, on the device, and lr). The first step of a
@@ -220,10 +265,15 @@ class Trainer:
             group["lr"] = lr
         total = torch.zeros((), device=self.placement.device)
         for micro in range(self.cfg.grad_accum):
-            batch = to_device(self.task.train_batch(self._batch_generator(micro)), self.placement.device)
-            with self.placement.autocast():
-                loss = self.task.loss(self._forward_model, batch) / self.cfg.grad_accum
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            whole = self.task.train_batch(self._batch_generator(micro))  # the global batch
+            rows = distributed.local_rows(whole, self.processes)
+            weight = distributed.loss_weight(whole, rows, self.processes)
+            batch = to_device(distributed.labelled(rows) if weight == 0 else rows, self.placement.device)
+            last = micro == self.cfg.grad_accum - 1
+            with distributed.gradient_sync(self.model, self.processes, enabled=last):
+                with self.placement.autocast():
+                    loss = self.task.loss(self._forward_model, batch) * weight / self.cfg.grad_accum
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             total += loss.detach().float()
         self._flag_non_finite(total)
         if self.scaler is not None:
@@ -249,11 +299,14 @@ class Trainer:
 
     def _check_divergence(self) -> None:
         """Raise the divergence error if a step's loss was not finite (reads the device's flag)."""
-        if self._bad_step is None or int(self._bad_step) == 0:
+        if self._bad_step is None:
             return
-        step = int(self._bad_step)
+        step = int(distributed.max_over_processes(self._bad_step, self.processes))
+        if step == 0:
+            return
+        loss = float(self._bad_loss) if int(self._bad_step) == step else "not finite"
         # The weights of the step before gave the bad loss: a checkpoint of them is no good.
-        raise self._diverged(f"the loss is {float(self._bad_loss)} at step {step}", broken_step=step - 1)
+        raise self._diverged(f"the loss is {loss} at step {step}", broken_step=step - 1)
 
     def _batch_generator(self, micro: int) -> torch.Generator:
         """The data position: batches depend only on (seed, step, micro-step)."""
@@ -290,7 +343,7 @@ class Trainer:
         bar.update(1)
         if self._logs_at(self.step):
             self._check_divergence()
-            self._log_train_step(bar, float(loss), lr)
+            self._log_train_step(bar, float(distributed.mean_over_processes(loss, self.processes)), lr)
         if self._evaluation_due():
             metrics = self._evaluate()
             if self.progress:
@@ -303,13 +356,14 @@ class Trainer:
         compiled = {"compile_s": self.compile_s} if self.step == 1 and self.compile_s is not None else {}
         self._log({"kind": "train", "step": self.step, "loss": loss, "lr": lr,
                    **self._speed_fields(tokens_per_s), **compiled, "elapsed_s": self.elapsed,
-                   **expert_utilisation(self.model)})
+                   **expert_utilisation(distributed.unwrapped(self.model))})
 
     def _speed_fields(self, tokens_per_s: float | None) -> dict[str, Any]:
         """tokens/s, model FLOPs per token, MFU and peak memory (bytes) for a log row or the summary."""
         peak, _ = self._peak or (None, "")
         return {"tokens_per_s": tokens_per_s, "flops_per_token": self.flops_per_token,
-                "mfu": reports.mfu(tokens_per_s, self.flops_per_token, peak),
+                "mfu": reports.mfu(tokens_per_s, self.flops_per_token,
+                                   peak * self.processes.world_size if peak else peak),
                 "peak_memory_bytes": reports.peak_memory_bytes(self.placement.device)}
 
     def report(self) -> dict[str, Any]:
@@ -317,6 +371,7 @@ class Trainer:
         steps, FLOPs per token, MFU against the peak (and where the peak comes from), peak memory."""
         peak, source = self._peak or (None, "")
         return {"device": str(self.placement.device), "precision": self.placement.precision,
+                "processes": self.processes.world_size, "distributed": self.processes.mode,
                 "compiled": self._forward_model is not self.model, "compile_s": self.compile_s,
                 **self._speed_fields(self._speed.session_rate()), "peak_flops": peak, "peak_flops_source": source}
 
@@ -326,8 +381,9 @@ class Trainer:
 
     def _evaluate(self) -> dict[str, float]:
         self._check_divergence()
-        with inputs_on_model_device(self.model), self.placement.autocast():
-            metrics = self.task.evaluate(self.model, self.cfg.eval_batches, seed=self.cfg.seed)
+        model = distributed.unwrapped(self.model)  # every process evaluates the same batches
+        with inputs_on_model_device(model), self.placement.autocast():
+            metrics = self.task.evaluate(model, self.cfg.eval_batches, seed=self.cfg.seed)
         self.model.train()
         self.last_eval = {**metrics, "step": self.step}
         self._log({"kind": "eval", "step": self.step, "elapsed_s": self.elapsed,
@@ -345,12 +401,22 @@ class Trainer:
         if self.scaler is not None:
             state[GRAD_SCALER_KEY] = self.scaler.state_dict()
         try:
-            path = ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state,
-                                        keep=self.cfg.keep_checkpoints, write_extra=self.extra_files())
+            path = self._write_checkpoint(state)
         except ckpt.NonFiniteState as exc:
             raise self._diverged(f"{exc} after step {self.step}", broken_step=self.step) from None
         self._saved_step = self.step
         return path
+
+    def _write_checkpoint(self, state: dict[str, Any]) -> Path:
+        """One process's checkpoint, or the processes' sharded one."""
+        if not self.processes.distributed:
+            return ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, state,
+                                        keep=self.cfg.keep_checkpoints, write_extra=self.extra_files())
+        if self.extra_files() is not None:
+            raise LmlabError("this run writes extra checkpoint files (adapters), which train in one process; "
+                             "drop train.distributed")
+        return distributed.save_sharded(self.run_dir, self.step, self.model, self.optimizer, state,
+                                        self.cfg.keep_checkpoints, self.processes)
 
     def extra_files(self) -> Callable[[Path], None] | None:
         """What writes further files into each checkpoint of this run (none here; see
@@ -366,9 +432,10 @@ class Trainer:
         """The error for a run that broke down (``what`` says how). A checkpoint this trainer wrote
         of ``broken_step`` goes first: its weights are the ones that broke, so resuming from it
         would diverge again. The error names the newest checkpoint that is still good."""
-        if self._saved_step == broken_step:
+        if self._saved_step == broken_step and self.processes.is_main:
             ckpt.discard_checkpoint(self.run_dir, broken_step)
-        good = ckpt.latest_good_checkpoint(self.run_dir, warn=lambda message: None)
+        distributed.barrier(self.processes)
+        good = self._last_good_checkpoint()
         kept, again = (f"the last good checkpoint is {good}", "resume from it with --resume") if good \
             else ("no good checkpoint was written", "train again")
         return LmlabError(
@@ -376,6 +443,8 @@ class Trainer:
         )
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.processes.is_main:
+            return
         with open(self.run_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -386,6 +455,10 @@ class Trainer:
             return
         kept = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
         path.write_text("".join(line + "\n" for line in kept))
+
+
+def _silent(message: str) -> None:
+    """The echo of a process other than process 0: only process 0 prints."""
 
 
 def _shown(name: str, value: float) -> str:
