@@ -25,7 +25,7 @@ from lmlab.recipes.summarization import parse_story  # noqa: E402
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 CONTENT = [f"w{i}" for i in range(30)]
 CUE_WORDS = ["TL", ";", "DR", ":", "."]
-ARM_SECONDS = 1.5
+ARM_SECONDS = 2.0
 
 
 def word_tokenizer(folder, specials: list[str], roles: dict[str, str]):
@@ -134,6 +134,13 @@ def test_rouge_equals_rouge_score_on_the_reported_summaries(finished):
         scores = [scorer.score(ref, summary) for ref, summary in zip(references, arm["summaries"])]
         for kind in ROUGE_TYPES:
             assert arm[kind] == pytest.approx(sum(s[kind].fmeasure for s in scores) / len(scores)), (name, kind)
+
+
+def test_the_finetuned_arms_learn(finished):
+    for arm in ("finetuned-bart", "finetuned-pegasus"):
+        rows = [json.loads(line) for line in (finished / "arms" / arm / "metrics.jsonl").read_text().splitlines()]
+        losses = [row["val_loss"] for row in rows if row.get("kind") == "eval"]
+        assert len(losses) >= 2 and losses[-1] < losses[0], (arm, losses)
 
 
 def test_lead_3_recovers_the_first_three_sentences(finished):

@@ -197,12 +197,6 @@ def scored(hypotheses: list[str], references: list[str], splitter: SentenceSplit
 
 
 # ----------------------------------------------------------------------------- models
-def _loaded(path: str, echo: Callable[[str], None]) -> LoadedRun:
-    from lmlab.interop.hub import resolve_model_path
-
-    return load_run(resolve_model_path(path), echo)
-
-
 def _check_kind(run: LoadedRun, path: str, needed: str, flag: str, examples: str) -> None:
     structure = run.model.structure
     if structure != needed:
@@ -303,11 +297,11 @@ def _plan(context: RecipeContext) -> Plan:
     splits = split_examples(examples, scale, context.seed)
     quiet = lambda _: None  # noqa: E731
     decoder_name = context.model or DEFAULT_DECODER
-    decoder = _loaded(decoder_name, quiet)
+    decoder = load_run(decoder_name, quiet)
     _check_kind(decoder, decoder_name, DECODER, "--model", "the TL;DR arm prompts a decoder such as GPT-2")
     models = context.extra_models or DEFAULT_SEQ2SEQ
     for model in models:
-        _check_kind(_loaded(model, quiet), model, ENCODER_DECODER, "--seq2seq-model",
+        _check_kind(load_run(model, quiet), model, ENCODER_DECODER, "--seq2seq-model",
                     "the fine-tuned arms need T5, BART, PEGASUS or an lmlab encoder-decoder run")
     directory = context.out_dir / SPLITS_DIR
     files = {name: _write_split(directory / f"{name}.jsonl", getattr(splits, name)) for name in ("train", "val", "test")}
