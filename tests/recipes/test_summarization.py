@@ -6,6 +6,7 @@ reported summaries, lead-3 is perfect, and bad inputs are one-line errors."""
 import json
 import random
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from tiny_models import bert_mlm_dir  # noqa: E402
 
 from lmlab.errors import LmlabError  # noqa: E402
 from lmlab.recipes import run_recipe  # noqa: E402
-from lmlab.recipes.summarization import parse_story  # noqa: E402
+from lmlab.recipes.summarization import parse_story, read_examples  # noqa: E402
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 CONTENT = [f"w{i}" for i in range(30)]
@@ -161,6 +162,21 @@ def test_a_story_file_parses_into_article_and_highlights():
     example = parse_story(story)
     assert example.article == "First line. Second para." and example.highlights == "One point\nTwo point"
     assert parse_story("no highlights here") is None
+
+
+def test_a_stories_archive_reads_as_examples(tmp_path):
+    stories = tmp_path / "cnn" / "stories"
+    stories.mkdir(parents=True)
+    (stories / "a.story").write_text("Alpha one. Alpha two.\n\n@highlight\n\nAlpha point\n")
+    (stories / "b.story").write_text("Beta one.\n\n@highlight\n\nBeta point\n\n@highlight\n\nBeta again\n")
+    (stories / "c.story").write_text("An article whose highlights are missing.\n")
+    archive = tmp_path / "cnn_stories.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(stories, arcname="cnn/stories")
+    examples = sorted(read_examples(archive, limit=10), key=lambda e: e.article)
+    assert [(e.article, e.highlights) for e in examples] == [
+        ("Alpha one. Alpha two.", "Alpha point"), ("Beta one.", "Beta point\nBeta again")]
+    assert len(read_examples(archive, limit=1)) == 1
 
 
 def _run(tmp_path, records, model, extra):

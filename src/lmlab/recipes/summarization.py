@@ -355,7 +355,8 @@ def run_summarization(context: RecipeContext) -> RecipeReport:
         arms[arm] = context.run_arm(arm, _finetuned_arm(plan, arm, config))
     kinds = {"lead-3": "baseline", "tldr": "prompted decoder"}
     rows = [{"arm": arm, "kind": kinds.get(arm, "fine-tuned encoder-decoder"), "model": result["model"],
-             "steps": result["steps"], **{kind: result[kind] for kind in ROUGE_TYPES}} for arm, result in arms.items()]
+             "steps": result["steps"], **{kind: result[kind] for kind in ROUGE_TYPES}, "seconds": result["wall_s"]}
+            for arm, result in arms.items()]
     best = max(arms, key=lambda arm: arms[arm]["rouge2"])
     counts = {name: len(getattr(plan.splits, name)) for name in ("train", "val", "test")}
     summary = (f"ROUGE F-measures (rouge-score, Porter stemming; 0-1) on {counts['test']} held-out articles; "
@@ -365,7 +366,7 @@ def run_summarization(context: RecipeContext) -> RecipeReport:
                f"{plan.scale.max_new_tokens} tokens.")
     return RecipeReport(
         title="Summarization: lead-3 vs TL;DR prompting vs fine-tuned encoder-decoders",
-        summary=summary, columns=["arm", "kind", "model", "steps", *ROUGE_TYPES], rows=rows,
+        summary=summary, columns=["arm", "kind", "model", "steps", *ROUGE_TYPES, "seconds"], rows=rows,
         results={"arms": arms, "splits": counts, "max_new_tokens": plan.scale.max_new_tokens},
         sections=[("Summaries beside the reference", _samples(plan, arms))], commands=commands)
 
