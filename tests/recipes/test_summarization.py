@@ -115,6 +115,11 @@ def finished(tmp_path_factory, models):
     return out
 
 
+def split(out, name: str) -> list[dict]:
+    """The records of the recipe's ``name`` split file."""
+    return [json.loads(line) for line in (out / "splits" / f"{name}.jsonl").read_text().splitlines()]
+
+
 def test_results_have_every_arm_and_rouge_metric(finished):
     results = json.loads((finished / "results.json").read_text())
     arms = results["arms"]
@@ -129,7 +134,7 @@ def test_results_have_every_arm_and_rouge_metric(finished):
 
 
 def test_rouge_equals_rouge_score_on_the_reported_summaries(finished):
-    references = [json.loads(line)["highlights"] for line in (finished / "splits" / "test.jsonl").read_text().splitlines()]
+    references = [record["highlights"] for record in split(finished, "test")]
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     for name, arm in json.loads((finished / "results.json").read_text())["arms"].items():
         scores = [scorer.score(ref, summary) for ref, summary in zip(references, arm["summaries"])]
@@ -146,13 +151,13 @@ def test_the_finetuned_arms_learn(finished):
 
 def test_lead_3_recovers_the_first_three_sentences(finished):
     lead = json.loads((finished / "results.json").read_text())["arms"]["lead-3"]
-    references = [json.loads(line)["highlights"] for line in (finished / "splits" / "test.jsonl").read_text().splitlines()]
+    references = [record["highlights"] for record in split(finished, "test")]
     assert lead["summaries"] == references
     assert all(lead[kind] == pytest.approx(1.0) for kind in ROUGE_TYPES)
 
 
 def test_the_splits_are_disjoint(finished):
-    texts = {name: {json.loads(line)["article"] for line in (finished / "splits" / f"{name}.jsonl").read_text().splitlines()}
+    texts = {name: {record["article"] for record in split(finished, name)}
              for name in ("train", "val", "test")}
     assert not (texts["train"] & texts["test"]) and not (texts["val"] & texts["test"]) and texts["train"]
 
