@@ -17,11 +17,11 @@ rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
 pytest.importorskip("pysbd")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: tiny_models
 
-from tiny_models import bert_mlm_dir  # noqa: E402
+from tiny_models import bert_mlm_dir, t5_dir  # noqa: E402
 
 from lmlab.errors import LmlabError  # noqa: E402
 from lmlab.recipes import run_recipe  # noqa: E402
-from lmlab.recipes.summarization import parse_story, read_examples  # noqa: E402
+from lmlab.recipes.summarization import parse_story, read_examples, source_prefix_for  # noqa: E402
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 CONTENT = [f"w{i}" for i in range(30)]
@@ -160,6 +160,21 @@ def test_the_splits_are_disjoint(finished):
     texts = {name: {record["article"] for record in split(finished, name)}
              for name in ("train", "val", "test")}
     assert not (texts["train"] & texts["test"]) and not (texts["val"] & texts["test"]) and texts["train"]
+
+
+def test_a_finished_recipe_resumes_by_reading_its_arms_back(finished, models):
+    before = json.loads((finished / "results.json").read_text())["arms"]
+    said = []
+    run_recipe("summarization", finished, budget="small", max_time=ARM_SECONDS, data=finished.parent / "cnn.jsonl",
+               model=str(models["gpt2"]), extra_models=(str(models["bart"]), str(models["pegasus"])), resume=True,
+               echo=said.append)
+    assert json.loads((finished / "results.json").read_text())["arms"] == before
+    assert sum("finished before" in line for line in said) == 4
+
+
+def test_t5_sources_get_the_summarize_prefix(tmp_path, models):
+    assert source_prefix_for(str(t5_dir(tmp_path / "t5"))) == "summarize: "
+    assert source_prefix_for(str(models["bart"])) == ""
 
 
 def test_a_story_file_parses_into_article_and_highlights():

@@ -204,7 +204,7 @@ def _check_kind(run: LoadedRun, path: str, needed: str, flag: str, examples: str
                          f"summarization recipe needs a{'n' if needed[0] == 'e' else ''} {needed} there ({examples})")
 
 
-def _source_prefix(path: str) -> str:
+def source_prefix_for(path: str) -> str:
     """T5 was pretrained with task prefixes: ``summarize: `` for its sources; others take none."""
     from lmlab.interop.hub import resolve_model_path
 
@@ -313,7 +313,7 @@ def _finetune_config(plan: Plan, arm: str, model: str) -> FinetuneConfig:
     context = plan.context
     return FinetuneConfig(model=model, task="seq2seq", data=str(plan.split_files["train"]),
                           val=str(plan.split_files["val"]), out=str(context.arm_dir(arm)), source_column=ARTICLE,
-                          target_column=HIGHLIGHTS, source_prefix=_source_prefix(model), max_time=context.arm_seconds,
+                          target_column=HIGHLIGHTS, source_prefix=source_prefix_for(model), max_time=context.arm_seconds,
                           batch_size=plan.scale.batch_size, max_new_tokens=plan.scale.max_new_tokens, seed=context.seed)
 
 
