@@ -43,11 +43,11 @@ def word_tokenizer(folder, specials: list[str], roles: dict[str, str]):
     return len(words)
 
 
-def gpt2_dir(folder):
+def gpt2_dir(folder, positions: int = 128):
     vocab = word_tokenizer(folder, ["</s>", "<pad>", "<unk>"], {"eos_token": "</s>", "pad_token": "<pad>",
                                                                "unk_token": "<unk>"})
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=vocab, n_positions=128, n_embd=32, n_layer=1, n_head=2,
+    config = transformers.GPT2Config(vocab_size=vocab, n_positions=positions, n_embd=32, n_layer=1, n_head=2,
                                      bos_token_id=0, eos_token_id=0)
     transformers.GPT2LMHeadModel(config).save_pretrained(folder)
     return folder
@@ -203,6 +203,19 @@ def _run(tmp_path, records, model, extra):
     data = write_jsonl(tmp_path / "data.jsonl", records)
     run_recipe("summarization", tmp_path / "out", budget="small", max_time=ARM_SECONDS, data=data, model=str(model),
                extra_models=tuple(str(m) for m in extra), echo=lambda _: None)
+
+
+def test_a_csv_with_the_columns_reads_as_examples(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text('article,highlights\n"One. Two, three.","One."\n', encoding="utf-8")
+    assert [(e.article, e.highlights) for e in read_examples(path, limit=5)] == [("One. Two, three.", "One.")]
+
+
+def test_a_tldr_model_too_short_for_any_article_is_an_error(tmp_path, models):
+    short = gpt2_dir(tmp_path / "short-gpt2", positions=32)
+    with pytest.raises(LmlabError, match="context \\(32 tokens\\) leaves no room"):
+        _run(tmp_path, articles(10, seed=1), short, [models["bart"]])
+    assert not (tmp_path / "out" / "arms").exists()
 
 
 def test_data_without_the_fields_names_them(tmp_path, models):

@@ -48,6 +48,7 @@ DEFAULT_SEQ2SEQ = ("google-t5/t5-small",)
 T5_PREFIX = "summarize: "
 SPLITS_DIR = "splits"
 SAMPLES_SHOWN = 3
+UNBOUNDED_CONTEXT = 1024  # article tokens + cue + summary for a decoder without a position limit
 ARTICLE_EXCERPT_CHARS = 400
 STORY_SUFFIX = ".story"
 HIGHLIGHT_MARK = "@highlight"
@@ -233,16 +234,22 @@ def tldr_summaries(run: LoadedRun, articles: list[str], max_new_tokens: int) -> 
     tokenizer, model = run.tokenizer, run.model
     special = tokenizer.special_tokens
     eos_id = special.get("eos", 0)
-    cue = tokenizer.encode(TLDR_CUE)
-    room = (model.max_positions or 1024) - max_new_tokens - len(cue)
-    if room < 1:
-        raise LmlabError(f"the TL;DR model's context ({model.max_positions} tokens) leaves no room for an article "
-                         f"and a {max_new_tokens}-token summary; use a model with a longer context")
-    prompts = [tokenizer.encode(article)[:room] + cue for article in articles]
+    room = article_room(run, max_new_tokens)
+    prompts = [tokenizer.encode(article)[:room] + tokenizer.encode(TLDR_CUE) for article in articles]
     generation = GenerationConfig(max_new_tokens=max_new_tokens, eos_ids=(eos_id,), draft_tokens=0)
     pad_id = special.get("pad", eos_id)
     outputs = generate_in_batches(lambda batch: decoder_outputs(model, batch, generation, eos_id, pad_id), prompts)
     return [_first_line(tokenizer.decode(ids)) for ids in outputs]
+
+
+def article_room(run: LoadedRun, max_new_tokens: int) -> int:
+    """The article tokens a TL;DR prompt keeps: the context less the cue and the summary."""
+    context = run.model.max_positions or UNBOUNDED_CONTEXT
+    room = context - max_new_tokens - len(run.tokenizer.encode(TLDR_CUE))
+    if room < 1:
+        raise LmlabError(f"the TL;DR model's context ({context} tokens) leaves no room for an article and a "
+                         f"{max_new_tokens}-token summary; use a model with a longer context")
+    return room
 
 
 def _first_line(text: str) -> str:
@@ -299,6 +306,7 @@ def _plan(context: RecipeContext) -> Plan:
     decoder_name = context.model or DEFAULT_DECODER
     decoder = load_run(decoder_name, quiet)
     _check_kind(decoder, decoder_name, DECODER, "--model", "the TL;DR arm prompts a decoder such as GPT-2")
+    article_room(decoder, scale.max_new_tokens)
     models = context.extra_models or DEFAULT_SEQ2SEQ
     for model in models:
         _check_kind(load_run(model, quiet), model, ENCODER_DECODER, "--seq2seq-model",
