@@ -150,6 +150,15 @@ CASES: dict[str, dict[str, Case]] = {
         "layers not numbers": case("attention", "{run}", "--text", "to be", "--layers", "first",
                                    "--out", "{tmp}/att-g.html", says="comma-separated numbers"),
     },
+    "serve": {
+        "no such model": case("serve", "{tmp}/no-model", "--port", "0", says="does not exist"),
+        "port below 0": case("serve", "{run}", "--port", "-1", says="--port"),
+        "port above 65535": case("serve", "{run}", "--port", "70000", says="--port"),
+        "max-batch 0": case("serve", "{run}", "--port", "0", "--max-batch", "0", says="--max-batch"),
+        "a GRU": case("serve", "{gru_run}", "--port", "0", says="KV cache"),
+        "an encoder run": case("serve", "{encoder_run}", "--port", "0", says="lmlab convert"),
+        "fastapi missing": case("serve", "{run}", "--port", "0", missing_module="fastapi", says="lmlab[serve]"),
+    },
 }
 
 

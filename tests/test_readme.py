@@ -9,7 +9,8 @@ The fine-tuning examples' models (``path/to/bert``, ``path/to/t5``, ...) are tin
 their Hub id (``org/chat-model``) comes from an offline Hub cache in the scratch directory. What
 cannot run offline or within a test is listed with its reason: :data:`NETWORK_BLOCKS` are skipped,
 :data:`HELP_ONLY` commands run with ``--help``, and so do :data:`GPU_COMMANDS` on a machine with
-fewer CUDA GPUs than they need.
+fewer CUDA GPUs than they need. :data:`SERVED_BLOCKS` (the HTTP examples) run against ``lmlab serve``
+started for them on a free loopback port.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +56,15 @@ HELP_ONLY = {
     "python benchmarks/generate_vs_transformers.py": "a benchmark: a 124M model in two libraries",
     "python benchmarks/prepare_data.py": "a benchmark: a corpus repeated 30 times",
     "python benchmarks/load_pretrained_rss.py": "a benchmark: writes and loads a 124M checkpoint",
+    "lmlab serve": "a server runs until stopped (SERVED_BLOCKS run the examples against one)",
+    "python benchmarks/serve_load.py": "a benchmark: a 124M model under load",
+}
+# Blocks (their first line) that talk to a server: each runs while `lmlab serve` of this model
+# listens on a free loopback port, which replaces the README's address (README_SERVER) in it.
+README_SERVER = "http://127.0.0.1:8000"
+SERVED_BLOCKS = {
+    f"curl -s {README_SERVER}/v1/completions -H \"Content-Type: application/json\" \\": "path/to/chat-model",
+    "from openai import OpenAI": "path/to/chat-model",
 }
 # Commands (their first words) that need this many CUDA GPUs: with fewer, they run as ``--help`` only.
 GPU_COMMANDS = {
@@ -106,6 +118,24 @@ def runnable(command: str) -> str:
         command += " " + " ".join(FINETUNE_BUDGET)
     command = re.sub(r"^python ", f"{python} ", command)
     return re.sub(r"(^|\|\s*)lmlab ", rf"\1{python} -m lmlab.cli ", command)
+
+
+@contextmanager
+def served(sandbox: Path, model: str | None):
+    """The address of ``lmlab serve model`` on a free loopback port while the block runs (None: no server)."""
+    if model is None:
+        yield None
+        return
+    process = subprocess.Popen([sys.executable, "-m", "lmlab.cli", "serve", model, "--port", "0"], cwd=sandbox,
+                               env=sandbox_env(sandbox), stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        found = re.search(r" at (http://127\.0\.0\.1:\d+)", line)
+        assert found, line + process.stderr.read()
+        yield found.group(1)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=HANG_GUARD_S)
 
 
 def cuda_devices() -> int:
@@ -225,14 +255,23 @@ def test_readme_block_runs_as_pasted(sandbox, block):
     first_line = block.code.splitlines()[0]
     if first_line in NETWORK_BLOCKS:
         pytest.skip(NETWORK_BLOCKS[first_line])
-    if block.language == "python":
-        code = block.code
-        for text, budget in PYTHON_BUDGETS.items():
-            code = code.replace(text, budget)
-        result = run_in(sandbox, sys.executable, "-", stdin=code)
-        assert result.returncode == 0, f"README line {block.line}:\n{result.stderr[-3000:]}"
-        return
-    for command in bash_commands(block.code):
+    with served(sandbox, SERVED_BLOCKS.get(first_line)) as url:
+        code = block.code.replace(README_SERVER, url) if url else block.code
+        if block.language == "python":
+            _run_python_block(sandbox, block, code)
+        else:
+            _run_bash_block(sandbox, block, code)
+
+
+def _run_python_block(sandbox: Path, block: Block, code: str) -> None:
+    for text, budget in PYTHON_BUDGETS.items():
+        code = code.replace(text, budget)
+    result = run_in(sandbox, sys.executable, "-", stdin=code)
+    assert result.returncode == 0, f"README line {block.line}:\n{result.stderr[-3000:]}"
+
+
+def _run_bash_block(sandbox: Path, block: Block, code: str) -> None:
+    for command in bash_commands(code):
         result = subprocess.run(["bash", "-o", "pipefail", "-c", runnable(command)], cwd=sandbox,
                                 env=sandbox_env(sandbox), input=stdin_of(command), capture_output=True, text=True,
                                 timeout=HANG_GUARD_S)
@@ -243,7 +282,7 @@ def test_every_exemption_and_budget_names_readme_text():
     """An exemption or a budget whose README text is gone would silently stop covering it."""
     text = README.read_text(encoding="utf-8")
     first_lines = {block.code.splitlines()[0] for block in BLOCKS}
-    assert set(NETWORK_BLOCKS) <= first_lines
+    assert set(NETWORK_BLOCKS) <= first_lines and set(SERVED_BLOCKS) <= first_lines
     commands = [command for block in BLOCKS if block.language == "bash" for command in bash_commands(block.code)]
     assert all(any(command.startswith(prefix) for command in commands) for prefix in HELP_ONLY)
     assert all(budgeted in text for budgeted in PYTHON_BUDGETS)

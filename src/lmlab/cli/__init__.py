@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 
 from lmlab.cli import compare, data, fill_mask, finetune, generate, interop, train
 from lmlab.cli import attention
+from lmlab.cli import serve
 from lmlab.cli.common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, err as _err
 from lmlab.cli.compare import cmd_compare
 from lmlab.cli.data import cmd_data_prepare, cmd_tokenizer_decode, cmd_tokenizer_encode, cmd_tokenizer_train
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     fill_mask.add_fill_mask_parser(sub)
     finetune.add_finetune_parsers(sub)
     attention.add_attention_parser(sub)
+    serve.add_serve_parser(sub)
     return parser
 
 

@@ -87,7 +87,7 @@ class GRUSeq2Seq(nn.Module):
     forcing): the encoder's final hidden state is the decoder's initial state. One embedding
     serves both sides. Same call signatures as :class:`EncoderDecoderLM`:
 
-    - ``model(input_ids, decoder_input_ids, attention_mask=None)`` → logits (B, T, V);
+    - ``model(input_ids, decoder_input_ids, attention_mask=None, decoder_attention_mask=None)`` → logits (B, T, V);
     - ``encode(input_ids, attention_mask=None)`` → final state (n_layer, B, H), the "memory";
     - ``decode(decoder_input_ids, memory, attention_mask=None, cache=None, start_pos=0)`` → logits
       (the encoder mask is not needed there: the memory is one state per row).
@@ -113,9 +113,11 @@ class GRUSeq2Seq(nn.Module):
         input_ids: torch.Tensor,
         decoder_input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids (B, S), decoder_input_ids (B, T) → logits (B, T, V). A left-to-right decoder
-        never reads later positions, so right-padded targets need no mask."""
+        never reads later positions, so right-padded targets need no mask: ``decoder_attention_mask``
+        is accepted (the trainer passes it to every encoder-decoder) and not needed."""
         return self.decode(decoder_input_ids, self.encode(input_ids, attention_mask))
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,164 @@
+"""Serving under load: lmlab's server (continuous batching) against the same requests run one
+after another through ``generate``.
+
+A random decoder of GPT-2 small's shape (12 layers, 12 heads, 768 dims, vocab 50257, context
+1024; ``--shape small`` or ``--shape tiny`` for less) is served on a free loopback port by the
+app and engine of ``lmlab serve``, in this process. A fixed number of requests (prompt lengths
+and new-token counts drawn from ``--seed``; prompts are token ids; no EOS, so every request
+makes exactly its tokens, greedily) is sent by 1, 4 and 16 concurrent streaming clients. Then the
+same requests run one after another through :func:`lmlab.generation.stream_tokens` (what
+``lmlab generate`` does, speculative decoding included). One JSON object per line:
+
+    {"mode": "server", "clients": 16, "requests": 32, "tokens": ..., "seconds": ..., "tokens_per_s": ...,
+     "ttft_p50_s": ..., "ttft_p95_s": ..., "latency_p50_s": ..., "latency_p95_s": ..., "ratio": ...}
+
+``ratio``: the row's tokens/s over the sequential row's. The sequential row's ``ttft`` is the
+single-request prefill (time to the first token). The clients share the process (and its GIL)
+with the server, which costs the server some of its speed. Each ``stream_tokens`` call builds its
+decoding twin (and int8 draft) again, as every ``lmlab generate`` does, while the server builds
+its engine once: the server's 1-client row against its 4- and 16-client rows is the gain of
+batching alone.
+
+    python benchmarks/serve_load.py [--shape gpt2|small|tiny] [--requests 32] [--clients 1,4,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+
+import httpx
+import torch
+
+from lmlab.generation import GenerationConfig, stream_tokens
+from lmlab.models import ModelConfig, build_model
+from lmlab.serving.app import create_app
+from lmlab.serving.engine import Engine
+from lmlab.serving.server import BackgroundServer
+from lmlab.tokenizers import CharTokenizer
+
+SHAPES = {  # n_layer, n_head, d_model, vocab_size, context_length
+    "gpt2": (12, 12, 768, 50257, 1024),
+    "small": (4, 8, 256, 8192, 512),
+    "tiny": (2, 2, 32, 256, 128),
+}
+HANG_GUARD_S = 3600  # only catches a hung request; never a limit on how long it may take
+
+
+def build(shape: str) -> tuple[torch.nn.Module, CharTokenizer]:
+    """A random decoder of ``shape`` and a tokenizer of as many one-character tokens (no EOS)."""
+    n_layer, n_head, d_model, vocab, context = SHAPES[shape]
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=vocab, n_layer=n_layer, n_head=n_head, d_model=d_model, context_length=context,
+                         dropout=0.0)
+    tokenizer = CharTokenizer([chr(0x100 + i) for i in range(vocab)])  # below the surrogates
+    return build_model(config).eval(), tokenizer
+
+
+def requests_for(count: int, seed: int, vocab: int, shape: str) -> list[tuple[list[int], int]]:
+    """``count`` (prompt ids, new tokens) pairs drawn from ``seed``."""
+    rng = random.Random(seed)
+    longest_prompt, most_tokens = (64, 64) if shape != "tiny" else (24, 24)
+    return [([rng.randrange(vocab) for _ in range(rng.randint(8, longest_prompt))], rng.randint(16, most_tokens))
+            for _ in range(count)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def row(mode: str, clients: int, tokens: int, seconds: float, ttft: list[float], latency: list[float]) -> dict:
+    return {"mode": mode, "clients": clients, "requests": len(latency), "tokens": tokens, "seconds": round(seconds, 3),
+            "tokens_per_s": round(tokens / seconds, 2), "ttft_p50_s": round(statistics.median(ttft), 4),
+            "ttft_p95_s": round(percentile(ttft, 0.95), 4), "latency_p50_s": round(statistics.median(latency), 4),
+            "latency_p95_s": round(percentile(latency, 0.95), 4)}
+
+
+def sequential(model, requests) -> dict:
+    """The requests one after another through ``stream_tokens``."""
+    ttft, latency, tokens = [], [], 0
+    began = time.perf_counter()
+    for prompt, new_tokens in requests:
+        start = time.perf_counter()
+        for index, _ in enumerate(stream_tokens(model, prompt, GenerationConfig(strategy="greedy",
+                                                                                max_new_tokens=new_tokens))):
+            if index == 0:
+                ttft.append(time.perf_counter() - start)
+            tokens += 1
+        latency.append(time.perf_counter() - start)
+    return row("generate", 1, tokens, time.perf_counter() - began, ttft, latency)
+
+
+async def one_request(http: httpx.AsyncClient, prompt: list[int], new_tokens: int) -> tuple[float, float, int]:
+    """(time to first token, latency, tokens) of one streamed completion."""
+    body = {"prompt": prompt, "max_tokens": new_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    first, tokens = None, 0
+    async with http.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if first is None and chunk["choices"]:
+                first = time.perf_counter() - start
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return first, time.perf_counter() - start, tokens
+
+
+async def load(url: str, requests, clients: int) -> dict:
+    """Every request sent with at most ``clients`` in flight."""
+    gate = asyncio.Semaphore(clients)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async with httpx.AsyncClient(base_url=url, timeout=HANG_GUARD_S, limits=limits) as http:
+        async def gated(prompt, new_tokens):
+            async with gate:
+                return await one_request(http, prompt, new_tokens)
+
+        began = time.perf_counter()
+        results = await asyncio.gather(*(gated(p, n) for p, n in requests))
+        seconds = time.perf_counter() - began
+    return row("server", clients, sum(r[2] for r in results), seconds, [r[0] for r in results],
+               [r[1] for r in results])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=tuple(SHAPES), default="gpt2")
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--clients", default="1,4,16", help="concurrent clients per run, comma-separated")
+    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    model, tokenizer = build(args.shape)
+    requests = requests_for(args.requests, args.seed, tokenizer.vocab_size, args.shape)
+    warmup = requests[:1]
+    engine = Engine(model, max_batch=args.max_batch, max_queue=max(64, args.requests))
+    engine.start()
+    print(json.dumps({"setup": args.shape, "parameters": sum(p.numel() for p in model.parameters()),
+                      "threads": torch.get_num_threads(), "native": engine.stats()["native"]}), flush=True)
+    rows = []
+    try:
+        with BackgroundServer(create_app(model, tokenizer, engine, model_name=args.shape)) as server:
+            asyncio.run(load(server.url, warmup, 1))
+            for clients in (int(c) for c in args.clients.split(",")):
+                rows.append(asyncio.run(load(server.url, requests, clients)))
+    finally:
+        engine.stop()
+    sequential(model, warmup)
+    baseline = sequential(model, requests)
+    for result in [baseline, *rows]:
+        result["ratio"] = round(result["tokens_per_s"] / baseline["tokens_per_s"], 3)
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,485 @@
+"""The continuous-batching engine: one model, one scheduler thread, many requests.
+
+Requests wait in a bounded queue (:class:`QueueFull` past ``max_queue``). The scheduler loops
+over step boundaries; at each one it
+
+1. drops cancelled requests (their rows free at once) and admits waiting ones while fewer than
+   ``max_batch`` are prefilling or running;
+2. prefills: each new request's prompt runs alone in a cache of its own, at most
+   ``prefill_chunk`` prompt tokens per boundary (a long prompt takes several, while the others
+   keep decoding); a finished prefill gives the first token, and the prompt's keys/values move
+   into a free row of the batch cache (:class:`~lmlab.serving.batch.BatchCache`);
+3. decodes one token for every running row in one step (in groups of at most
+   :data:`~lmlab.kernels.MAX_ROWS` rows on the native path, whose kernels take that many),
+   each row with its own mask and positions; a row that finishes leaves at once.
+
+Each request chooses its tokens with its own settings and random generator
+(:class:`~lmlab.serving.sampler.RowSampler`). Events go to the request's ``on_event`` from the
+engine thread. A request whose prefill or token choice raises gets one event with
+``finish_reason="error"`` (``token_id`` -1, the message in ``error``) and the others go on; a
+failing batch step ends every running request that way; an ``on_event`` that raises cancels its
+own request. The engine serves decoder-only Transformer models (padding masks and KV caches);
+it refuses encoder-decoder and recurrent models.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from lmlab.errors import LmlabError
+from lmlab.generation.processors import check_sampling_settings
+from lmlab.generation.session import decoding_model
+from lmlab.kernels import MAX_ROWS
+from lmlab.models.decoder import DecoderCache
+from lmlab.models.interface import DECODER, require_generative
+from lmlab.serving.batch import BatchCache
+from lmlab.serving.sampler import Choice, RowSampler, choose_tokens
+
+MAX_TOP_LOGPROBS = 20
+STOPPED = "the engine stopped"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineRequest:
+    """One completion to decode: the prompt's ids and the sampling settings (temperature 0 is
+    greedy). ``presence_penalty`` / ``frequency_penalty`` follow OpenAI (over the generated
+    tokens); ``top_logprobs``: how many alternatives each event reports (0..20). ``logprobs``
+    False: the events' ``logprob`` is nan (not computed), which lets a greedy row without
+    penalties take its token from the int8 head screen on the native path (``top_logprobs``
+    > 0 computes them anyway)."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    eos_ids: tuple[int, ...] = ()
+    seed: int | None = None
+    top_logprobs: int = 0
+    logprobs: bool = True
+
+
+@dataclass
+class TokenEvent:
+    """One generated token, or the end of a request.
+
+    ``logprob``: the chosen token's log-probability under the penalised distribution divided
+    by the temperature (1 for greedy), before top-k / top-p / min-p; ``top_logprobs``: the best
+    (id, logprob) of that distribution, best first. ``finish_reason``: None while going on;
+    ``"stop"`` (an eos id was produced: it is this event's token), ``"length"``
+    (``max_new_tokens`` reached) or ``"error"`` (no token: ``token_id`` -1, the message in
+    ``error``). The last event carries ``prompt_tokens`` and ``completion_tokens``.
+    """
+
+    token_id: int
+    logprob: float
+    top_logprobs: list[tuple[int, float]]
+    finish_reason: str | None
+    error: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class QueueFull(Exception):
+    """:meth:`Engine.submit` found ``max_queue`` requests already waiting."""
+
+
+class RequestHandle:
+    """A submitted request; :meth:`cancel` takes it out at the next step boundary."""
+
+    def __init__(self, request_id: int):
+        self.id = request_id
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """The request leaves the batch (or the queue) at the next step boundary; no events
+        follow but those of a step already under way."""
+        self.cancelled.set()
+
+
+@dataclass
+class _Live:
+    """A request inside the engine: its settings, sampler, progress and, while prefilling, the
+    cache its prompt fills."""
+
+    request: EngineRequest
+    on_event: Callable[[TokenEvent], None]
+    handle: RequestHandle
+    sampler: RowSampler | None = None
+    seen: torch.Tensor | None = None  # (1, prompt + max_new) every token so far
+    prompt_cache: DecoderCache | None = None
+    prefilled: int = 0
+    generated: int = 0
+    done: bool = False
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.request.prompt_ids)
+
+    @property
+    def last_token(self) -> int:
+        return int(self.seen[0, self.prompt_len + self.generated - 1])
+
+
+@dataclass
+class _Counters:
+    """Totals since the engine was made, for :meth:`Engine.stats`."""
+
+    submitted: int = 0
+    finished: dict[str, int] = field(default_factory=lambda: {"stop": 0, "length": 0, "error": 0, "cancelled": 0})
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    decode_steps: int = 0
+    decoded_rows: int = 0
+
+
+class Engine:
+    """Continuous batching of :class:`EngineRequest` over one decoder model (see the module
+    docstring). ``decode_group``: rows per forward pass of a decode step (default: the native
+    kernels' :data:`~lmlab.kernels.MAX_ROWS` on the native path, every row otherwise)."""
+
+    def __init__(
+        self, model, *, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
+        decode_group: int | None = None,
+    ):
+        require_generative(model)
+        check_servable(model)
+        limits = dict(max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk, decode_group=decode_group or 1)
+        for name, value in limits.items():
+            if value < 1:
+                raise LmlabError(f"{name} must be at least 1, got {value}")
+        self.model, self.fast = decoding_model(model)
+        self.context: int = model.max_positions
+        self.vocab_size: int = model.config.vocab_size
+        self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
+        self.decode_group = decode_group or (MAX_ROWS if self.fast is not None else max_batch)
+        self.device = next(model.parameters()).device
+        self.batch = BatchCache(self.model, max_batch, self.context)
+        self._cond = threading.Condition()
+        self._waiting: deque[_Live] = deque()
+        self._prefilling: list[_Live] = []
+        self._running: list[_Live] = []  # row i of the batch cache is request i
+        self._ids = itertools.count()
+        self._counters = _Counters()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # --- the public side (any thread) -------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the scheduler thread (a daemon)."""
+        with self._cond:
+            if self._thread is not None:
+                raise LmlabError("the engine was started already; make a new Engine to start again")
+            self._thread = threading.Thread(target=self._serve, name="lmlab-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the scheduler thread; every unfinished request gets an ``"error"`` event
+        ("the engine stopped")."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self._end_all(STOPPED)
+
+    def submit(self, request: EngineRequest, on_event: Callable[[TokenEvent], None]) -> RequestHandle:
+        """Queue ``request``; ``on_event`` gets its events from the engine thread. Raises
+        :class:`LmlabError` for a request that cannot run (e.g. prompt plus new tokens past the
+        context, naming both numbers) and :class:`QueueFull` when ``max_queue`` requests wait."""
+        self.validate(request)
+        with self._cond:
+            if self._stopping:
+                raise LmlabError("the engine is stopped; it takes no more requests")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are waiting (max_queue {self.max_queue}); retry later")
+            handle = RequestHandle(next(self._ids))
+            self._waiting.append(_Live(request, on_event, handle))
+            self._counters.submitted += 1
+            self._cond.notify_all()
+        return handle
+
+    def stats(self) -> dict:
+        """What /metrics reports: queue depth, rows running and prefilling, the limits, and
+        totals (requests by finish reason, tokens in and out, decode steps and rows decoded)."""
+        with self._cond:
+            c = self._counters
+            return {
+                "queue_depth": len(self._waiting), "running": len(self._running),
+                "prefilling": len(self._prefilling), "max_batch": self.max_batch, "max_queue": self.max_queue,
+                "submitted": c.submitted, "finished": dict(c.finished), "prompt_tokens": c.prompt_tokens,
+                "generated_tokens": c.generated_tokens, "decode_steps": c.decode_steps, "decoded_rows": c.decoded_rows,
+                "native": self.fast is not None,
+            }
+
+    def validate(self, request: EngineRequest) -> None:
+        """:class:`LmlabError` (one line) for a request the engine cannot run."""
+        prompt = request.prompt_ids
+        if not prompt:
+            raise LmlabError("the prompt is empty; give at least one token")
+        if any(not 0 <= t < self.vocab_size for t in prompt):
+            bad = next(t for t in prompt if not 0 <= t < self.vocab_size)
+            raise LmlabError(f"token id {bad} is outside the model's vocabulary of {self.vocab_size}")
+        if request.max_new_tokens < 1:
+            raise LmlabError(f"max_new_tokens must be at least 1, got {request.max_new_tokens}")
+        total = len(prompt) + request.max_new_tokens
+        if total > self.context:
+            raise LmlabError(
+                f"the prompt ({len(prompt)} tokens) plus max_new_tokens ({request.max_new_tokens}) is {total} "
+                f"positions but the model's context holds {self.context}; shorten the prompt or ask for fewer tokens"
+            )
+        validate_sampling(request)
+
+    # --- the scheduler thread ---------------------------------------------------------------
+
+    def _serve(self) -> None:
+        with torch.inference_mode():
+            while self._next_boundary():
+                try:
+                    self._prefill_some()
+                    self._decode_step()
+                except Exception as exc:  # a fault outside any one request: end those in flight, go on
+                    log.exception("the engine's step failed")
+                    self._reset(exc)
+
+    def _reset(self, exc: Exception) -> None:
+        """End every prefilling and running request with an ``"error"`` event; empty the batch."""
+        for live in self._prefilling + self._running:
+            self._fail(live, exc)
+        self._prefilling, self._running = [], []
+        self.batch.clear()
+
+    def _next_boundary(self) -> bool:
+        """Wait for work; drop cancelled requests, admit waiting ones. False once stopping."""
+        with self._cond:
+            while not self._stopping and not (self._waiting or self._prefilling or self._running):
+                self._cond.wait()
+            if self._stopping:
+                return False
+            for live in [w for w in self._waiting if w.handle.cancelled.is_set()]:
+                self._waiting.remove(live)
+                self._counters.finished["cancelled"] += 1
+            while self._waiting and len(self._prefilling) + len(self._running) < self.max_batch:
+                self._prefilling.append(self._waiting.popleft())
+        self._prefilling = [live for live in self._prefilling if not self._dropped(live)]
+        self._leave([i for i, live in enumerate(self._running) if self._dropped(live)])
+        return True
+
+    def _dropped(self, live: _Live) -> bool:
+        if live.handle.cancelled.is_set() and not live.done:
+            live.done = True
+            self._count("cancelled")
+        return live.done
+
+    def _prefill_some(self) -> None:
+        """Up to ``prefill_chunk`` prompt tokens of the prefilling requests, oldest first."""
+        budget = self.prefill_chunk
+        while budget > 0 and self._prefilling:
+            live = self._prefilling[0]
+            try:
+                budget -= self._prefill_chunk(live, budget)
+            except Exception as exc:  # one request's failure ends that request only
+                self._fail(live, exc)
+            if live.done or live.prefilled == live.prompt_len:
+                self._prefilling.pop(0)
+
+    def _prefill_chunk(self, live: _Live, budget: int) -> int:
+        """Run the next at most ``budget`` tokens of ``live``'s prompt; after the last, choose the
+        first token and move the prompt into the batch. Returns the tokens run."""
+        if live.sampler is None:
+            self._begin(live)
+        lo = live.prefilled
+        hi = min(live.prompt_len, lo + budget)
+        chunk = live.seen[:, lo:hi]  # (1, T)
+        hidden = self.model.hidden_states(chunk, live.prompt_cache, lo)  # (1, T, C)
+        live.prefilled = hi
+        if hi == live.prompt_len:
+            logits = self.model.lm_head(hidden[:, -1])  # (1, V)
+            [choice] = choose_tokens([live.sampler], [self._seen(live)], logits)
+            self._take(live, choice)
+            if not live.done:
+                self.batch.add(live.prompt_cache, live.prompt_len)
+                self._running.append(live)
+            live.prompt_cache = None
+        return hi - lo
+
+    def _begin(self, live: _Live) -> None:
+        request = live.request
+        live.sampler = RowSampler(request, live.prompt_len, self.device)
+        live.seen = torch.zeros(1, live.prompt_len + request.max_new_tokens, dtype=torch.long, device=self.device)
+        live.seen[0, :live.prompt_len] = torch.tensor(request.prompt_ids, dtype=torch.long)
+        live.prompt_cache = self.model.new_cache(1, live.prompt_len)
+        with self._cond:
+            self._counters.prompt_tokens += live.prompt_len
+
+    def _decode_step(self) -> None:
+        """One token for every running row; finished rows leave."""
+        if not self._running:
+            return
+        try:
+            logits = self._batch_logits()  # (n, V)
+        except Exception as exc:  # the whole step failed: every running request ends
+            log.exception("a decode step failed")
+            for live in self._running:
+                self._fail(live, exc)
+            self._leave(list(range(len(self._running))))
+            return
+        for live, choice in zip(self._running, self._choose_all(logits)):
+            if isinstance(choice, Exception):
+                self._fail(live, choice)
+            else:
+                self._take(live, choice)
+        self._leave([i for i, live in enumerate(self._running) if live.done])
+
+    def _batch_logits(self) -> torch.Tensor:
+        """Feed every running row its last token at the shared write index → logits (n, V)."""
+        batch, n = self.batch, len(self._running)
+        batch.make_room()
+        tokens = torch.tensor([[live.last_token] for live in self._running], device=self.device)  # (n, 1)
+        screen = self.fast.screen() if self.fast is not None else None
+        pieces = []
+        for lo in range(0, n, self.decode_group):
+            hi = min(n, lo + self.decode_group)
+            hidden = self.model.hidden_states(tokens[lo:hi], batch.view(lo, hi), batch.write, **batch.padding(lo, hi))
+            logits = None
+            if screen is not None and all(live.sampler.argmax_only for live in self._running[lo:hi]):
+                logits = screen.top_logits(hidden[:, -1], 1)  # (g, V): exact at the best, −inf elsewhere
+            pieces.append(logits if logits is not None else self.model.lm_head(hidden[:, -1]))  # (g, V)
+        batch.advance()
+        with self._cond:
+            self._counters.decode_steps += 1
+            self._counters.decoded_rows += n
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def _choose_all(self, logits: torch.Tensor) -> list[Choice | Exception]:
+        """Every running row's next token from the logits (n, V), chosen together; if that
+        fails, each row chooses alone, so only a failing row's request ends (its exception)."""
+        running = self._running
+        try:
+            return choose_tokens([live.sampler for live in running], [self._seen(live) for live in running], logits)
+        except Exception:
+            choices: list[Choice | Exception] = []
+            for i, live in enumerate(running):
+                try:
+                    choices += choose_tokens([live.sampler], [self._seen(live)], logits[i:i + 1])
+                except Exception as exc:
+                    choices.append(exc)
+            return choices
+
+    @staticmethod
+    def _seen(live: _Live) -> torch.Tensor:
+        """Every token of ``live`` so far (1, L)."""
+        return live.seen[:, :live.prompt_len + live.generated]
+
+    def _take(self, live: _Live, choice: Choice) -> None:
+        """Record ``live``'s next token and send its event."""
+        if live.done:
+            return
+        live.seen[0, live.prompt_len + live.generated] = choice.token_id
+        live.generated += 1
+        finish = None
+        if choice.token_id in live.request.eos_ids:
+            finish = "stop"
+        elif live.generated == live.request.max_new_tokens:
+            finish = "length"
+        event = TokenEvent(choice.token_id, choice.logprob, choice.top_logprobs, finish)
+        with self._cond:
+            self._counters.generated_tokens += 1
+        if finish is not None:
+            live.done = True
+            event.prompt_tokens, event.completion_tokens = live.prompt_len, live.generated
+            self._count(finish)
+        self._send(live, event)
+
+    def _fail(self, live: _Live, exc: Exception) -> None:
+        """End ``live`` with an ``"error"`` event."""
+        if live.done:
+            return
+        log.warning("request %d failed: %s", live.handle.id, exc)
+        self._end(live, f"{type(exc).__name__}: {exc}")
+
+    def _end(self, live: _Live, message: str) -> None:
+        live.done = True
+        self._count("error")
+        self._send(live, TokenEvent(-1, 0.0, [], "error", error=message,
+                                    prompt_tokens=live.prompt_len, completion_tokens=live.generated))
+
+    def _send(self, live: _Live, event: TokenEvent) -> None:
+        """Call the request's ``on_event``; one that raises cancels its request."""
+        try:
+            live.on_event(event)
+        except Exception:
+            log.exception("on_event of request %d raised; the request is cancelled", live.handle.id)
+            live.handle.cancel()
+            if not live.done:
+                live.done = True
+                self._count("cancelled")
+
+    def _count(self, reason: str) -> None:
+        with self._cond:
+            self._counters.finished[reason] += 1
+
+    def _leave(self, rows: list[int]) -> None:
+        """Rows ``rows`` of the batch leave (the last running row takes each place)."""
+        for row in sorted(rows, reverse=True):
+            self.batch.remove(row)
+            self._running[row] = self._running[-1]
+            self._running.pop()
+
+    def _end_all(self, message: str) -> None:
+        """After the thread stopped: every request not finished gets an ``"error"`` event."""
+        with self._cond:
+            everyone = list(self._waiting) + self._prefilling + self._running
+            self._waiting.clear()
+        self._prefilling, self._running = [], []
+        for live in everyone:
+            if not live.done and not live.handle.cancelled.is_set():
+                self._end(live, message)
+        self.batch.clear()
+
+
+def check_servable(model) -> None:
+    """:class:`LmlabError` unless the engine can batch ``model``: a decoder-only Transformer
+    (padding masks, a KV cache per layer, a bounded context)."""
+    name = type(model).__name__
+    if model.structure != DECODER:
+        raise LmlabError(
+            f"{name} is an encoder-decoder model; the serving engine batches decoder-only models — "
+            "use `lmlab generate` for it"
+        )
+    if not model.takes_padding or model.max_positions is None or not isinstance(model.new_cache(1, 1), DecoderCache):
+        raise LmlabError(f"{name} keeps no per-layer KV cache; the serving engine batches Transformer decoders only")
+
+
+def validate_sampling(request: EngineRequest) -> None:
+    """:class:`LmlabError` for impossible sampling settings."""
+    for name in ("temperature", "repetition_penalty", "presence_penalty", "frequency_penalty", "top_p", "min_p"):
+        value = getattr(request, name)
+        if value is not None and not math.isfinite(value):
+            raise LmlabError(f"{name} must be a finite number, got {value}")
+    if request.temperature < 0:
+        raise LmlabError(f"temperature must be ≥ 0 (0 is greedy), got {request.temperature}")
+    if request.temperature > 0:
+        check_sampling_settings(request.temperature, request.top_k, request.top_p)
+    if request.min_p is not None and not 0 <= request.min_p <= 1:
+        raise LmlabError(f"min_p must be in [0, 1], got {request.min_p}")
+    if not request.repetition_penalty > 0:
+        raise LmlabError(f"repetition_penalty must be > 0, got {request.repetition_penalty}")
+    if not 0 <= request.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise LmlabError(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {request.top_logprobs}")
