@@ -131,6 +131,8 @@ def test_results_have_every_arm_and_rouge_metric(finished):
     report = (finished / "report.md").read_text()
     assert "| finetuned-pegasus |" in report and "## Summaries beside the reference" in report
     assert "lmlab finetune" in report and "--task seq2seq" in report
+    assert (finished / "curves.png").stat().st_size > 0 and "![curves](curves.png)" in report
+    assert (finished / "arms" / "finetuned-bart.yaml").is_file()
 
 
 def test_rouge_equals_rouge_score_on_the_reported_summaries(finished):

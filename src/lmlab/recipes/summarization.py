@@ -20,24 +20,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shlex
 import tarfile
 from pathlib import Path
 from typing import Any, Callable
-
-import torch
 
 from lmlab.errors import LmlabError, require_optional
 from lmlab.evaluation.text_metrics import ROUGE_TYPES, rouge
 from lmlab.generation import GenerationConfig
 from lmlab.models.interface import DECODER, ENCODER_DECODER
 from lmlab.recipes.base import DataSource, Recipe, RecipeContext, RecipeReport
-from lmlab.training import checkpoint as ckpt
-from lmlab.training.finetune import FinetuneConfig, finetune
-from lmlab.training.finetune_tasks import decoder_outputs, generate_in_batches
-from lmlab.training.finetuned import FinetunedRun, generate_targets, load_finetuned
+from lmlab.recipes.finetuned_arms import (
+    SPLITS_DIR,
+    finetune_command,
+    plot_curves,
+    run_finetune,
+    three_way_split,
+    trained,
+    write_jsonl,
+)
+from lmlab.training.finetune import FinetuneConfig
+from lmlab.training.finetune_tasks import decoder_outputs, generate_in_batches, text_scores
+from lmlab.training.finetuned import generate_targets
 from lmlab.training.run import LoadedRun, load_run
-from lmlab.training.selection import BEST_DIR
 from lmlab.training.task_data import read_pairs
 
 ARTICLE, HIGHLIGHTS = "article", "highlights"
@@ -46,7 +50,7 @@ LEAD_SENTENCES = 3
 DEFAULT_DECODER = "openai-community/gpt2"
 DEFAULT_SEQ2SEQ = ("google-t5/t5-small",)
 T5_PREFIX = "summarize: "
-SPLITS_DIR = "splits"
+CURVES = "curves.png"
 SAMPLES_SHOWN = 3
 UNBOUNDED_CONTEXT = 1024  # article tokens + cue + summary for a decoder without a position limit
 ARTICLE_EXCERPT_CHARS = 400
@@ -140,7 +144,7 @@ def parse_story(text: str) -> Example | None:
 
 @dataclasses.dataclass(frozen=True)
 class Splits:
-    """The training, validation and test examples (disjoint, drawn by seed)."""
+    """The training, validation (model selection) and test (the report) examples."""
 
     train: list[Example]
     val: list[Example]
@@ -148,24 +152,14 @@ class Splits:
 
 
 def split_examples(examples: list[Example], scale: Scale, seed: int) -> Splits:
-    """Seeded disjoint splits: test and validation at most a fifth of the data each, the rest
-    (up to ``scale.train``) for training; fewer than five examples is an error."""
-    count = len(examples)
-    if count < 5:
-        raise LmlabError(f"summarization needs at least 5 article/summary pairs to split into training, "
-                         f"validation and test sets; the data has {count}")
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
-    test = max(1, min(scale.test, count // 5))
-    val = max(1, min(scale.val, count // 5))
-    pick = lambda indices: [examples[i] for i in sorted(indices)]  # noqa: E731
-    return Splits(pick(order[test + val:test + val + scale.train]), pick(order[test:test + val]), pick(order[:test]))
+    """Seeded disjoint splits (:func:`~lmlab.recipes.finetuned_arms.three_way_split`)."""
+    indices = three_way_split(len(examples), scale.test, scale.val, scale.train, seed, "summarization data")
+    pick = lambda name: [examples[i] for i in getattr(indices, name)]  # noqa: E731
+    return Splits(pick("train"), pick("val"), pick("test"))
 
 
-def _write_split(path: Path, examples: list[Example]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({ARTICLE: e.article, HIGHLIGHTS: e.highlights}, ensure_ascii=False) for e in examples]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+def _records(examples: list[Example]) -> list[dict[str, str]]:
+    return [{ARTICLE: e.article, HIGHLIGHTS: e.highlights} for e in examples]
 
 
 # ----------------------------------------------------------------------------- sentences
@@ -257,23 +251,6 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
-def _trained(run_dir: Path) -> FinetunedRun:
-    """The arm's best checkpoint by validation chrF (``RUN/best``), else its newest."""
-    best = run_dir / BEST_DIR
-    return load_finetuned(best if ckpt.list_checkpoints(best) else run_dir, echo=lambda _: None)
-
-
-def finetune_command(config: FinetuneConfig) -> str:
-    """The ``lmlab finetune`` command line that trains the arm ``config`` describes."""
-    words = ["lmlab", "finetune", config.model, "--task", "seq2seq", "--data", config.data, "--val", config.val,
-             "--source-column", config.source_column, "--target-column", config.target_column,
-             "--max-time", f"{config.max_time:g}", "--batch-size", str(config.batch_size),
-             "--max-new-tokens", str(config.max_new_tokens), "--seed", str(config.seed)]
-    if config.source_prefix:
-        words += ["--source-prefix", config.source_prefix]
-    return " ".join(shlex.quote(word) for word in [*words, "--out", config.out])
-
-
 @dataclasses.dataclass
 class Plan:
     """What one recipe run does: the splits, the models of each arm and the budget's scale."""
@@ -312,7 +289,7 @@ def _plan(context: RecipeContext) -> Plan:
         _check_kind(load_run(model, quiet), model, ENCODER_DECODER, "--seq2seq-model",
                     "the fine-tuned arms need T5, BART, PEGASUS or an lmlab encoder-decoder run")
     directory = context.out_dir / SPLITS_DIR
-    files = {name: _write_split(directory / f"{name}.jsonl", getattr(splits, name))
+    files = {name: write_jsonl(directory / f"{name}.jsonl", _records(getattr(splits, name)))
              for name in ("train", "val", "test")}
     return Plan(context, scale, splits, files, splitter, decoder, decoder_name, dict(zip(_arm_names(models), models)))
 
@@ -327,12 +304,10 @@ def _finetune_config(plan: Plan, arm: str, model: str) -> FinetuneConfig:
 
 def _finetuned_arm(plan: Plan, config: FinetuneConfig) -> Callable[[Path, bool], dict[str, Any]]:
     def train(run_dir: Path, resume: bool) -> dict[str, Any]:
-        result = finetune(dataclasses.replace(config, resume=resume), progress=plan.context.progress,
-                          echo=plan.context.echo)
+        outcome = run_finetune(config, resume, plan.context.echo)
         generation = GenerationConfig(max_new_tokens=plan.scale.max_new_tokens, draft_tokens=0)
-        summaries = generate_targets(_trained(run_dir), plan.articles, generation)
-        return {"model": config.model, "steps": result.step, "stop_reason": result.stop_reason,
-                **scored(summaries, plan.references, plan.splitter)}
+        summaries = generate_targets(trained(run_dir), plan.articles, generation)
+        return {"model": config.model, **outcome, **scored(summaries, plan.references, plan.splitter)}
     return train
 
 
@@ -356,10 +331,13 @@ def run_summarization(context: RecipeContext) -> RecipeReport:
     plan = _plan(context)
     arms = {"lead-3": context.run_arm("lead-3", _lead_arm(plan)), "tldr": context.run_arm("tldr", _tldr_arm(plan))}
     commands = {}
+    text_scores(["warm up"], ["warm up"])  # the metric libraries' first use is slow: outside the arms' clocks
     for arm, model in plan.seq2seq.items():
         config = _finetune_config(plan, arm, model)
+        context.save_arm_config(arm, {"finetune": dataclasses.asdict(config)})
         commands[arm] = finetune_command(config)
         arms[arm] = context.run_arm(arm, _finetuned_arm(plan, config))
+    figures = [plot_curves(context.out_dir / CURVES, {arm: context.arm_dir(arm) for arm in plan.seq2seq})]
     kinds = {"lead-3": "baseline", "tldr": "prompted decoder"}
     rows = [{"arm": arm, "kind": kinds.get(arm, "fine-tuned encoder-decoder"), "model": result["model"],
              "steps": result["steps"], **{kind: result[kind] for kind in ROUGE_TYPES}, "seconds": result["wall_s"]}
@@ -375,7 +353,7 @@ def run_summarization(context: RecipeContext) -> RecipeReport:
         title="Summarization: lead-3 vs TL;DR prompting vs fine-tuned encoder-decoders",
         summary=summary, columns=["arm", "kind", "model", "steps", *ROUGE_TYPES, "seconds"], rows=rows,
         results={"arms": arms, "splits": counts, "max_new_tokens": plan.scale.max_new_tokens},
-        sections=[("Summaries beside the reference", _samples(plan, arms))], commands=commands)
+        sections=[("Summaries beside the reference", _samples(plan, arms))], commands=commands, figures=figures)
 
 
 def _samples(plan: Plan, arms: dict[str, dict[str, Any]]) -> str:
