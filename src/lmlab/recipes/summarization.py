@@ -338,22 +338,31 @@ def run_summarization(context: RecipeContext) -> RecipeReport:
         commands[arm] = finetune_command(config)
         arms[arm] = context.run_arm(arm, _finetuned_arm(plan, config))
     figures = [plot_curves(context.out_dir / CURVES, {arm: context.arm_dir(arm) for arm in plan.seq2seq})]
-    kinds = {"lead-3": "baseline", "tldr": "prompted decoder"}
-    rows = [{"arm": arm, "kind": kinds.get(arm, "fine-tuned encoder-decoder"), "model": result["model"],
-             "steps": result["steps"], **{kind: result[kind] for kind in ROUGE_TYPES}, "seconds": result["wall_s"]}
-            for arm, result in arms.items()]
-    best = max(arms, key=lambda arm: arms[arm]["rouge2"])
     counts = {name: len(getattr(plan.splits, name)) for name in ("train", "val", "test")}
-    summary = (f"ROUGE F-measures (rouge-score, Porter stemming; 0-1) on {counts['test']} held-out articles; "
-               f"Lsum reads one sentence a line (pysbd). Best ROUGE-2: **{best}** ({arms[best]['rouge2']:.4f}). "
-               f"Fine-tuned arms trained on {counts['train']} articles for {context.arm_seconds:g} s each "
-               f"(best checkpoint by chrF on {counts['val']} validation articles); decoding is greedy, at most "
-               f"{plan.scale.max_new_tokens} tokens.")
     return RecipeReport(
         title="Summarization: lead-3 vs TL;DR prompting vs fine-tuned encoder-decoders",
-        summary=summary, columns=["arm", "kind", "model", "steps", *ROUGE_TYPES, "seconds"], rows=rows,
+        summary=_summary(plan, arms, counts), columns=["arm", "kind", "model", "steps", *ROUGE_TYPES, "seconds"],
+        rows=_rows(arms),
         results={"arms": arms, "splits": counts, "max_new_tokens": plan.scale.max_new_tokens},
         sections=[("Summaries beside the reference", _samples(plan, arms))], commands=commands, figures=figures)
+
+
+def _rows(arms: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One table row per arm: its kind, model, training steps, ROUGE and seconds."""
+    kinds = {"lead-3": "baseline", "tldr": "prompted decoder"}
+    return [{"arm": arm, "kind": kinds.get(arm, "fine-tuned encoder-decoder"), "model": result["model"],
+             "steps": result["steps"], **{kind: result[kind] for kind in ROUGE_TYPES}, "seconds": result["wall_s"]}
+            for arm, result in arms.items()]
+
+
+def _summary(plan: Plan, arms: dict[str, dict[str, Any]], counts: dict[str, int]) -> str:
+    """The paragraph under the table: what was scored, the winner by ROUGE-2, how the arms ran."""
+    best = max(arms, key=lambda arm: arms[arm]["rouge2"])
+    return (f"ROUGE F-measures (rouge-score, Porter stemming; 0-1) on {counts['test']} held-out articles; "
+            f"Lsum reads one sentence a line (pysbd). Best ROUGE-2: **{best}** ({arms[best]['rouge2']:.4f}). "
+            f"Fine-tuned arms trained on {counts['train']} articles for {plan.context.arm_seconds:g} s each "
+            f"(best checkpoint by chrF on {counts['val']} validation articles); decoding is greedy, at most "
+            f"{plan.scale.max_new_tokens} tokens.")
 
 
 def _samples(plan: Plan, arms: dict[str, dict[str, Any]]) -> str:
