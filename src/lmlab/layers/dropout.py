@@ -43,9 +43,9 @@ class _UniformMaskDropout(torch.autograd.Function):
         scale = 1.0 / (1.0 - p)
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return x * keep * scale
+        return torch.mul(x, keep).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (keep,) = ctx.saved_tensors
-        return grad * keep * ctx.scale, None
+        return torch.mul(grad, keep).mul_(ctx.scale), None
