@@ -17,7 +17,7 @@ from lmlab.recipes.base import ARMS_DIR, BUDGETS, Recipe, RecipeContext, write_r
 
 RECIPE_KIND = "recipe"  # the kind of output (see lmlab.output_dir) a recipe's directory is
 
-__all__ = ["BUDGETS", "Recipe", "RecipeContext", "get_recipe", "recipes", "run_recipe"]
+__all__ = ["BUDGETS", "RECIPE_KIND", "Recipe", "RecipeContext", "get_recipe", "recipes", "run_recipe"]
 
 
 def recipes() -> dict[str, Recipe]:
