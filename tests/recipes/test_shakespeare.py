@@ -23,10 +23,21 @@ EXCERPT = ROOT / "tests" / "fixtures" / "shakespeare_excerpt.txt"
 TINY_SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 METRICS = ("val_loss", "accuracy", "parameters", "tokens_per_s", "steps", "eval_tokens")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+LEARNING_CHECK_SECONDS = 15  # per arm: the small budget's models, trained for this long
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> tuple[Path, Path, dict]:
+def one_thread():
+    """One intra-op thread while the recipe runs: the GRU's many small steps crawl when the
+    threads of several processes compete for few cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, one_thread) -> tuple[Path, Path, dict]:
     """A small-budget run of a few steps per arm on 24,000 characters of the excerpt."""
     tmp = tmp_path_factory.mktemp("shakespeare")
     data = tmp / "excerpt.txt"
@@ -113,3 +124,17 @@ def test_recipe_list_shows_shakespeare_with_its_default_budget(capsys):
     assert main(["recipe", "list"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("shakespeare "))
     assert "240 s/arm" in line and "GRU" in line
+
+
+@pytest.mark.slow
+def test_the_transformer_beats_the_gru_at_equal_time(tmp_path, one_thread):
+    if not TINY_SHAKESPEARE.is_file():
+        pytest.skip(f"{TINY_SHAKESPEARE} is not here")
+    run_recipe("shakespeare", tmp_path / "out", budget="small", max_time=LEARNING_CHECK_SECONDS,
+               data=TINY_SHAKESPEARE, echo=lambda _: None)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    gru, transformer = results["arms"]["gru"], results["arms"]["transformer"]
+    assert transformer["val_loss"] < gru["val_loss"]
+    assert transformer["accuracy"] > gru["accuracy"]
+    assert results["winner"] == "transformer"
+    assert transformer["val_loss"] < math.log(transformer["vocab_size"]) - 1.0  # far better than uniform
