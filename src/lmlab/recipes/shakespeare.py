@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from lmlab.data.corpora import TINYSHAKESPEARE_SHA256, TINYSHAKESPEARE_URL
