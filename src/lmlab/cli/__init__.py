@@ -30,8 +30,9 @@ from lmlab.errors import LmlabError, decode_stdin_as_utf8
 __all__ = [
     "EXIT_BROKEN_PIPE", "EXIT_INTERRUPTED", "EXIT_USAGE", "build_parser", "main",
     "cmd_chat", "cmd_classify", "cmd_compare", "cmd_convert", "cmd_data_prepare", "cmd_embed", "cmd_eval",
-    "cmd_fill_mask", "cmd_finetune", "cmd_generate", "cmd_info", "cmd_recipe_list", "cmd_recipe_run", "cmd_score", "cmd_seq2seq", "cmd_tokenizer_decode",
+    "cmd_fill_mask", "cmd_finetune", "cmd_generate", "cmd_info", "cmd_score", "cmd_seq2seq", "cmd_tokenizer_decode",
     "cmd_tokenizer_encode", "cmd_tokenizer_train", "cmd_train",
+    "cmd_recipe_list", "cmd_recipe_run",
 ]
 
 
