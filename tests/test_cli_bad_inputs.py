@@ -23,6 +23,9 @@ import numpy as np
 import pytest
 
 from lmlab.cli import build_parser, main
+from lmlab.output_dir import claim_output_dir
+from lmlab.recipes import RECIPE_KIND
+from lmlab.recipes.base import ARMS_DIR
 from tiny_models import chat_model_dir
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -189,6 +192,19 @@ CASES: dict[str, dict[str, Case]] = {
         "nan temperature": case("chess", "play", "{run}", "--temperature", "nan", says="--temperature"),
         "missing run": case("chess", "play", "{tmp}/no-such-run", says="no-such-run"),
     },
+    "recipe list": {
+        "an argument": case("recipe", "list", "shakespeare", says="unrecognized arguments"),
+    },
+    "recipe run": {
+        "unknown recipe": case("recipe", "run", "no-such-recipe", "--out", "{tmp}/recipe-unknown",
+                               says="unknown recipe 'no-such-recipe'"),
+        "max-time 0": case("recipe", "run", "shakespeare", "--max-time", "0", "--data", "{text}",
+                           "--out", "{tmp}/recipe-zero", says="--max-time must be positive"),
+        "data missing": case("recipe", "run", "shakespeare", "--data", "{tmp}/no-such-file.txt",
+                             "--out", "{tmp}/recipe-nodata", says="no such file"),
+        "out holds a run, no --resume": case("recipe", "run", "shakespeare", "--data", "{text}",
+                                             "--out", "{recipe_out}", says="pass --resume"),
+    },
 }
 
 
@@ -245,12 +261,14 @@ def inputs(tmp_path_factory) -> dict[str, str]:
            "--objective", "mlm", "--set", *TINY, "model.backbone=encoder")
     _run_ok("train", "--data", str(text), "--out", str(tmp / "gru"), "--max-steps", "1", "--no-progress",
            "--set", *TINY, "model.arch=gru", "model.rnn_hidden=16")
+    recipe_out = claim_output_dir(tmp / "recipe-out", RECIPE_KIND)  # what a stopped recipe run leaves
+    (recipe_out / ARMS_DIR).mkdir()
     labelled = tmp / "labelled.csv"
     labelled.write_text("text,label\n" + "".join(f"to be {i},{i % 2}\n" for i in range(20)), encoding="utf-8")
     return {"tmp": str(tmp), "text": str(text), "not_utf8": str(not_utf8), "games_zst": str(games_zst),
             "run": str(tmp / "run"), "encoder_run": str(tmp / "encoder"), "bad_shards": str(_bad_shards(tmp, text)),
             "chat": str(chat_model_dir(tmp / "chat")), "bpe": str(tmp / "bpe"), "gru_run": str(tmp / "gru"),
-            "labelled": str(labelled)}
+            "labelled": str(labelled), "recipe_out": str(recipe_out)}
 
 
 # ------------------------------------------------------------------------------- the checks

@@ -56,6 +56,7 @@ HELP_ONLY = {
     "python benchmarks/generate_vs_transformers.py": "a benchmark: a 124M model in two libraries",
     "python benchmarks/prepare_data.py": "a benchmark: a corpus repeated 30 times",
     "python benchmarks/load_pretrained_rss.py": "a benchmark: writes and loads a 124M checkpoint",
+    "lmlab recipe run ": "a recipe trains each of its arms for minutes",
     "lmlab serve": "a server runs until stopped (SERVED_BLOCKS run the examples against one)",
     "python benchmarks/serve_load.py": "a benchmark: a 124M model under load",
     "torchrun --standalone --nproc_per_node 8": "eight processes of the nanoGPT preset",

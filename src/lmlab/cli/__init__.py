@@ -15,6 +15,7 @@ from typing import Callable, NoReturn, Sequence
 from safetensors import SafetensorError
 
 from lmlab.cli import attention, chess, compare, data, figures, fill_mask, finetune, generate, interop, serve, train
+from lmlab.cli import recipe
 from lmlab.cli.common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE, err as _err
 from lmlab.cli.compare import cmd_compare
 from lmlab.cli.data import cmd_data_prepare, cmd_tokenizer_decode, cmd_tokenizer_encode, cmd_tokenizer_train
@@ -22,6 +23,7 @@ from lmlab.cli.fill_mask import cmd_fill_mask
 from lmlab.cli.finetune import cmd_classify, cmd_finetune, cmd_seq2seq
 from lmlab.cli.generate import cmd_generate, cmd_score
 from lmlab.cli.interop import cmd_chat, cmd_convert, cmd_embed
+from lmlab.cli.recipe import cmd_recipe_list, cmd_recipe_run
 from lmlab.cli.train import cmd_eval, cmd_info, cmd_train
 from lmlab.errors import LmlabError, decode_stdin_as_utf8
 
@@ -30,6 +32,7 @@ __all__ = [
     "cmd_chat", "cmd_classify", "cmd_compare", "cmd_convert", "cmd_data_prepare", "cmd_embed", "cmd_eval",
     "cmd_fill_mask", "cmd_finetune", "cmd_generate", "cmd_info", "cmd_score", "cmd_seq2seq", "cmd_tokenizer_decode",
     "cmd_tokenizer_encode", "cmd_tokenizer_train", "cmd_train",
+    "cmd_recipe_list", "cmd_recipe_run",
 ]
 
 
@@ -56,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_serve_parser(sub)
     figures.add_figure_parsers(sub)
     chess.add_chess_parsers(sub)
+    recipe.add_recipe_parser(sub)
     return parser
 
 

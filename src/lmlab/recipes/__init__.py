@@ -13,9 +13,11 @@ from pathlib import Path
 
 from lmlab.errors import LmlabError
 from lmlab.output_dir import claim_output_dir, lock_output_dir
-from lmlab.recipes.base import BUDGETS, Recipe, RecipeContext, write_report
+from lmlab.recipes.base import ARMS_DIR, BUDGETS, Recipe, RecipeContext, write_report
 
-__all__ = ["BUDGETS", "Recipe", "RecipeContext", "get_recipe", "recipes", "run_recipe"]
+RECIPE_KIND = "recipe"  # the kind of output (see lmlab.output_dir) a recipe's directory is
+
+__all__ = ["BUDGETS", "RECIPE_KIND", "Recipe", "RecipeContext", "get_recipe", "recipes", "run_recipe"]
 
 
 def recipes() -> dict[str, Recipe]:
@@ -46,10 +48,12 @@ def run_recipe(name: str, out_dir: str | Path, *, budget: str = "default", max_t
     seconds = recipe.seconds_for(budget) if max_time is None else max_time
     if not seconds > 0:
         raise LmlabError(f"--max-time must be positive seconds, got {seconds}")
-    out = claim_output_dir(out_dir, "recipe")
+    out = claim_output_dir(out_dir, RECIPE_KIND)
     lock = lock_output_dir(out)
     try:
         context = RecipeContext(recipe=recipe, out_dir=out, arm_seconds=seconds, budget=budget, **options)
+        if not context.resume and (out / ARMS_DIR).exists():
+            raise LmlabError(f"{out} already holds a recipe run; pass --resume to continue it or choose a new --out")
         started = time.perf_counter()
         report = recipe.run(context)
         return write_report(context, report, time.perf_counter() - started)

@@ -70,6 +70,7 @@ class RecipeContext:
     resume: bool = False
     progress: bool = False
     echo: Callable[[str], None] = print
+    arm_steps: int | None = None  # tests: every arm trains this many optimizer steps instead of arm_seconds
 
     def arm_dir(self, arm: str) -> Path:
         """The run directory of ``arm`` (``OUT/arms/ARM``)."""
