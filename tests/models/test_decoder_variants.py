@@ -177,7 +177,7 @@ def test_every_variant_is_a_config_value():
 @pytest.mark.parametrize(
     "override, listed",
     [
-        ("model.position=xpos", "learned, sinusoidal, rope, alibi, t5, none"),
+        ("model.position=xpos", "learned, sinusoidal, sinusoidal-halves, rope, alibi, t5, none"),
         ("model.backbone=rnn", "decoder, encoder, encoder-decoder"),
         ("model.norm_placement=sandwich", "pre, post"),
         ("model.ffn=tanh", "relu, gelu, gelu-tanh, selu, silu, swiglu, geglu, reglu"),
