@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import torch
-from conftest import BODY_LIMIT, CONTEXT, HANG_GUARD_S, MODEL_NAME
+from serving_helpers import BODY_LIMIT, CONTEXT, HANG_GUARD_S, MODEL_NAME
 
 openai = pytest.importorskip("openai")
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HANG_GUARD_S
+from serving_helpers import HANG_GUARD_S
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.slow  # a server process with a Hugging Face model

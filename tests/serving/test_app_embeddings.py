@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 import torch  # noqa: E402
-from conftest import HANG_GUARD_S  # noqa: E402
+from serving_helpers import HANG_GUARD_S  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 

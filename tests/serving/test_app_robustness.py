@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
-from conftest import HANG_GUARD_S, MODEL_NAME, tiny_decoder  # noqa: E402
+from serving_helpers import HANG_GUARD_S, MODEL_NAME, tiny_decoder  # noqa: E402
 
 from lmlab.serving.app import create_app  # noqa: E402
 from lmlab.serving.engine import QueueFull, RequestHandle, TokenEvent  # noqa: E402

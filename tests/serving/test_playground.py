@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 from browser import browser  # noqa: E402,F401  (the fixture)
-from conftest import HANG_GUARD_S, MODEL_NAME, TEXT, tiny_decoder  # noqa: E402
+from serving_helpers import HANG_GUARD_S, MODEL_NAME, TEXT, tiny_decoder  # noqa: E402
 
 from lmlab.serving.app import create_app  # noqa: E402
 from lmlab.serving.engine import RequestHandle, TokenEvent  # noqa: E402
