@@ -1,6 +1,8 @@
 """Encoder-only Transformer: bidirectional attention, padding, permutation equivariance, the MLM and
 classification heads, and MLM training with the Trainer."""
 
+import copy
+
 import pytest
 import torch
 
@@ -92,6 +94,29 @@ def test_classifier_pools_then_projects(pooling):
         torch.testing.assert_close(logits, model.classifier.classifier(pooled))
         torch.testing.assert_close(logits[1], model(tokens[1:, :4])[0], atol=1e-5, rtol=1e-4)  # padding-invariant
     assert logits.shape == (2, 3)
+
+
+@pytest.mark.parametrize("placement", ["post", "pre"])
+@pytest.mark.parametrize("pooling", ["cls", "cls-dense-tanh"])
+def test_classifier_runs_the_last_feed_forward_on_the_first_token_alone(placement, pooling):
+    model = build_model(tiny(head="classifier", num_labels=3, pooling=pooling, norm_placement=placement)).train()
+    tokens, mask = ids(3, 9), torch.tensor([[1] * 9, [1] * 5 + [0] * 4, [1] * 2 + [0] * 7], dtype=torch.bool)
+    reference = copy.deepcopy(model)
+    full = reference.classifier(reference.backbone(tokens, mask), mask)  # every position through every block
+    sliced = model(tokens, attention_mask=mask)
+    torch.testing.assert_close(sliced, full, atol=1e-6, rtol=1e-5)
+    full.square().sum().backward()
+    sliced.square().sum().backward()
+    for (name, param), twin in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(param.grad, twin.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_backbone_positions_return_those_rows_only():
+    model = build_model(tiny(head="classifier")).eval()
+    tokens = ids(2, 7)
+    with torch.no_grad():
+        full = model.backbone(tokens)
+        torch.testing.assert_close(model.backbone(tokens, positions=slice(2, 5)), full[:, 2:5])
 
 
 def test_classifier_backbone_loads_an_mlm_backbone():

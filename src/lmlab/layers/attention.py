@@ -2,7 +2,10 @@
 
 Both run through ``scaled_dot_product_attention``. Setting ``keep_weights`` on a layer (or using
 :func:`capture_attention`) switches it to an explicit softmax that also stores the attention
-weights, for visualisation; the normal path never materialises them.
+weights, for visualisation; the normal path never materialises them. Training with attention
+dropout on the CPU also takes the explicit softmax, so that the weights' dropout mask is drawn by
+:func:`lmlab.layers.dropout.dropout` (PyTorch's CPU attention materialises the weights for
+dropout anyway, and draws that mask more slowly).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.layers.dropout import Dropout
+from lmlab.layers.dropout import Dropout, dropout
 from lmlab.layers.kv_cache import CrossAttentionCache, KVCache
 from lmlab.layers.masks import AttentionMask, allowed_keys, build_attention_mask
 from lmlab.layers.positional import Rotary
@@ -80,6 +83,9 @@ class Attention(nn.Module):
             self.weights = softmax_weights(self.scores).to(q.dtype)
             self.queries, self.keys = q.detach(), k.detach().repeat_interleave(H // k.size(1), dim=1)
             y = self.weights @ v.repeat_interleave(H // v.size(1), dim=1)  # (B, H, T, D)
+        elif self.training and self.dropout > 0.0 and q.device.type == "cpu":
+            weights = softmax_weights(attention_scores(q, k, mask)).to(q.dtype)  # (B, H, T, S)
+            y = dropout(weights, self.dropout) @ v.repeat_interleave(H // v.size(1), dim=1)  # (B, H, T, D)
         else:
             attn_mask = mask.tensor
             if attn_mask is not None and attn_mask.is_floating_point():

@@ -76,9 +76,13 @@ class TransformerBlock(nn.Module):
         rotary: Rotary | None = None,
         cache: KVCache | None = None,
         start_pos: int = 0,
+        rows: slice | None = None,
     ) -> torch.Tensor:
-        """x: (B, T, C) → (B, T, C)."""
+        """x: (B, T, C) → (B, T, C), or (B, t, C) at the positions ``rows`` only: a head that reads
+        only those (a classifier's first token) needs no feed-forward for the others."""
         x = self.residual(x, self.attn_norm, lambda h: self.attn(h, cache, start_pos, mask, rotary))
+        if rows is not None:
+            x = x[:, rows]  # (B, t, C)
         return self.residual(x, self.ffn_norm, self.ffn)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lmlab.layers.moe import MoEFeedForward
 from lmlab.models.blocks import TransformerBlock, TransformerStack, init_weights
 from lmlab.models.config import ModelConfig
 from lmlab.models.heads import ClassificationHead, MLMHead
@@ -18,14 +19,22 @@ class EncoderBackbone(TransformerStack):
         blocks = [TransformerBlock(config, i) for i in range(config.n_layer)]
         super().__init__(config, causal=False, blocks=blocks, tok_emb=tok_emb)
 
-    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """ids: (B, T) → hidden states (B, T, C); attention_mask (B, T) is False at padding."""
+    def forward(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, positions: slice | None = None
+    ) -> torch.Tensor:
+        """ids: (B, T) → hidden states (B, T, C); attention_mask (B, T) is False at padding.
+
+        positions: only these positions' states are returned (B, t, C), and the last block's
+        feed-forward runs on them alone (keys and values still come from every position).
+        """
         T = ids.size(1)
         x = self.embed(ids)  # (B, T, C)
         mask = self.self_attention_mask(T, T, attention_mask)
         rotary = self.pos_emb.rotary(0, T)
-        for block in self.blocks:
+        *inner, last = self.blocks
+        for block in inner:
             x = block(x, mask, rotary)
+        x = last(x, mask, rotary, rows=positions)  # (B, t, C)
         return self.final_norm(x)
 
 
@@ -79,6 +88,8 @@ class EncoderClassifier(nn.Module):
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """ids: (B, T) → class logits (B, num_labels)."""
+        if self.classifier.reads_first_token_only and not isinstance(self.backbone.blocks[-1].ffn, MoEFeedForward):
+            return self.classifier(self.backbone(ids, attention_mask, positions=slice(0, 1)))  # (B, 1, C) in
         return self.classifier(self.backbone(ids, attention_mask), attention_mask)
 
 

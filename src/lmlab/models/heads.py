@@ -61,6 +61,11 @@ class ClassificationHead(nn.Module):
         self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(d_model, num_labels)
 
+    @property
+    def reads_first_token_only(self) -> bool:
+        """Whether the pooling looks at the first position alone (so a backbone may compute only it)."""
+        return self.pool is first_token
+
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """hidden: (B, T, C) → class logits (B, num_labels)."""
         return self.classifier(self.dropout(self.pooler(self.pool(hidden, attention_mask))))
