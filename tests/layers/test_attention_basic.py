@@ -8,6 +8,7 @@ import torch
 from lmlab.layers.attention import MultiHeadAttention, capture_attention
 from lmlab.layers.dropout import drop_mask
 from lmlab.layers.kv_cache import KVCache
+from lmlab.layers.masks import build_attention_mask
 
 
 def naive_attention(module: MultiHeadAttention, x: torch.Tensor) -> torch.Tensor:
@@ -113,20 +114,25 @@ def test_captured_queries_keys_scores_and_weights_agree(n_head, n_kv_heads):
     assert layer.weights is None and layer.queries is None  # released after the block
 
 
-def test_training_dropout_on_the_cpu_drops_the_weights_with_the_layers_mask():
+@pytest.mark.parametrize("padded", [False, True])
+def test_training_dropout_on_the_cpu_drops_the_weights_with_the_layers_mask(padded):
     module = make(4, 2, True)
     module.dropout = module.resid_dropout.p = 0.25
     module.train()
     x = torch.randn(2, 6, 48, dtype=torch.float64)
+    keys = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    mask = build_attention_mask(6, 6, causal=True, key_padding=keys) if padded else None
     torch.manual_seed(11)
-    out = module(x)
+    out = module(x, mask=mask)
     torch.manual_seed(11)  # the same draws, in the layer's order: the weights' mask, then the output's
     weights_dropped, _ = drop_mask(torch.Size([2, 4, 6, 6]), 0.25)
     output_dropped, _ = drop_mask(torch.Size([2, 6, 48]), 0.25)
     q, k, v = module.project(x)
     k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)  # (B, H, T, D)
-    causal = torch.full((6, 6), float("-inf"), dtype=x.dtype).triu(1)
-    weights = (q @ k.transpose(-1, -2) / math.sqrt(12) + causal).softmax(dim=-1)  # (B, H, T, T)
+    hidden = torch.full((6, 6), float("-inf"), dtype=x.dtype).triu(1).expand(2, 1, 6, 6).clone()  # (B, 1, T, S)
+    if padded:
+        hidden[1, :, :, 4:] = float("-inf")
+    weights = (q @ k.transpose(-1, -2) / math.sqrt(12) + hidden).softmax(dim=-1)  # (B, H, T, T)
     y = (weights.masked_fill(weights_dropped, 0.0) / 0.75) @ v  # (B, H, T, D)
     expected = module.out_proj(y.transpose(1, 2).reshape(2, 6, 48)).masked_fill(output_dropped, 0.0) / 0.75
-    torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-5)  # the weights' softmax runs in float32
+    torch.testing.assert_close(out, expected)

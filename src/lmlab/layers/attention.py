@@ -45,6 +45,27 @@ def softmax_weights(scores: torch.Tensor) -> torch.Tensor:
     return scores.float().softmax(dim=-1).nan_to_num(0.0)
 
 
+def dropout_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: AttentionMask, p: float) -> torch.Tensor:
+    """softmax(q·kᵀ/√D + mask), with dropout ``p`` on the weights, times v: (B, H, T, D).
+
+    Training attention on the CPU, written so the scores are built in place; a hidden key gets the
+    dtype's lowest score, so a query that sees no key gets finite (uniform) weights, never NaN.
+    q: (B, H, T, D); k, v: (B, H_kv, S, D).
+    """
+    group = q.size(1) // k.size(1)
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, S, D)
+    scores = (q / math.sqrt(q.size(-1))) @ k.transpose(-2, -1)  # (B, H, T, S)
+    T, S = scores.shape[-2:]
+    lowest = torch.finfo(scores.dtype).min
+    if mask.is_causal:
+        scores.masked_fill_(~allowed_keys(T, S, causal=True, device=q.device), lowest)
+    elif mask.tensor is not None and mask.tensor.dtype == torch.bool:
+        scores.masked_fill_(~mask.tensor, lowest)
+    elif mask.tensor is not None:
+        scores += mask.tensor
+    return dropout(scores.softmax(dim=-1), p) @ v  # (B, H, T, D)
+
+
 class Attention(nn.Module):
     """What self- and cross-attention share: head layout, output projection, the attend step."""
 
@@ -84,8 +105,7 @@ class Attention(nn.Module):
             self.queries, self.keys = q.detach(), k.detach().repeat_interleave(H // k.size(1), dim=1)
             y = self.weights @ v.repeat_interleave(H // v.size(1), dim=1)  # (B, H, T, D)
         elif self.training and self.dropout > 0.0 and q.device.type == "cpu":
-            weights = softmax_weights(attention_scores(q, k, mask)).to(q.dtype)  # (B, H, T, S)
-            y = dropout(weights, self.dropout) @ v.repeat_interleave(H // v.size(1), dim=1)  # (B, H, T, D)
+            y = dropout_attention(q, k, v, mask, self.dropout)  # (B, H, T, D)
         else:
             attn_mask = mask.tensor
             if attn_mask is not None and attn_mask.is_floating_point():

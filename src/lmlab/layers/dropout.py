@@ -65,9 +65,9 @@ class _MaskedDropout(torch.autograd.Function):
         dropped, drawn_p = drop_mask(x.shape, p, x.device)  # (…,) bool
         ctx.save_for_backward(dropped)
         ctx.scale = 1.0 / (1.0 - drawn_p)
-        return x.masked_fill(dropped, 0.0).mul_(ctx.scale)
+        return torch.where(dropped, 0.0, x).mul_(ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (dropped,) = ctx.saved_tensors
-        return grad.masked_fill(dropped, 0.0).mul_(ctx.scale), None
+        return torch.where(dropped, 0.0, grad).mul_(ctx.scale), None

@@ -34,8 +34,9 @@ class EncoderBackbone(TransformerStack):
         *inner, last = self.blocks
         for block in inner:
             x = block(x, mask, rotary)
-        x = last(x, mask, rotary, rows=positions)  # (B, t, C)
-        return self.final_norm(x)
+        if positions is None:
+            return self.final_norm(last(x, mask, rotary))
+        return self.final_norm(last(x, mask, rotary, rows=positions))  # (B, t, C)
 
 
 class EncoderMLM(nn.Module):

@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterator
 from lmlab.errors import LmlabError
 from lmlab.evaluation.classification import classification_report
 from lmlab.generation import GenerationConfig, stream_text
-from lmlab.training.finetune import Codec, FinetuneConfig
+from lmlab.training.finetune import FinetuneConfig
+from lmlab.training.finetune_prepare import Codec
 from lmlab.training.finetune_tasks import (
     CausalLMTask,
     ChatTask,
