@@ -1,8 +1,8 @@
 """Batch-1 greedy decoding speed: lmlab's generate against transformers' static-cache generate.
 
-    python benchmarks/gpu_decode.py --model gpt2-124m          # on CUDA: bf16 weights
+    python benchmarks/gpu_decode.py                            # gpt2-124m, then llama-1b; bf16 on CUDA
     python benchmarks/gpu_decode.py --model llama-1b --new-tokens 256
-    python benchmarks/gpu_decode.py --model tiny --device cpu --new-tokens 8   # the test suite's smoke run
+    python benchmarks/gpu_decode.py --model tiny,tiny-llama --device cpu --new-tokens 8   # the tests' smoke run
 
 Models are random, built by transformers (seeded) and loaded into lmlab through
 ``lmlab.interop.load_hf``, so both sides hold the same weights: ``gpt2-124m`` (12 layers, 768
@@ -16,9 +16,9 @@ lmlab runs :func:`lmlab.generation.generate` as it is (greedy, its defaults). tr
 ``torch.compile(mode="reduce-overhead")`` (CUDA graphs) on CUDA through its ``compile_config``,
 and plain on the CPU. Both continue the same random prompt by exactly ``--new-tokens`` tokens (no
 EOS). Each side is warmed up first (compilation, graph capture: ``warmup_s``), then the two run
-``--repeats`` times alternately, the best run counting. One JSON line each: the setup, then per
-side ``tokens_per_s`` and ``bandwidth_share`` (weight bytes × tokens/s over the GPU's peak memory
-bandwidth from a datasheet table; null on the CPU and for a GPU not in the table), then
+``--repeats`` times alternately, the best run counting. JSON lines, per model: the setup, then
+per side ``tokens_per_s`` and ``bandwidth_share`` (weight bytes × tokens/s over the GPU's peak
+memory bandwidth from a datasheet table; null on the CPU and for a GPU not in the table), then
 ``ratio`` (lmlab tokens/s over transformers'), ``tokens_identical`` and the tokens.
 """
 
@@ -66,7 +66,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=tuple(MODELS), default="gpt2-124m")
+    parser.add_argument("--model", type=model_names, default="gpt2-124m,llama-1b",
+                        help=f"one or more of {', '.join(MODELS)}, comma-separated (default: gpt2-124m,llama-1b)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), help="weights (default: bfloat16 on CUDA, float32 on the CPU)")
     parser.add_argument("--prompt-tokens", type=int, default=16)
@@ -153,11 +154,20 @@ def timed(run, device: torch.device) -> tuple[float, list[int]]:
     return time.perf_counter() - start, tokens
 
 
-def main() -> None:
-    args = parse_args()
+def model_names(text: str) -> list[str]:
+    """``--model``: one name of :data:`MODELS` or several, comma-separated."""
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in MODELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown model {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    return names
+
+
+def benchmark(name: str, args: argparse.Namespace) -> None:
+    """The JSON lines of one model: setup, one row per side, the ratio and the tokens."""
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
-    reference = random_reference(args.model, device, dtype, args.seed)
+    reference = random_reference(name, device, dtype, args.seed)
     ours = lmlab_copy(reference, device, dtype)
     settings = transformers_settings(reference, device)
     vocab = reference.config.vocab_size
@@ -166,7 +176,7 @@ def main() -> None:
              "transformers": lambda: run_transformers(reference, prompt, args.new_tokens, settings)}
     nbytes = weight_bytes(ours)
     bandwidth, device_name = peak_bandwidth(device)
-    print(json.dumps({"setup": args.model, "device": device_name, "dtype": str(dtype).removeprefix("torch."),
+    print(json.dumps({"setup": name, "device": device_name, "dtype": str(dtype).removeprefix("torch."),
                       "parameters": sum(p.numel() for p in ours.parameters()), "weight_bytes": nbytes,
                       "peak_bandwidth": bandwidth, "prompt_tokens": args.prompt_tokens,
                       "new_tokens": args.new_tokens, "transformers_compiled": device.type == "cuda",
@@ -182,11 +192,20 @@ def main() -> None:
     rates = {side: args.new_tokens / best[side] for side in sides}
     for side in sides:
         share = nbytes * rates[side] / bandwidth if bandwidth else None
-        print(json.dumps({"side": side, "tokens_per_s": round(rates[side], 2), "warmup_s": round(warmup_s[side], 2),
+        print(json.dumps({"model": name, "side": side, "tokens_per_s": round(rates[side], 2),
+                          "warmup_s": round(warmup_s[side], 2),
                           "bandwidth_share": round(share, 4) if share is not None else None}), flush=True)
-    print(json.dumps({"ratio": round(rates["lmlab"] / rates["transformers"], 3),
+    print(json.dumps({"model": name, "ratio": round(rates["lmlab"] / rates["transformers"], 3),
                       "tokens_identical": tokens["lmlab"] == tokens["transformers"],
-                      "lmlab_tokens": tokens["lmlab"], "transformers_tokens": tokens["transformers"]}))
+                      "lmlab_tokens": tokens["lmlab"], "transformers_tokens": tokens["transformers"]}), flush=True)
+
+
+def main() -> None:
+    args = parse_args()
+    for name in args.model:
+        benchmark(name, args)
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
