@@ -121,8 +121,9 @@ def transformers_settings(reference: nn.Module, device: torch.device) -> dict:
     import transformers
 
     settings = {"cache_implementation": "static"}
-    if device.type != "cuda":
-        return {**settings, "disable_compile": True}
+    if device.type != "cuda":  # plain; transformers compiles on its own only on accelerators, where it can
+        return {**settings, "disable_compile": True} if hasattr(transformers.GenerationConfig(), "disable_compile") \
+            else settings
     if hasattr(transformers, "CompileConfig"):
         return {**settings, "compile_config": transformers.CompileConfig(mode="reduce-overhead")}
     reference.forward = torch.compile(reference.forward, mode="reduce-overhead", fullgraph=True)  # older transformers
