@@ -59,6 +59,8 @@ HELP_ONLY = {
     "lmlab recipe run ": "a recipe trains each of its arms for minutes",
     "lmlab serve": "a server runs until stopped (SERVED_BLOCKS run the examples against one)",
     "python benchmarks/serve_load.py": "a benchmark: a 124M model under load",
+    "python benchmarks/gpu_train.py": "a GPU benchmark: GPT-2 124M (tests/test_benchmark_gpu_train.py runs it tiny)",
+    "python benchmarks/gpu_decode.py": "a GPU benchmark: 124M and 1.1B models (tests/test_benchmark_gpu_decode.py runs them tiny)",
     "torchrun --standalone --nproc_per_node 8": "eight processes of the nanoGPT preset",
     "torchrun --nnodes=2": "needs two machines",
 }
