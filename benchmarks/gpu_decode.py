@@ -32,8 +32,10 @@ import time
 import torch
 from torch import nn
 
+from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig, generate
 from lmlab.interop import load_hf
+from lmlab.training.devices import resolve_device
 
 # Peak memory bandwidth (bytes/s, datasheet) by torch.cuda.get_device_name() substring; the first
 # match wins, so the more specific names come first ("L40S" before "L4", "H100 PCIe" before "H100").
@@ -68,7 +70,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=model_names, default="gpt2-124m,llama-1b",
                         help=f"one or more of {', '.join(MODELS)}, comma-separated (default: gpt2-124m,llama-1b)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=tuple(DTYPES), help="weights (default: bfloat16 on CUDA, float32 on the CPU)")
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -166,7 +168,7 @@ def model_names(text: str) -> list[str]:
 
 def benchmark(name: str, args: argparse.Namespace) -> None:
     """The JSON lines of one model: setup, one row per side, the ratio and the tokens."""
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     dtype = DTYPES[args.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
     reference = random_reference(name, device, dtype, args.seed)
     ours = lmlab_copy(reference, device, dtype)
@@ -203,10 +205,11 @@ def benchmark(name: str, args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = parse_args()
-    for name in args.model:
-        benchmark(name, args)
-        if args.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+    try:
+        for name in args.model:
+            benchmark(name, args)
+    except LmlabError as exc:  # an unavailable --device
+        raise SystemExit(f"gpu_decode.py: {exc}") from None
 
 
 if __name__ == "__main__":

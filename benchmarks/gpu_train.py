@@ -36,7 +36,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lmlab.data.corpora import load_corpus
 from lmlab.data.windows import TokenSpan, token_tensor
+from lmlab.errors import LmlabError
 from lmlab.interop.gpt2 import export_config, export_tensors
 from lmlab.models import build_model
 from lmlab.tokenizers import CharTokenizer
@@ -93,11 +95,11 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 def token_spans(args: argparse.Namespace, vocab_size: int) -> tuple[TokenSpan, TokenSpan]:
     """(training, validation) spans: seeded random tokens, or ``--data`` encoded by characters."""
     if args.data:
-        text = Path(args.data).read_text(encoding="utf-8")
+        text = load_corpus(args.data)
         tokenizer = CharTokenizer.from_text(text)
         if tokenizer.vocab_size > vocab_size:
-            raise SystemExit(f"{args.data} has {tokenizer.vocab_size} distinct characters, more than the "
-                             f"model's vocabulary of {vocab_size}")
+            raise LmlabError(f"{args.data} has {tokenizer.vocab_size} distinct characters, more than the "
+                             f"model's vocabulary of {vocab_size}; use a smaller text")
         ids = token_tensor(tokenizer.encode(text))
     else:
         generator = torch.Generator().manual_seed(args.seed)
@@ -205,8 +207,8 @@ def _rounded(value: float | None) -> float | None:
     return round(value, 4) if value is not None else None
 
 
-def main() -> None:
-    args = parse_args()
+def benchmark(args: argparse.Namespace) -> None:
+    """The JSON lines: setup, one row per side, the ratio."""
     config = run_config(args)
     train_tokens, val_tokens = token_spans(args, config.model.vocab_size)
     task = ObjectiveTask("causal-lm", CharTokenizer.from_text("ab"), train_tokens, val_tokens,
@@ -235,6 +237,13 @@ def main() -> None:
     for row in rows.values():
         print(json.dumps(row), flush=True)
     print(json.dumps({"ratio": round(rows["lmlab"]["tokens_per_s"] / rows["transformers"]["tokens_per_s"], 3)}))
+
+
+def main() -> None:
+    try:
+        benchmark(parse_args())
+    except LmlabError as exc:  # an unavailable --device, a bad setting
+        raise SystemExit(f"gpu_train.py: {exc}") from None
 
 
 if __name__ == "__main__":
