@@ -76,7 +76,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side (the best counts)")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if min(args.prompt_tokens, args.new_tokens, args.repeats) < 1:
+        parser.error("--prompt-tokens, --new-tokens and --repeats must be at least 1")
+    return args
 
 
 def random_reference(name: str, device: torch.device, dtype: torch.dtype, seed: int) -> nn.Module:

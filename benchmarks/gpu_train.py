@@ -69,7 +69,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="a 2-layer, 64-dim, context-64 model (CPU smoke test)")
     parser.add_argument("--no-compile", action="store_true", help="train without torch.compile")
     parser.add_argument("--seed", type=int, default=1337)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if min(args.steps, args.block, args.batch_size) < 1 or args.warmup < 0:
+        parser.error("--steps, --block and --batch-size must be at least 1, --warmup at least 0")
+    return args
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
