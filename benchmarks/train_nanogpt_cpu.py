@@ -69,9 +69,10 @@ def gpt2_peer(config: RunConfig) -> nn.Module:
         n_layer=model.n_layer, n_head=model.n_head, n_inner=model.ffn_width, activation_function="gelu",
         resid_pdrop=model.dropout, embd_pdrop=model.dropout, attn_pdrop=model.dropout,
         layer_norm_epsilon=model.norm_eps, tie_word_embeddings=model.tie_embeddings, use_cache=False,
+        attn_implementation="sdpa",  # scaled_dot_product_attention, as nanoGPT's and lmlab's
     )
     torch.manual_seed(config.train.seed)
-    peer = transformers.GPT2LMHeadModel(gpt2, attn_implementation="sdpa")
+    peer = transformers.GPT2LMHeadModel(gpt2)
     if not model.bias:
         for name, param in peer.named_parameters():
             if name.endswith(".bias"):
@@ -137,7 +138,7 @@ def validation_losses(model: nn.Module, task: ObjectiveTask, cfg: TrainConfig, c
     loss over the whole validation split."""
     sampled = task.evaluate(model, cfg.eval_batches, seed=cfg.seed)["loss"]
     full = evaluate_lm(model, task.val_tokens.sequential_windows(FULL_EVAL_BATCH, context))["loss"]
-    return {"val_loss_20_batches": sampled, "val_loss": full}
+    return {"val_loss_sampled": sampled, "val_loss": full}
 
 
 def steady(step_seconds: list[float]) -> float:
@@ -194,8 +195,8 @@ def main() -> None:
         **{f"lmlab_{name}": round(value, 4) for name, value in ours.items()},
         **{f"transformers_{name}": round(value, 4) for name, value in theirs.items()},
         "val_loss_diff": round(ours["val_loss"] - theirs["val_loss"], 4),
-        "val_loss_20_batches_diff": round(ours["val_loss_20_batches"] - theirs["val_loss_20_batches"], 4),
-        "threads": torch.get_num_threads(), "wall_s": round(wall, 1),
+        "val_loss_sampled_diff": round(ours["val_loss_sampled"] - theirs["val_loss_sampled"], 4),
+        "eval_batches": cfg.eval_batches, "threads": torch.get_num_threads(), "wall_s": round(wall, 1),
     }))
 
 
