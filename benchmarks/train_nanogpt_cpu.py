@@ -69,6 +69,7 @@ def gpt2_peer(config: RunConfig) -> nn.Module:
         n_layer=model.n_layer, n_head=model.n_head, n_inner=model.ffn_width, activation_function="gelu",
         resid_pdrop=model.dropout, embd_pdrop=model.dropout, attn_pdrop=model.dropout,
         layer_norm_epsilon=model.norm_eps, tie_word_embeddings=model.tie_embeddings, use_cache=False,
+        bos_token_id=None, eos_token_id=None,  # GPT-2's 50256 is outside a character vocabulary
         attn_implementation="sdpa",  # scaled_dot_product_attention, as nanoGPT's and lmlab's
     )
     torch.manual_seed(config.train.seed)
