@@ -339,3 +339,20 @@ def test_non_finite_weights_are_never_written_to_a_checkpoint(tmp_path, corpus, 
     assert "step-00000003" in message
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step-00000003"]
     assert [p.name for p in (tmp_path / "run" / ckpt.CHECKPOINTS).iterdir()] == ["step-00000003"]
+
+
+def test_between_steps_is_called_after_every_step_outside_its_timing(tmp_path, corpus):
+    trainer = trainer_for(tiny_config(corpus, "train.max_steps=25"), tmp_path / "run")
+    seen = []
+    trainer.between_steps = lambda step: seen.append((step, len(trainer.step_seconds)))
+    trainer.fit()
+    assert seen == [(step, step) for step in range(1, 26)]  # each step already timed when it is called
+
+
+def test_batches_are_drawn_from_the_seed_and_the_micro_batch_index(tmp_path, corpus):
+    trainer = trainer_for(tiny_config(corpus, "train.grad_accum=2"), tmp_path / "run")
+    trainer.step = 3
+    ours = trainer.task.train_batch(trainer._batch_generator(1)).input_ids
+    expected = torch.Generator().manual_seed(trainer.cfg.seed * 1_000_003 + 7)
+    assert torch.equal(ours, trainer.task.train_batch(expected).input_ids)
+    assert torch.equal(ours, trainer.task.train_batch(trainer_module.batch_generator(trainer.cfg.seed, 7)).input_ids)

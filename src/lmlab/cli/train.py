@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from lmlab.cli.common import EXIT_INTERRUPTED, err, positive
+from lmlab.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, err, positive
 from lmlab.errors import LmlabError
 
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
@@ -57,15 +58,36 @@ def _whole_model(trainer, checkpoint: Path):
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
     """``lmlab train --nproc N ...``: the same command in N local processes under torchrun
-    (``python -m torch.distributed.run --standalone``, bound to this machine); its exit code."""
+    (``torch.distributed.run --standalone``, bound to this machine, through
+    :mod:`lmlab.training.launch`). A process that stopped on a user mistake has printed its
+    error line; this one then ends with one line too (exit 2). Otherwise: the processes' exit code."""
     positive(args.nproc, "--nproc")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+    most, what = _most_local_processes(args.device)
+    if args.nproc > most:
+        raise LmlabError(f"--nproc {args.nproc} is more processes than this machine has {what} ({most}); "
+                         f"use --nproc {most} or fewer")
+    command = [sys.executable, "-m", "lmlab.training.launch", "--standalone", "--nproc_per_node", str(args.nproc),
                "-m", "lmlab", "train", *_forwarded_train_args(args)]
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches torchrun and the processes
     try:
-        return subprocess.run(command, check=False).returncode
+        code = subprocess.run(command, check=False).returncode
     finally:
         signal.signal(signal.SIGINT, previous)
+    if code == EXIT_USAGE:
+        raise LmlabError(f"the {args.nproc} training processes under torchrun stopped; the error is printed above")
+    return code
+
+
+def _most_local_processes(device: str | None) -> tuple[int, str]:
+    """How many processes this machine trains in, and of what: one per CUDA device for a CUDA
+    run (``--device cuda``, or auto where CUDA is available), else one per CPU core."""
+    import torch
+
+    cuda = (device or "auto") in ("auto", "cuda") or (device or "").startswith("cuda:")
+    if cuda and torch.cuda.is_available():
+        return torch.cuda.device_count(), "CUDA devices"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1, "CPU cores"
 
 
 def _forwarded_train_args(args: argparse.Namespace) -> list[str]:

@@ -13,7 +13,8 @@ A run of many processes (:mod:`lmlab.training.distributed`) writes a *sharded* c
 weights, ``model/NAME``, the optimizer state, ``optim/NAME/KEY``, and the RNG state; where each
 part sits in the whole tensor is JSON in the file's header, so reading one unpickles nothing),
 beside ``state.json`` (parameter groups by parameter name) and ``manifest.json``. It is read
-whole, with no process group, by :func:`load_weights` (for ``generate``, ``convert``, ...).
+whole, with no process group, by :func:`load_weights` (for ``generate``, ``convert``, ...); its
+writing and reading are in :mod:`lmlab.training.sharded_checkpoint`.
 
 It is written to a temporary directory and renamed into place, so a crash leaves either the
 whole checkpoint or none; a failed write (a full disk) removes its temporary directory. Only
@@ -31,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -109,8 +109,8 @@ def save_checkpoint(
     state = {**state, "step": step}
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    needed = _bytes_needed([model_tensors, optimizer_tensors or {}], state)
-    _make_room(Path(run_dir), needed)
+    needed = bytes_needed([model_tensors, optimizer_tensors or {}], state)
+    make_room(Path(run_dir), needed)
     final = root / checkpoint_name(step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     try:
@@ -120,8 +120,8 @@ def save_checkpoint(
         if _is_disk_full(exc):
             raise _disk_full_error(root, needed) from None
         raise
-    _replace_dir(tmp, final)
-    _prune(Path(run_dir), keep)
+    replace_dir(tmp, final)
+    prune(Path(run_dir), keep)
     return final
 
 
@@ -139,11 +139,11 @@ def _write_checkpoint_files(
     save_file(model_tensors, str(tmp / MODEL_FILE), metadata=aliases)
     if optimizer_tensors is not None:
         save_file(optimizer_tensors, str(tmp / OPTIMIZER_FILE))
-    _write_json(tmp / STATE, state)
+    write_json(tmp / STATE, state)
     if write_extra is not None:
         write_extra(tmp)
-    _write_json(tmp / MANIFEST, {"step": state["step"], "files": _describe_files(tmp)})
-    _fsync_dir(tmp)
+    write_json(tmp / MANIFEST, {"step": state["step"], "files": describe_files(tmp)})
+    fsync_dir(tmp)
 
 
 def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -171,14 +171,14 @@ def _refuse_non_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
         raise NonFiniteState(f"the {what} hold inf or NaN ({bad[0]}{more})")
 
 
-def _bytes_needed(tensor_sets: list[dict[str, torch.Tensor]], state: dict[str, Any]) -> int:
+def bytes_needed(tensor_sets: list[dict[str, torch.Tensor]], state: dict[str, Any]) -> int:
     """About the bytes a checkpoint takes on disk: its tensors, its JSON files and headers."""
     tensors = [t for tensor_set in tensor_sets for t in tensor_set.values()]
     tensor_bytes = sum(t.numel() * t.element_size() + HEADER_BYTES_PER_TENSOR for t in tensors)
     return tensor_bytes + len(json.dumps(state, indent=1, ensure_ascii=False).encode()) + METADATA_BYTES
 
 
-def _make_room(run_dir: Path, needed: int) -> None:
+def make_room(run_dir: Path, needed: int) -> None:
     """Make ``needed`` bytes free by deleting checkpoints other than the newest good one, oldest
     first, when that is enough; an :class:`LmlabError` (deleting nothing) when it is not."""
     root = run_dir / CHECKPOINTS
@@ -406,6 +406,8 @@ def read_weights(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
     weight stored once appears under each of its names)."""
     if is_sharded(path):
         try:
+            from lmlab.training.sharded_checkpoint import read_sharded_tensors  # it imports this module
+
             tensors = read_sharded_tensors(path, prefix=MODEL_TENSORS)
         except Exception as exc:  # DCP reports a shape or name mismatch as a CheckpointException
             raise LmlabError(f"weights in {path} cannot be read ({_first_line(exc)})") from exc
@@ -444,65 +446,6 @@ def is_sharded(path: Path) -> bool:
     return Path(path).is_dir() and any(SHARD_FILE.fullmatch(file.name) for file in Path(path).iterdir())
 
 
-def sharded_temporary(run_dir: Path, step: int, pid: int) -> Path:
-    """The temporary directory the processes write the checkpoint of ``step`` into (named after
-    process 0's ``pid``, so :func:`remove_partial_checkpoints` recognises a leftover)."""
-    return Path(run_dir) / CHECKPOINTS / f".{checkpoint_name(step)}.tmp-{pid}"
-
-
-def prepare_sharded(run_dir: Path, tmp: Path, local_tensors: dict[str, torch.Tensor], world_size: int) -> None:
-    """Make an empty ``tmp`` and room for about ``world_size`` parts the size of ``local_tensors``."""
-    root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    _make_room(Path(run_dir), _bytes_needed([local_tensors], {}) * world_size)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-
-
-def write_sharded_tensors(tmp: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Write this process's part of ``tensors`` (whole tensors, or DTensors' shards) into ``tmp``
-    (a collective: every process of the run calls it)."""
-    import torch.distributed.checkpoint as dcp  # imported when used: it takes seconds
-    from torch.distributed.checkpoint import HuggingFaceStorageWriter
-
-    dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True))
-
-
-def publish_sharded(run_dir: Path, step: int, tmp: Path, state: dict[str, Any], keep: int) -> Path:
-    """Complete the sharded checkpoint the processes wrote into ``tmp`` (its state and manifest)
-    and rename it into place, then keep only the newest ``keep`` (process 0 alone calls this)."""
-    try:
-        _write_json(tmp / STATE, {**state, "step": step})
-        _write_json(tmp / MANIFEST, {"step": step, "files": _describe_files(tmp)})
-        _fsync_dir(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    final = Path(run_dir) / CHECKPOINTS / checkpoint_name(step)
-    _replace_dir(tmp, final)
-    _prune(Path(run_dir), keep)
-    return final
-
-
-def read_sharded_tensors(path: Path, targets: dict[str, torch.Tensor] | None = None,
-                         prefix: str = "") -> dict[str, torch.Tensor]:
-    """Tensors of a sharded checkpoint: loaded in place into ``targets`` (DTensors get this
-    process's shard: a collective then), or, without targets, every tensor whose name starts with
-    ``prefix``, whole, on the CPU, with no process group."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import HuggingFaceStorageReader
-
-    whole = targets is None
-    if whole:
-        stored = HuggingFaceStorageReader(str(path)).read_metadata().state_dict_metadata
-        targets = {name: torch.empty(meta.size, dtype=meta.properties.dtype)
-                   for name, meta in stored.items() if name.startswith(prefix)}
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load(targets, storage_reader=HuggingFaceStorageReader(str(path)), no_dist=whole)
-    return targets
-
-
 def load_snapshot(path: Path) -> TrainingSnapshot:
     """Step, state, optimizer state and RNG states of a verified checkpoint."""
     state = read_state(path)
@@ -534,7 +477,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -
     return {"state": state, "param_groups": groups}
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     with open(path, "w") as f:
         json.dump(data, f, indent=1, ensure_ascii=False)
         f.flush()
@@ -549,7 +492,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _describe_files(directory: Path) -> dict[str, dict[str, Any]]:
+def describe_files(directory: Path) -> dict[str, dict[str, Any]]:
     described = {}
     for file in sorted(directory.iterdir()):
         with open(file, "rb") as f:
@@ -558,7 +501,7 @@ def _describe_files(directory: Path) -> dict[str, dict[str, Any]]:
     return described
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -566,7 +509,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
+def replace_dir(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final``; an existing ``final`` is moved aside first and then removed."""
     if final.exists():
         aside = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -575,10 +518,10 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
-def _prune(run_dir: Path, keep: int) -> None:
+def prune(run_dir: Path, keep: int) -> None:
     checkpoints = list_checkpoints(run_dir)
     for old in checkpoints[: max(0, len(checkpoints) - keep)]:
         shutil.rmtree(old, ignore_errors=True)

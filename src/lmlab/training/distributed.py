@@ -38,6 +38,7 @@ from lmlab.errors import LmlabError
 from lmlab.models.blocks import TransformerStack
 from lmlab.objectives.base import IGNORE_INDEX, LMBatch
 from lmlab.training import checkpoint as ckpt
+from lmlab.training import sharded_checkpoint as sharded
 from lmlab.training.config import TrainConfig
 from lmlab.training.devices import Placement
 
@@ -297,7 +298,7 @@ def training_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> tupl
 def save_sharded(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                  state: dict[str, Any], keep: int, processes: Processes) -> Path:
     """Write the checkpoint of ``step``, every process its part, and publish it from process 0
-    once all have written (see :func:`lmlab.training.checkpoint.publish_sharded`).
+    once all have written (see :func:`lmlab.training.sharded_checkpoint.publish_sharded`).
 
     Raises :class:`~lmlab.training.checkpoint.NonFiniteState` on every process, writing nothing,
     when any process's part holds inf or NaN."""
@@ -305,16 +306,16 @@ def save_sharded(run_dir: Path, step: int, model: nn.Module, optimizer: torch.op
     bad = torch.tensor([1 if ckpt.non_finite_tensors(_local(tensors)) else 0])
     if int(max_over_processes(bad.to(_tensor_device(processes)), processes)):
         raise ckpt.NonFiniteState("the weights or optimizer state hold inf or NaN")
-    tmp = ckpt.sharded_temporary(run_dir, step, _main_pid(processes))
+    tmp = sharded.sharded_temporary(run_dir, step, _main_pid(processes))
     if processes.is_main:
-        ckpt.prepare_sharded(run_dir, tmp, _local(tensors), processes.world_size)
+        sharded.prepare_sharded(run_dir, tmp, _local(tensors), processes.world_size)
     barrier(processes)
-    ckpt.write_sharded_tensors(tmp, tensors)
+    sharded.write_sharded_tensors(tmp, tensors)
     barrier(processes)  # every process's shard is on disk
     if processes.is_main:
         state = {**state, "optimizer_param_groups": groups,
                  "distributed": {"mode": processes.mode, "world_size": processes.world_size}}
-        ckpt.publish_sharded(run_dir, step, tmp, state, keep)
+        sharded.publish_sharded(run_dir, step, tmp, state, keep)
     barrier(processes)  # no process goes on before the checkpoint is in place
     return Path(run_dir) / ckpt.CHECKPOINTS / ckpt.checkpoint_name(step)
 
@@ -345,7 +346,7 @@ def restore_training_state(path: Path, model: nn.Module, optimizer: torch.optim.
     state = ckpt.read_state(path)
     if ckpt.is_sharded(path):
         targets, _ = training_tensors(model, optimizer)  # this process's layout, filled in place
-        ckpt.read_sharded_tensors(path, targets)
+        sharded.read_sharded_tensors(path, targets)
         full = False
     else:
         targets = _one_process_tensors(path, model, optimizer)

@@ -78,6 +78,8 @@ class Trainer:
     ``extra_state`` (config, tokenizer, ...) is stored in every checkpoint's ``state.json``.
     ``lock`` (the run directory's, see :func:`lmlab.output_dir.lock_output_dir`) is released when
     :meth:`fit` ends. ``monitor`` (optional) adds evaluation points and acts on each evaluation.
+    ``between_steps`` (optional, set before :meth:`fit`) is called with the step number after
+    each step, outside that step's timing (a benchmark runs a peer's step there).
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class Trainer:
         self._saved_step: int | None = None  # the step of the checkpoint this trainer wrote last
         self._lock = lock
         self.monitor = monitor
+        self.between_steps: Callable[[int], None] | None = None
 
     def _placed(self, model: nn.Module) -> nn.Module:
         """``model`` on the run's device in its weight dtype, blocks checkpointed if configured."""
@@ -211,6 +214,8 @@ class Trainer:
             self.elapsed = session_elapsed_before + (time.perf_counter() - session_start)
             seconds = self._agree_on_clock(seconds)
             self._after_step(bar, loss, lr, seconds)
+            if self.between_steps is not None:
+                self.between_steps(self.step)
             self._fix_horizon(bar)
             if self.step % self.cfg.checkpoint_every == 0 and self.step < self._last_step():
                 last_checkpoint = self.save()
@@ -310,8 +315,7 @@ class Trainer:
 
     def _batch_generator(self, micro: int) -> torch.Generator:
         """The data position: batches depend only on (seed, step, micro-step)."""
-        index = self.step * self.cfg.grad_accum + micro
-        return torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + index)
+        return batch_generator(self.cfg.seed, self.step * self.cfg.grad_accum + micro)
 
     def _projected_steps(self) -> int:
         """Steps the run will reach within its time budget at the recent pace (for the progress bar)."""
@@ -455,6 +459,11 @@ class Trainer:
             return
         kept = [line for line in path.read_text().splitlines() if _step_of(line) <= step]
         path.write_text("".join(line + "\n" for line in kept))
+
+
+def batch_generator(seed: int, index: int) -> torch.Generator:
+    """The generator micro-batch ``index`` (step × grad_accum + micro-step) of a run is drawn with."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
 
 
 def _silent(message: str) -> None:
