@@ -165,6 +165,23 @@ def test_movetext_is_python_chess_export_and_val_files_are_held_out(tmp_path):
     assert [g.movetext() for g in held_out] == [g.movetext for g in iter_pgn_games(data / "val.pgn")]
 
 
+def test_val_names_the_held_out_games_and_every_data_game_trains(tmp_path):
+    data = write_games(tmp_path / "train.pgn", games=8, plies=20, seed=1)
+    val = write_games(tmp_path / "other-val.pgn", games=3, plies=20, seed=2)
+    train, held_out = split_games(data, SCALES["small"], min_elo=0, val=val)
+    assert [g.movetext() for g in train] == [g.movetext for g in iter_pgn_games(data)]
+    assert [g.movetext() for g in held_out] == [g.movetext for g in iter_pgn_games(val)]
+
+
+def test_val_that_is_not_pgn_is_one_line(tmp_path):
+    data = write_games(tmp_path / "games.pgn", games=6, plies=10)
+    val = tmp_path / "val.csv"
+    val.write_text("a,b\n", encoding="utf-8")
+    with pytest.raises(LmlabError, match=r"\.pgn or \.pgn\.zst") as error:
+        run_recipe("chess", tmp_path / "out", data=data, val=val, max_time=2, budget="small", echo=lambda _: None)
+    assert "\n" not in str(error.value)
+
+
 def test_pgn_zst_reads_like_pgn(tmp_path):
     zstandard = pytest.importorskip("zstandard")
     plain = write_games(tmp_path / "games.pgn", games=10, plies=20)
