@@ -53,14 +53,16 @@ MATCH_RESAMPLE = 3
 
 @dataclass(frozen=True)
 class Scale:
-    """What one budget trains and evaluates: the model's shape and batch, how many games it
-    reads, and how much evaluation it runs."""
+    """What one budget trains and evaluates: the model's shape, batch and learning rate, how many
+    games it reads, and how much evaluation it runs."""
 
     n_layer: int
     n_head: int
     d_model: int
     context_length: int
     batch_size: int
+    lr: float  # peak; the cosine decay ends at a tenth of it
+    warmup_steps: int
     train_games: int
     val_games: int
     positions: int  # held-out positions judged for the legal-move rate
@@ -71,10 +73,15 @@ class Scale:
 
 
 SCALES = {
-    "small": Scale(2, 2, 64, 128, 16, 600, 60, 60, 6, 90, 4, 120),
-    "default": Scale(4, 4, 128, 256, 8, 6000, 300, 400, 16, 100, 16, 160),
-    "large": Scale(8, 8, 512, 512, 64, 200_000, 1000, 2000, 64, 160, 64, 300),
+    "small": Scale(2, 2, 64, 128, 16, 4e-3, 30, 600, 60, 60, 6, 90, 4, 120),
+    "default": Scale(4, 4, 128, 256, 8, 4e-3, 30, 6000, 300, 400, 16, 100, 16, 160),
+    "large": Scale(8, 8, 512, 512, 64, 1e-3, 200, 200_000, 1000, 2000, 64, 160, 64, 300),
 }
+# Rotary positions: a training window starts anywhere in the stream of games, while every prompt
+# of the evaluation starts at a game's first token; with learned absolute positions the model
+# reads a game start at position 0 (which training hardly ever shows it) much worse than the same
+# game start later in a window.
+POSITION = "rope"
 
 
 @dataclass
@@ -254,9 +261,10 @@ def arm_config(context: RecipeContext, scale: Scale, corpus: Path, tokenizer: st
     """The run config of one arm: the budget's model shape, trained for ``context.arm_seconds``."""
     config = RunConfig()
     config.model = dataclasses.replace(config.model, n_layer=scale.n_layer, n_head=scale.n_head, d_model=scale.d_model,
-                                       context_length=scale.context_length, dropout=0.0, bias=False)
+                                       context_length=scale.context_length, position=POSITION, dropout=0.0, bias=False)
     config.train = dataclasses.replace(
-        config.train, batch_size=scale.batch_size, lr=2e-3, min_lr=2e-4, warmup_steps=100, max_steps=10_000_000,
+        config.train, batch_size=scale.batch_size, lr=scale.lr, min_lr=scale.lr / 10, warmup_steps=scale.warmup_steps,
+        max_steps=10_000_000,
         max_time=context.arm_seconds, seed=context.seed, eval_every=200, eval_batches=10, checkpoint_every=500,
         sample_chars=0)
     config.data = dataclasses.replace(config.data, corpus=str(corpus.resolve()), tokenizer=tokenizer,
