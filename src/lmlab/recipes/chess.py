@@ -337,6 +337,7 @@ def _report(context: RecipeContext, results: dict[str, dict[str, Any]], n_train:
              "score vs random": r["score_vs_random"]} for arm, r in results.items()]
     gap = results["pgn"]["legal_move_rate"] - results["english"]["legal_move_rate"]
     summary = (f"{n_train} training games and {n_held_out} held-out games"
+               + (f" from {context.val.name}" if context.val is not None else "")
                + (f" (both players rated {options.min_elo}+)" if options.min_elo else "")
                + f", written once as PGN movetext and once as English sentences ({prepared_s:.0f} s). "
                f"Legal moves: the greedy next move at {results['pgn']['positions']['positions']} positions of the "
