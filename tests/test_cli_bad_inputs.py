@@ -210,6 +210,10 @@ CASES: dict[str, dict[str, Case]] = {
                              "--out", "{tmp}/recipe-nodata", says="no such file"),
         "out holds a run, no --resume": case("recipe", "run", "shakespeare", "--data", "{text}",
                                              "--out", "{recipe_out}", says="pass --resume"),
+        "--val for a recipe without one": case("recipe", "run", "shakespeare", "--data", "{text}", "--val", "{text}",
+                                               "--out", "{tmp}/recipe-val", says="takes no --val"),
+        "--val missing": case("recipe", "run", "chess", "--data", "{games_zst}", "--val", "{tmp}/no-such-val.pgn",
+                              "--out", "{tmp}/recipe-noval", says="--val"),
     },
 }
 

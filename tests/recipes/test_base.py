@@ -124,3 +124,35 @@ def test_unknown_budget_and_non_positive_time_are_errors(stand_in, tmp_path):
         run_recipe("stand-in", tmp_path / "out", budget="huge")
     with pytest.raises(LmlabError, match="must be positive"):
         run_recipe("stand-in", tmp_path / "out", max_time=0)
+
+
+def test_the_announcing_line_says_what_an_arm_does(tmp_path):
+    recipe = Recipe(name="r", description="d", arm_seconds={"default": 5}, run=lambda context: None)
+    lines: list[str] = []
+    context = RecipeContext(recipe=recipe, out_dir=tmp_path, arm_seconds=5, echo=lines.append)
+    context.run_arm("trained", lambda run_dir, resume: {})
+    context.run_arm("lead-3", lambda run_dir, resume: {}, doing="taking each article's first three sentences")
+    assert lines[0].startswith("trained: training for 5 s in ")
+    assert lines[1].startswith("lead-3: taking each article's first three sentences in ")
+    assert "training" not in lines[1]
+
+
+def test_offline_without_data_creates_no_output_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path / "cache"))
+    source = DataSource(description="a corpus", url=UNREACHABLE_URL, sha256="0" * 64, filename="corpus.txt",
+                        local_format="a UTF-8 text file")
+    declared = Recipe(name="offline", description="d", arm_seconds={"default": 1}, run=lambda context: None,
+                      source=source)
+    monkeypatch.setattr("lmlab.recipes.recipes", lambda: {"offline": declared})
+    with pytest.raises(LmlabError, match="--data PATH"):
+        run_recipe("offline", tmp_path / "out", echo=lambda _: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_val_is_rejected_in_one_line_by_a_recipe_without_it(stand_in, tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("text")
+    with pytest.raises(LmlabError) as error:
+        run_recipe("stand-in", tmp_path / "out", data=data, val=data, echo=lambda _: None)
+    assert "takes no --val" in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "out").exists()

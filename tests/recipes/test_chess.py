@@ -17,7 +17,8 @@ from lmlab.errors import LmlabError
 from lmlab.recipes import run_recipe
 from lmlab.recipes.chess import SCALES, ChessOptions, run_chess_recipe, split_games
 from lmlab.recipes.chess_english import describe_move
-from lmlab.recipes.chess_eval import MOVE_40_PLIES, NOTATION_FILE
+from lmlab.recipes.chess_eval import MOVE_40_PLIES, NOTATION_FILE, EnglishNotation, PGNNotation
+from lmlab.tokenizers import ChessPGNTokenizer, load_tokenizer
 
 METRICS = ("legal_move_rate", "reach_move_40_share", "mean_plies_before_illegal", "distinct_openings",
            "score_vs_random", "val_loss_per_ply", "parameters", "steps", "vocab_size")
@@ -67,6 +68,27 @@ def test_report_has_every_arm_and_metric(recipe_run):
     for arm in ("pgn", "english"):
         assert (out / "arms" / f"{arm}.yaml").is_file()
         assert json.loads((out / "arms" / arm / NOTATION_FILE).read_text()) == {"notation": arm}
+
+
+@pytest.mark.parametrize("arm", ["pgn", "english"])
+def test_prompts_are_the_training_corpus_tokens_of_a_game_start(recipe_run, arm):
+    """A prompt for the position after k moves is the corpus's token ids from a game's separator
+    (the newline after the previous game) up to that position: the model sees its training text."""
+    out, _ = recipe_run
+    corpus = (out / "data" / f"{arm}-train.txt").read_text(encoding="utf-8").splitlines()
+    game = split_games(out.parent / "games.pgn", SCALES["small"], min_elo=0)[0][1]
+    assert (game.movetext() if arm == "pgn" else game.english_line()) == corpus[1]
+    if arm == "pgn":
+        tokenizer, notation, written = ChessPGNTokenizer(), PGNNotation(ChessPGNTokenizer()), game.sans
+    else:
+        tokenizer = load_tokenizer(out / "data" / "english-tokenizer")
+        notation, written = EnglishNotation(tokenizer), game.english
+    stream = tokenizer.encode(corpus[0] + "\n" + corpus[1] + "\n")
+    start = len(tokenizer.encode(corpus[0]))  # the separator ending the first game
+    for plies in (0, 1, 2, 7):
+        prompt = notation.prompt_ids(written[:plies])
+        assert prompt == stream[start:start + len(prompt)], plies
+        assert len(prompt) > plies
 
 
 def _evaluation(out: Path, arm: str) -> dict:
@@ -163,6 +185,23 @@ def test_movetext_is_python_chess_export_and_val_files_are_held_out(tmp_path):
     train, held_out = split_games(data, SCALES["small"], min_elo=0)
     assert [g.movetext() for g in train] == [g.movetext for g in iter_pgn_games(data / "train.pgn")]
     assert [g.movetext() for g in held_out] == [g.movetext for g in iter_pgn_games(data / "val.pgn")]
+
+
+def test_val_names_the_held_out_games_and_every_data_game_trains(tmp_path):
+    data = write_games(tmp_path / "train.pgn", games=8, plies=20, seed=1)
+    val = write_games(tmp_path / "other-val.pgn", games=3, plies=20, seed=2)
+    train, held_out = split_games(data, SCALES["small"], min_elo=0, val=val)
+    assert [g.movetext() for g in train] == [g.movetext for g in iter_pgn_games(data)]
+    assert [g.movetext() for g in held_out] == [g.movetext for g in iter_pgn_games(val)]
+
+
+def test_val_that_is_not_pgn_is_one_line(tmp_path):
+    data = write_games(tmp_path / "games.pgn", games=6, plies=10)
+    val = tmp_path / "val.csv"
+    val.write_text("a,b\n", encoding="utf-8")
+    with pytest.raises(LmlabError, match=r"\.pgn or \.pgn\.zst") as error:
+        run_recipe("chess", tmp_path / "out", data=data, val=val, max_time=2, budget="small", echo=lambda _: None)
+    assert "\n" not in str(error.value)
 
 
 def test_pgn_zst_reads_like_pgn(tmp_path):

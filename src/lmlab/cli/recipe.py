@@ -26,7 +26,8 @@ def cmd_recipe_run(args: argparse.Namespace) -> int:
     max_time = None if args.max_time is None else positive(args.max_time, "--max-time")
     report = run_recipe(
         args.name, args.out, budget=args.budget, max_time=max_time,
-        data=None if args.data is None else Path(args.data), model=args.model,
+        data=None if args.data is None else Path(args.data), val=None if args.val is None else Path(args.val),
+        model=args.model,
         extra_models=tuple(args.seq2seq_model), seed=args.seed, resume=args.resume,
         progress=not args.no_progress, echo=err,
     )
@@ -42,6 +43,8 @@ def add_recipe_parser(sub: argparse._SubParsersAction) -> None:
     run = actions.add_parser("run", help="train and evaluate every arm of a recipe; writes report.md and results.json")
     run.add_argument("name", help="the recipe (see 'lmlab recipe list')")
     run.add_argument("--data", help="a local copy of the recipe's data instead of its public source")
+    run.add_argument("--val", help="a local held-out split to evaluate on instead of the one the recipe holds out "
+                                   "of --data (recipes that support it: chess)")
     run.add_argument("--model", help="the pretrained model an arm starts from: a directory or a Hub id")
     run.add_argument("--seq2seq-model", action="append", default=[], metavar="MODEL",
                      help="an encoder-decoder to fine-tune as one more arm (repeatable)")

@@ -17,7 +17,7 @@ from lmlab.recipes.base import ARMS_DIR, BUDGETS, Recipe, RecipeContext, write_r
 
 RECIPE_KIND = "recipe"  # the kind of output (see lmlab.output_dir) a recipe's directory is
 
-__all__ = ["BUDGETS", "RECIPE_KIND", "Recipe", "RecipeContext", "get_recipe", "recipes", "run_recipe"]
+__all__ = ["BUDGETS", "RECIPE_KIND", "Recipe", "RecipeContext", "get_recipe", "recipes", "run_declared", "run_recipe"]
 
 
 def recipes() -> dict[str, Recipe]:
@@ -44,14 +44,25 @@ def run_recipe(name: str, out_dir: str | Path, *, budget: str = "default", max_t
     """Run recipe ``name`` into ``out_dir`` and return its ``report.md``. ``max_time`` (seconds per
     arm) overrides the budget; ``options`` are :class:`RecipeContext` fields (data, model, seed,
     resume, ...)."""
-    recipe = get_recipe(name)
+    return run_declared(get_recipe(name), out_dir, budget=budget, max_time=max_time, **options)
+
+
+def run_declared(recipe: Recipe, out_dir: str | Path, *, budget: str = "default", max_time: float | None = None,
+                 **options) -> Path:
+    """:func:`run_recipe` for a :class:`Recipe` object. Its data (``--data``, else its public source,
+    downloaded) and ``--val`` are checked before ``out_dir`` is created, so a mistake there leaves
+    nothing behind."""
     seconds = recipe.seconds_for(budget) if max_time is None else max_time
     if not seconds > 0:
         raise LmlabError(f"--max-time must be positive seconds, got {seconds}")
+    context = RecipeContext(recipe=recipe, out_dir=Path(out_dir), arm_seconds=seconds, budget=budget, **options)
+    if context.data is not None or recipe.source is not None:
+        context.data_path()
+    context.val_path()
     out = claim_output_dir(out_dir, RECIPE_KIND)
+    context.out_dir = out
     lock = lock_output_dir(out)
     try:
-        context = RecipeContext(recipe=recipe, out_dir=out, arm_seconds=seconds, budget=budget, **options)
         if not context.resume and (out / ARMS_DIR).exists():
             raise LmlabError(f"{out} already holds a recipe run; pass --resume to continue it or choose a new --out")
         started = time.perf_counter()

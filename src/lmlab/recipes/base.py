@@ -46,6 +46,7 @@ class Recipe:
     arm_seconds: Mapping[str, float]  # budget name → training seconds per arm
     run: Callable[["RecipeContext"], "RecipeReport"]
     source: DataSource | None = None
+    held_out_format: str | None = None  # what ``--val`` takes ("a .pgn file of games"); None: no --val
 
     def seconds_for(self, budget: str) -> float:
         """Training seconds per arm at ``budget`` (one of :data:`BUDGETS`)."""
@@ -64,6 +65,7 @@ class RecipeContext:
     arm_seconds: float
     seed: int = 0
     data: Path | None = None
+    val: Path | None = None  # a local held-out split instead of the recipe's own (recipes with held_out_format)
     model: str | None = None
     extra_models: tuple[str, ...] = ()  # repeatable model flags (summarization's encoder-decoders)
     budget: str = "default"
@@ -71,6 +73,7 @@ class RecipeContext:
     progress: bool = False
     echo: Callable[[str], None] = print
     arm_steps: int | None = None  # tests: every arm trains this many optimizer steps instead of arm_seconds
+    _data: Path | None = field(default=None, init=False, repr=False)  # data_path(), found once
 
     def arm_dir(self, arm: str) -> Path:
         """The run directory of ``arm`` (``OUT/arms/ARM``)."""
@@ -79,6 +82,22 @@ class RecipeContext:
     def data_path(self) -> Path:
         """``--data`` when given, else the recipe's public source, downloaded once and checksummed.
         Offline without ``--data``, the error says where to get the data and which flag takes it."""
+        if self._data is None:
+            self._data = self._find_data()
+        return self._data
+
+    def val_path(self) -> Path | None:
+        """``--val`` (checked to exist), or None when the recipe holds out part of its data itself."""
+        if self.val is None:
+            return None
+        if self.recipe.held_out_format is None:
+            raise LmlabError(f"recipe {self.recipe.name!r} holds out part of its --data itself and takes no "
+                             "--val; drop --val")
+        if not self.val.exists():
+            raise LmlabError(f"--val {self.val}: no such file or directory ({self.recipe.held_out_format})")
+        return self.val
+
+    def _find_data(self) -> Path:
         if self.data is not None:
             if not self.data.exists():
                 raise LmlabError(f"--data {self.data}: no such file or directory")
@@ -95,10 +114,13 @@ class RecipeContext:
                              f"{source.url} ({exc}); download it yourself and pass --data PATH "
                              f"({source.local_format})") from None
 
-    def run_arm(self, arm: str, train: Callable[[Path, bool], dict[str, Any]]) -> dict[str, Any]:
+    def run_arm(self, arm: str, train: Callable[[Path, bool], dict[str, Any]],
+                doing: str | None = None) -> dict[str, Any]:
         """Train and evaluate ``arm`` once: ``train(run_dir, resume)`` returns the arm's results,
         which are stored beside the run. A finished arm is read back instead of trained again
-        (``--resume``); an arm stopped part-way continues from its newest checkpoint."""
+        (``--resume``); an arm stopped part-way continues from its newest checkpoint. ``doing``
+        says what an arm that trains nothing does instead (``"decoding the prompt"``), for the
+        line announcing it."""
         directory = self.arm_dir(arm)
         done = directory / ARM_RESULT
         if done.is_file():
@@ -108,13 +130,17 @@ class RecipeContext:
             self.echo(f"{arm}: finished before, results read back")
             return read_json_file(done, "delete the arm's directory to train it again")
         resume = self.resume and directory.exists() and any(directory.iterdir())
-        self.echo(f"{arm}: {'resuming' if resume else 'training'} for {self.arm_seconds:g} s in {directory}")
+        self.echo(f"{arm}: {doing or self._training(resume)} in {directory}")
         started = time.perf_counter()
         result = train(directory, resume)
         result.setdefault("wall_s", round(time.perf_counter() - started, 2))
         directory.mkdir(parents=True, exist_ok=True)
         _write_atomically(done, json.dumps(result, indent=2) + "\n")
         return result
+
+    def _training(self, resume: bool) -> str:
+        budget = f"{self.arm_steps} steps" if self.arm_steps is not None else f"{self.arm_seconds:g} s"
+        return f"{'resuming' if resume else 'training'} for {budget}"
 
     def save_arm_config(self, arm: str, config: dict[str, Any]) -> Path:
         """Write ``arm``'s full run config as YAML beside the arms, for the report's reproduce commands."""

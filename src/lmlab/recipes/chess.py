@@ -9,7 +9,8 @@ legal-move rate at positions of held-out games, games played against itself from
 openings) and a match against a random legal mover.
 
 Data: a ``.pgn`` or ``.pgn.zst`` file (the Lichess database format, streamed) or a directory of
-them. In a directory, files with ``val`` in their name are the held-out games; otherwise the last
+them. ``--val`` names the held-out games (a file or directory like ``--data``); without it, files
+with ``val`` in the name of a ``--data`` directory are the held-out games, and otherwise the last
 tenth of the games read (at most the budget's number) is held out. Games set up from a position
 (a ``FEN`` header) or of another variant are skipped. :func:`run_chess_recipe` also takes
 ``min_elo``: keep only games whose two players are rated at least that (``WhiteElo``/``BlackElo``).
@@ -29,7 +30,7 @@ import chess.pgn
 
 from lmlab.data.readers import is_pgn_file, open_pgn
 from lmlab.errors import LmlabError
-from lmlab.output_dir import claim_output_dir, lock_output_dir
+from lmlab.recipes import run_declared
 from lmlab.recipes.base import DataSource, Recipe, RecipeContext, RecipeReport, markdown_table, write_report
 from lmlab.recipes.chess_english import RESULT_SENTENCES, describe_move, game_to_english
 from lmlab.recipes.chess_eval import (
@@ -52,14 +53,16 @@ MATCH_RESAMPLE = 3
 
 @dataclass(frozen=True)
 class Scale:
-    """What one budget trains and evaluates: the model's shape and batch, how many games it
-    reads, and how much evaluation it runs."""
+    """What one budget trains and evaluates: the model's shape, batch and learning rate, how many
+    games it reads, and how much evaluation it runs."""
 
     n_layer: int
     n_head: int
     d_model: int
     context_length: int
     batch_size: int
+    lr: float  # peak; the cosine decay ends at a tenth of it
+    warmup_steps: int
     train_games: int
     val_games: int
     positions: int  # held-out positions judged for the legal-move rate
@@ -70,10 +73,15 @@ class Scale:
 
 
 SCALES = {
-    "small": Scale(2, 2, 64, 128, 16, 600, 60, 60, 6, 90, 4, 120),
-    "default": Scale(4, 4, 128, 256, 8, 6000, 300, 400, 16, 100, 16, 160),
-    "large": Scale(8, 8, 512, 512, 64, 200_000, 1000, 2000, 64, 160, 64, 300),
+    "small": Scale(2, 2, 64, 128, 16, 4e-3, 30, 600, 60, 60, 6, 90, 4, 120),
+    "default": Scale(4, 4, 128, 256, 8, 4e-3, 30, 6000, 300, 400, 16, 100, 16, 160),
+    "large": Scale(8, 8, 512, 512, 64, 1e-3, 200, 200_000, 1000, 2000, 64, 160, 64, 300),
 }
+# Rotary positions: a training window starts anywhere in the stream of games, while every prompt
+# of the evaluation starts at a game's first token; with learned absolute positions the model
+# reads a game start at position 0 (which training hardly ever shows it) much worse than the same
+# game start later in a window.
+POSITION = "rope"
 
 
 @dataclass
@@ -185,12 +193,16 @@ def _rated(headers: dict[str, str], min_elo: int) -> bool:
     return all(r.isdigit() and int(r) >= min_elo for r in ratings)
 
 
-def split_games(data: Path, scale: Scale, min_elo: int) -> tuple[list[ChessGame], list[ChessGame]]:
-    """Training and held-out games of ``data`` (see the module docstring for the rule)."""
+def split_games(data: Path, scale: Scale, min_elo: int,
+                val: Path | None = None) -> tuple[list[ChessGame], list[ChessGame]]:
+    """Training and held-out games of ``data`` (see the module docstring for the rule); with
+    ``val``, the held-out games are those of ``val`` and every game of ``data`` but its
+    validation files trains."""
     files = pgn_files(data)
-    held_out_files = [f for f in files if "val" in f.name.lower()]
-    train_files = [f for f in files if f not in held_out_files]
-    if held_out_files and not train_files:
+    held_out_files = pgn_files(val) if val is not None else [f for f in files if "val" in f.name.lower()]
+    train_files = [f for f in files if "val" not in f.name.lower()] if val is not None \
+        else [f for f in files if f not in held_out_files]
+    if not train_files:
         raise LmlabError(f"{data}: every file is a validation file ('val' in its name); add training games")
     if held_out_files:
         train = list(read_games(train_files, scale.train_games, min_elo))
@@ -219,25 +231,14 @@ def run_chess_recipe(out_dir: str | Path, *, options: ChessOptions = ChessOption
     """:func:`lmlab.recipes.run_recipe` for chess with :class:`ChessOptions` (e.g. a ``min_elo``
     filter on Lichess games); returns the report's path."""
     recipe = dataclasses.replace(RECIPE, run=lambda context: run_chess(context, options))
-    seconds = recipe.seconds_for(budget) if max_time is None else max_time
-    if not seconds > 0:
-        raise LmlabError(f"--max-time must be positive seconds, got {seconds}")
-    out = claim_output_dir(out_dir, "recipe")
-    lock = lock_output_dir(out)
-    try:
-        context = RecipeContext(recipe=recipe, out_dir=out, arm_seconds=seconds, budget=budget, **context_options)
-        started = time.perf_counter()
-        report = recipe.run(context)
-        return write_report(context, report, time.perf_counter() - started)
-    finally:
-        lock.release()
+    return run_declared(recipe, out_dir, budget=budget, max_time=max_time, **context_options)
 
 
 def run_chess(context: RecipeContext, options: ChessOptions = ChessOptions()) -> RecipeReport:
     """Prepare the two notations of the games, train and judge both arms, and report."""
     scale = SCALES[context.budget]
     started = time.perf_counter()
-    train, held_out = split_games(context.data_path(), scale, options.min_elo)
+    train, held_out = split_games(context.data_path(), scale, options.min_elo, context.val_path())
     data_dir = context.out_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     corpora = {"pgn": data_dir / "pgn-train.txt", "english": data_dir / "english-train.txt"}
@@ -260,9 +261,10 @@ def arm_config(context: RecipeContext, scale: Scale, corpus: Path, tokenizer: st
     """The run config of one arm: the budget's model shape, trained for ``context.arm_seconds``."""
     config = RunConfig()
     config.model = dataclasses.replace(config.model, n_layer=scale.n_layer, n_head=scale.n_head, d_model=scale.d_model,
-                                       context_length=scale.context_length, dropout=0.0, bias=False)
+                                       context_length=scale.context_length, position=POSITION, dropout=0.0, bias=False)
     config.train = dataclasses.replace(
-        config.train, batch_size=scale.batch_size, lr=2e-3, min_lr=2e-4, warmup_steps=100, max_steps=10_000_000,
+        config.train, batch_size=scale.batch_size, lr=scale.lr, min_lr=scale.lr / 10, warmup_steps=scale.warmup_steps,
+        max_steps=10_000_000,
         max_time=context.arm_seconds, seed=context.seed, eval_every=200, eval_batches=10, checkpoint_every=500,
         sample_chars=0)
     config.data = dataclasses.replace(config.data, corpus=str(corpus.resolve()), tokenizer=tokenizer,
@@ -335,6 +337,7 @@ def _report(context: RecipeContext, results: dict[str, dict[str, Any]], n_train:
              "score vs random": r["score_vs_random"]} for arm, r in results.items()]
     gap = results["pgn"]["legal_move_rate"] - results["english"]["legal_move_rate"]
     summary = (f"{n_train} training games and {n_held_out} held-out games"
+               + (f" from {context.val.name}" if context.val is not None else "")
                + (f" (both players rated {options.min_elo}+)" if options.min_elo else "")
                + f", written once as PGN movetext and once as English sentences ({prepared_s:.0f} s). "
                f"Legal moves: the greedy next move at {results['pgn']['positions']['positions']} positions of the "
@@ -408,4 +411,5 @@ RECIPE = Recipe(
         filename="lichess_db_standard_rated_2013-01.pgn.zst",
         local_format="a .pgn or .pgn.zst file of games, or a directory of them",
     ),
+    held_out_format="a .pgn or .pgn.zst file of held-out games, or a directory of them",
 )

@@ -126,7 +126,8 @@ def run(context: RecipeContext) -> RecipeReport:
     eos = loaded.tokenizer.special_tokens.get("eos")
     max_new_tokens = MAX_NEW_TOKENS.get(context.budget, MAX_NEW_TOKENS["default"])
     configs = {arm: arm_config(arm, max_new_tokens, () if eos is None else (eos,), context.seed) for arm in ARMS}
-    arms = {arm: context.run_arm(arm, lambda directory, resume, c=config: decode_arm(loaded, prompt_ids, c))
+    arms = {arm: context.run_arm(arm, lambda directory, resume, c=config: decode_arm(loaded, prompt_ids, c),
+                                 doing=f"decoding {max_new_tokens} tokens with {model_name} (no training)")
             for arm, config in configs.items()}
     rows = [{"arm": arm, "new tokens": r["new_tokens"], "log-probability": r["logprob"],
              "per token": r["mean_logprob"], "perplexity": r["perplexity"]} for arm, r in arms.items()]

@@ -227,7 +227,8 @@ def run(context: RecipeContext) -> RecipeReport:
                                           lr=sizes.scratch_lr, **base),
         "pretrained": FinetuneConfig(model=str(model_path), out=str(context.arm_dir("pretrained")), lr=2e-5, **base),
     }
-    outcomes = {"tfidf-logreg": context.run_arm("tfidf-logreg", lambda _dir, _resume: bag_of_words(train, test_texts))}
+    outcomes = {"tfidf-logreg": context.run_arm("tfidf-logreg", lambda _dir, _resume: bag_of_words(train, test_texts),
+                                                  doing="fitting the TF-IDF logistic regression")}
     for arm, config in configs.items():
         context.save_arm_config(arm, {"finetune": dataclasses.asdict(config)})
         outcomes[arm] = context.run_arm(arm, lambda run_dir, resume, c=config: _finetuned_scores(

@@ -329,7 +329,9 @@ def _tldr_arm(plan: Plan) -> Callable[[Path, bool], dict[str, Any]]:
 def run_summarization(context: RecipeContext) -> RecipeReport:
     """Run every arm on the same held-out articles and report ROUGE and the summaries."""
     plan = _plan(context)
-    arms = {"lead-3": context.run_arm("lead-3", _lead_arm(plan)), "tldr": context.run_arm("tldr", _tldr_arm(plan))}
+    arms = {"lead-3": context.run_arm("lead-3", _lead_arm(plan), doing="taking each article's first three sentences"),
+            "tldr": context.run_arm("tldr", _tldr_arm(plan), doing=f"prompting {plan.decoder_name} with TL;DR "
+                                    "(no training)")}
     commands = {}
     text_scores(["warm up"], ["warm up"])  # the metric libraries' first use is slow: outside the arms' clocks
     for arm, model in plan.seq2seq.items():
