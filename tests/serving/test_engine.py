@@ -163,7 +163,9 @@ def test_a_short_request_does_not_wait_for_a_long_one(model):
     assert finished == ["short", "long"]
 
 
-def test_prompts_that_arrive_together_prefill_in_one_pass_and_equal_generate(model, kernels, monkeypatch):
+@pytest.mark.parametrize("position", ["rope", "learned", "alibi"])
+def test_prompts_that_arrive_together_prefill_in_one_pass_and_equal_generate(position, kernels, monkeypatch):
+    model = tiny_model(position)
     requests = mixed_requests(seed=5, n=6)
     expected = [reference_greedy(model, r) for r in requests]
     groups = []
