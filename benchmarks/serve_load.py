@@ -19,13 +19,15 @@ The clock of a row runs from the first client's start to the last response, the 
 Every server row says how its requests arrived (``arrivals``). One JSON object per line:
 
     {"mode": "server", "clients": 16, "requests": 32, "tokens": ..., "seconds": ..., "tokens_per_s": ...,
-     "ttft_p50_s": ..., "ttft_p95_s": ..., "latency_p50_s": ..., "latency_p95_s": ..., "arrivals": ..., "ratio": ...}
+     "ttft_p50_s": ..., "ttft_p95_s": ..., "latency_p50_s": ..., "latency_p95_s": ..., "arrivals": ...,
+     "ratio": ..., "ttft_p95_over_prefill": ...}
 
-``ratio``: the row's tokens/s over the sequential row's. The clients share the process (and its
-GIL) with the server, which costs the server some of its speed. Each ``stream_tokens`` call
-builds its decoding twin (and int8 draft) again, as every ``lmlab generate`` does, while the
-server builds its engine once: the server's 1-client row against its 4- and 16-client rows is
-the gain of batching alone.
+``ratio``: the row's tokens/s over the sequential row's; ``ttft_p95_over_prefill``: a server
+row's p95 time to first token over the sequential median. Rows print as they finish. The clients
+share the process (and its GIL) with the server, which costs the server some of its speed. Each
+``stream_tokens`` call builds its decoding twin (and int8 draft) again, as every ``lmlab
+generate`` does, while the server builds its engine once: the server's 1-client row against its
+4- and 16-client rows is the gain of batching alone.
 
     python benchmarks/serve_load.py [--shape gpt2|small|tiny] [--requests 32] [--clients 1,4,16] [--ramp-s S]
 """
@@ -165,17 +167,24 @@ def main() -> None:
     print(json.dumps({"setup": args.shape, "parameters": sum(p.numel() for p in model.parameters()),
                       "threads": torch.get_num_threads(), "native": engine.stats()["native"],
                       "client_start_gap_s": gap_s}), flush=True)
-    rows = []
+    report(baseline, baseline)
     try:
         with BackgroundServer(create_app(model, tokenizer, engine, model_name=args.shape)) as server:
             asyncio.run(load(server.url, warmup, 1, 0.0))
             for clients in (int(c) for c in args.clients.split(",")):
-                rows.append(asyncio.run(load(server.url, requests, clients, gap_s)))
+                report(asyncio.run(load(server.url, requests, clients, gap_s)), baseline)
     finally:
         engine.stop()
-    for result in [baseline, *rows]:
-        result["ratio"] = round(result["tokens_per_s"] / baseline["tokens_per_s"], 3)
-        print(json.dumps(result), flush=True)
+
+
+def report(result: dict, baseline: dict) -> None:
+    """Print a row with its throughput over the sequential row's (``ratio``) and, for a server row,
+    its p95 time to first token over the sequential median (``ttft_p95_over_prefill``)."""
+    result["ratio"] = round(result["tokens_per_s"] / baseline["tokens_per_s"], 3)
+    if result is not baseline:
+        result["ttft_p95_over_prefill"] = round(result["ttft_p95_s"] / baseline["ttft_p50_s"], 2)
+    print(json.dumps(result), flush=True)
+
 
 if __name__ == "__main__":
     main()
