@@ -24,10 +24,9 @@ Every server row says how its requests arrived (``arrivals``). One JSON object p
 
 ``ratio``: the row's tokens/s over the sequential row's; ``ttft_p95_over_prefill``: a server
 row's p95 time to first token over the sequential median. Rows print as they finish. The clients
-share the process (and its GIL) with the server, which costs the server some of its speed. Each
-``stream_tokens`` call builds its decoding twin (and int8 draft) again, as every ``lmlab
-generate`` does, while the server builds its engine once: the server's 1-client row against its
-4- and 16-client rows is the gain of batching alone.
+share the process (and its GIL) with the server, which costs the server some of its speed. The
+engine decodes without the int8 draft of speculative decoding, so its 1-client row is plain
+one-row decoding; its 4- and 16-client rows against that row are the gain of batching alone.
 
     python benchmarks/serve_load.py [--shape gpt2|small|tiny] [--requests 32] [--clients 1,4,16] [--ramp-s S]
 """
