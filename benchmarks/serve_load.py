@@ -5,21 +5,30 @@ A random decoder of GPT-2 small's shape (12 layers, 12 heads, 768 dims, vocab 50
 1024; ``--shape small`` or ``--shape tiny`` for less) is served on a free loopback port by the
 app and engine of ``lmlab serve``, in this process. A fixed number of requests (prompt lengths
 and new-token counts drawn from ``--seed``; prompts are token ids; no EOS, so every request
-makes exactly its tokens, greedily) is sent by 1, 4 and 16 concurrent streaming clients. Then the
-same requests run one after another through :func:`lmlab.generation.stream_tokens` (what
-``lmlab generate`` does, speculative decoding included). One JSON object per line:
+makes exactly its tokens, greedily, without log-probabilities) is first run one after another
+through :func:`lmlab.generation.stream_tokens` (what ``lmlab generate`` does, speculative
+decoding included): the sequential row, whose ``ttft`` is the single-request prefill (time to
+the first token). Then the same requests go to the server from 1, 4 and 16 concurrent streaming
+clients.
+
+How requests arrive: each client is a closed loop (it sends the next unsent request as soon as
+its previous one finished), and the clients do not all start at once: client ``i`` starts
+``i * gap`` seconds after the first, ``gap`` being ``--ramp-s`` or, by default, the sequential
+row's median time to first token (16 clients are all running after 15 single-request prefills).
+The clock of a row runs from the first client's start to the last response, the ramp included.
+Every server row says how its requests arrived (``arrivals``). One JSON object per line:
 
     {"mode": "server", "clients": 16, "requests": 32, "tokens": ..., "seconds": ..., "tokens_per_s": ...,
-     "ttft_p50_s": ..., "ttft_p95_s": ..., "latency_p50_s": ..., "latency_p95_s": ..., "ratio": ...}
+     "ttft_p50_s": ..., "ttft_p95_s": ..., "latency_p50_s": ..., "latency_p95_s": ..., "arrivals": ...,
+     "ratio": ..., "ttft_p95_over_prefill": ...}
 
-``ratio``: the row's tokens/s over the sequential row's. The sequential row's ``ttft`` is the
-single-request prefill (time to the first token). The clients share the process (and its GIL)
-with the server, which costs the server some of its speed. Each ``stream_tokens`` call builds its
-decoding twin (and int8 draft) again, as every ``lmlab generate`` does, while the server builds
-its engine once: the server's 1-client row against its 4- and 16-client rows is the gain of
-batching alone.
+``ratio``: the row's tokens/s over the sequential row's; ``ttft_p95_over_prefill``: a server
+row's p95 time to first token over the sequential median. Rows print as they finish. The clients
+share the process (and its GIL) with the server, which costs the server some of its speed. The
+engine decodes without the int8 draft of speculative decoding, so its 1-client row is plain
+one-row decoding; its 4- and 16-client rows against that row are the gain of batching alone.
 
-    python benchmarks/serve_load.py [--shape gpt2|small|tiny] [--requests 32] [--clients 1,4,16]
+    python benchmarks/serve_load.py [--shape gpt2|small|tiny] [--requests 32] [--clients 1,4,16] [--ramp-s S]
 """
 
 from __future__ import annotations
@@ -113,21 +122,26 @@ async def one_request(http: httpx.AsyncClient, prompt: list[int], new_tokens: in
     return first, time.perf_counter() - start, tokens
 
 
-async def load(url: str, requests, clients: int) -> dict:
-    """Every request sent with at most ``clients`` in flight."""
-    gate = asyncio.Semaphore(clients)
+async def load(url: str, requests, clients: int, gap_s: float) -> dict:
+    """Every request sent by ``clients`` closed-loop clients: client ``i`` starts at ``i * gap_s``
+    seconds, then each client sends the next unsent request as soon as its previous one finished."""
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    pending = iter(requests)
+    results: list[tuple[float, float, int]] = []
 
     async with httpx.AsyncClient(base_url=url, timeout=HANG_GUARD_S, limits=limits) as http:
-        async def gated(prompt, new_tokens):
-            async with gate:
-                return await one_request(http, prompt, new_tokens)
+        async def client(index: int) -> None:
+            await asyncio.sleep(index * gap_s)
+            for prompt, new_tokens in pending:
+                results.append(await one_request(http, prompt, new_tokens))
 
         began = time.perf_counter()
-        results = await asyncio.gather(*(gated(p, n) for p, n in requests))
+        await asyncio.gather(*(client(i) for i in range(clients)))
         seconds = time.perf_counter() - began
-    return row("server", clients, sum(r[2] for r in results), seconds, [r[0] for r in results],
-               [r[1] for r in results])
+    result = row("server", clients, sum(r[2] for r in results), seconds, [r[0] for r in results],
+                 [r[1] for r in results])
+    result["arrivals"] = f"{clients} closed-loop clients, client i starts at i*{gap_s:.3f} s"
+    return result
 
 
 def main() -> None:
@@ -137,27 +151,38 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,16", help="concurrent clients per run, comma-separated")
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ramp-s", type=float, default=None,
+                        help="seconds between the starts of consecutive clients (default: the sequential "
+                             "row's median time to first token, the single-request prefill)")
     args = parser.parse_args()
     model, tokenizer = build(args.shape)
     requests = requests_for(args.requests, args.seed, tokenizer.vocab_size, args.shape)
     warmup = requests[:1]
+    sequential(model, warmup)
+    baseline = sequential(model, requests)
+    gap_s = baseline["ttft_p50_s"] if args.ramp_s is None else args.ramp_s
     engine = Engine(model, max_batch=args.max_batch, max_queue=max(64, args.requests))
     engine.start()
     print(json.dumps({"setup": args.shape, "parameters": sum(p.numel() for p in model.parameters()),
-                      "threads": torch.get_num_threads(), "native": engine.stats()["native"]}), flush=True)
-    rows = []
+                      "threads": torch.get_num_threads(), "native": engine.stats()["native"],
+                      "client_start_gap_s": gap_s}), flush=True)
+    report(baseline, baseline)
     try:
         with BackgroundServer(create_app(model, tokenizer, engine, model_name=args.shape)) as server:
-            asyncio.run(load(server.url, warmup, 1))
+            asyncio.run(load(server.url, warmup, 1, 0.0))
             for clients in (int(c) for c in args.clients.split(",")):
-                rows.append(asyncio.run(load(server.url, requests, clients)))
+                report(asyncio.run(load(server.url, requests, clients, gap_s)), baseline)
     finally:
         engine.stop()
-    sequential(model, warmup)
-    baseline = sequential(model, requests)
-    for result in [baseline, *rows]:
-        result["ratio"] = round(result["tokens_per_s"] / baseline["tokens_per_s"], 3)
-        print(json.dumps(result), flush=True)
+
+
+def report(result: dict, baseline: dict) -> None:
+    """Print a row with its throughput over the sequential row's (``ratio``) and, for a server row,
+    its p95 time to first token over the sequential median (``ttft_p95_over_prefill``)."""
+    result["ratio"] = round(result["tokens_per_s"] / baseline["tokens_per_s"], 3)
+    if result is not baseline:
+        result["ttft_p95_over_prefill"] = round(result["ttft_p95_s"] / baseline["ttft_p50_s"], 2)
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

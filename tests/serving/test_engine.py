@@ -15,7 +15,8 @@ import lmlab.generation.fast.swap as swap
 from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig, generate
 from lmlab.generation.fast import ScreenedHead
-from lmlab.kernels import load_native
+from lmlab.generation.fast.block import NativeBlock
+from lmlab.kernels import MAX_ROWS, load_native
 from lmlab.models import ModelConfig, build_model
 from lmlab.serving.batch import BatchCache
 from lmlab.serving.engine import Engine, EngineRequest, QueueFull, TokenEvent
@@ -160,6 +161,34 @@ def test_a_short_request_does_not_wait_for_a_long_one(model):
     long.wait(), short.wait()
     engine.stop()
     assert finished == ["short", "long"]
+
+
+@pytest.mark.parametrize("position", ["rope", "learned", "alibi"])
+def test_prompts_that_arrive_together_prefill_in_one_pass_and_equal_generate(position, kernels, monkeypatch):
+    model = tiny_model(position)
+    requests = mixed_requests(seed=5, n=6)
+    expected = [reference_greedy(model, r) for r in requests]
+    groups = []
+    together = Engine._prefill_together
+    monkeypatch.setattr(Engine, "_prefill_together", lambda self, group: groups.append(len(group)) or together(self, group))
+    got = serve(Engine(model, prefill_chunk=256), requests)
+    assert [c.tokens for c in got] == expected
+    assert groups and groups[0] > 1  # several left-padded prompts in one forward pass
+
+
+def test_more_rows_than_the_kernels_take_decode_in_groups_and_equal_generate(kernels, monkeypatch):
+    model = tiny_model("rope")
+    requests = mixed_requests(seed=4, n=MAX_ROWS + 3)
+    for request in requests:
+        request.logprobs = False  # the head screen too, in groups of MAX_ROWS
+    expected = [reference_greedy(model, r) for r in requests]
+    grouped = []
+    in_groups = NativeBlock._step_in_groups
+    monkeypatch.setattr(NativeBlock, "_step_in_groups", staticmethod(lambda *a: grouped.append(a[1].size(0)) or in_groups(*a)))
+    engine = Engine(model, max_batch=MAX_ROWS + 3)
+    got = serve(engine, requests)
+    assert [c.tokens for c in got] == expected
+    assert any(rows > MAX_ROWS for rows in grouped) == (kernels == "native")  # decode steps of over MAX_ROWS rows
 
 
 def test_greedy_without_logprobs_takes_the_head_screen_and_still_equals_generate(monkeypatch):

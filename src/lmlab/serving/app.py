@@ -299,7 +299,7 @@ def _engine_request(served: Served, request: CompletionRequest, ids: list[int], 
         top_k=sampling.top_k, min_p=sampling.min_p, repetition_penalty=sampling.repetition_penalty,
         presence_penalty=sampling.presence_penalty, frequency_penalty=sampling.frequency_penalty,
         eos_ids=served.eos_ids, seed=None if sampling.seed is None else sampling.seed + index,
-        top_logprobs=request.top_logprobs or 0,
+        top_logprobs=request.top_logprobs or 0, logprobs=request.top_logprobs is not None,
     )
 
 

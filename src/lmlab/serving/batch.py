@@ -43,9 +43,10 @@ class BatchCache:
         """The length of the longest running row (0 when none runs)."""
         return self.write - min(self.starts) if self.starts else 0
 
-    def add(self, prompt: DecoderCache, length: int) -> int:
-        """A new row holding the first ``length`` positions of the one-row cache ``prompt``;
-        returns its index."""
+    def add(self, prompt: DecoderCache, length: int, source_row: int = 0, source_end: int | None = None) -> int:
+        """A new row holding the ``length`` positions of row ``source_row`` of the cache
+        ``prompt`` that end at slot ``source_end`` (default ``length``: a prompt filled from
+        slot 0; a left-padded one ends at its cache's end); returns its index."""
         if self.used == self.rows:
             raise RuntimeError("every row of the batch cache is in use")
         if not self.starts:
@@ -53,9 +54,10 @@ class BatchCache:
         elif length > self.write:
             self.shift_to(length)
         row, lo = self.used, self.write - length
+        end = length if source_end is None else source_end
         for mine, theirs in zip(self.layers, prompt.kv_caches()):
-            mine.keys[row, :, lo:self.write] = theirs.keys[0, :, :length]
-            mine.values[row, :, lo:self.write] = theirs.values[0, :, :length]
+            mine.keys[row, :, lo:self.write] = theirs.keys[source_row, :, end - length:end]
+            mine.values[row, :, lo:self.write] = theirs.values[source_row, :, end - length:end]
         self.starts.append(lo)
         return row
 

@@ -5,13 +5,16 @@ over step boundaries; at each one it
 
 1. drops cancelled requests (their rows free at once) and admits waiting ones while fewer than
    ``max_batch`` are prefilling or running;
-2. prefills: each new request's prompt runs alone in a cache of its own, at most
-   ``prefill_chunk`` prompt tokens per boundary (a long prompt takes several, while the others
-   keep decoding); a finished prefill gives the first token, and the prompt's keys/values move
-   into a free row of the batch cache (:class:`~lmlab.serving.batch.BatchCache`);
-3. decodes one token for every running row in one step (in groups of at most
-   :data:`~lmlab.kernels.MAX_ROWS` rows on the native path, whose kernels take that many),
-   each row with its own mask and positions; a row that finishes leaves at once.
+2. prefills, at most ``prefill_chunk`` prompt tokens per boundary: the whole prompts of the
+   requests admitted together run in one forward pass (left-padded to the longest, as many as
+   fit in the budget), and a prompt longer than the budget runs alone in chunks, one per
+   boundary, while the others keep decoding; a finished prefill gives the first token, and the
+   prompt's keys/values move into a free row of the batch cache
+   (:class:`~lmlab.serving.batch.BatchCache`);
+3. decodes one token for every running row in one forward pass (on the native path each block
+   runs its kernel over groups of :data:`~lmlab.kernels.MAX_ROWS` rows, see
+   :class:`~lmlab.generation.fast.block.NativeBlock`), each row with its own mask and positions;
+   a row that finishes leaves at once.
 
 Each request chooses its tokens with its own settings and random generator
 (:class:`~lmlab.serving.sampler.RowSampler`). Events go to the request's ``on_event`` from the
@@ -36,7 +39,7 @@ import torch
 
 from lmlab.errors import LmlabError
 from lmlab.generation.processors import check_sampling_settings
-from lmlab.generation.session import decoding_model
+from lmlab.generation.session import decoding_model, left_pad
 from lmlab.kernels import MAX_ROWS
 from lmlab.models.decoder import DecoderCache
 from lmlab.models.interface import DECODER, require_generative
@@ -124,15 +127,12 @@ class _Live:
     prompt_cache: DecoderCache | None = None
     prefilled: int = 0
     generated: int = 0
+    last_token: int = -1  # the newest generated token, what the next decode step feeds
     done: bool = False
 
     @property
     def prompt_len(self) -> int:
         return len(self.request.prompt_ids)
-
-    @property
-    def last_token(self) -> int:
-        return int(self.seen[0, self.prompt_len + self.generated - 1])
 
 
 @dataclass
@@ -149,8 +149,7 @@ class _Counters:
 
 class Engine:
     """Continuous batching of :class:`EngineRequest` over one decoder model (see the module
-    docstring). ``decode_group``: rows per forward pass of a decode step (default: the native
-    kernels' :data:`~lmlab.kernels.MAX_ROWS` on the native path, every row otherwise)."""
+    docstring). ``decode_group``: rows per forward pass of a decode step (default: every row)."""
 
     def __init__(
         self, model, *, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
@@ -166,7 +165,7 @@ class Engine:
         self.context: int = model.max_positions
         self.vocab_size: int = model.config.vocab_size
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
-        self.decode_group = decode_group or (MAX_ROWS if self.fast is not None else max_batch)
+        self.decode_group = decode_group or max_batch
         self.device = next(model.parameters()).device
         self.batch = BatchCache(self.model, max_batch, self.context)
         self._cond = threading.Condition()
@@ -288,22 +287,43 @@ class Engine:
         return live.done
 
     def _prefill_some(self) -> None:
-        """Up to ``prefill_chunk`` prompt tokens of the prefilling requests, oldest first."""
+        """Up to ``prefill_chunk`` prompt tokens of the prefilling requests, oldest first: the
+        whole prompts that fit together in one forward pass (left-padded to the longest), or
+        the next chunk of one long prompt."""
         budget = self.prefill_chunk
         while budget > 0 and self._prefilling:
-            live = self._prefilling[0]
-            try:
-                budget -= self._prefill_chunk(live, budget)
-            except Exception as exc:  # one request's failure ends that request only
-                self._fail(live, exc)
-            if live.done or live.prefilled == live.prompt_len:
-                self._prefilling.pop(0)
+            group = self._whole_prompts(budget)
+            if len(group) > 1:
+                budget -= self._prefill_together(group)
+            else:
+                budget -= self._prefill_alone(self._prefilling[0], budget)
+            self._prefilling = [live for live in self._prefilling if not (live.done or live.prefilled == live.prompt_len)]
+
+    def _whole_prompts(self, budget: int) -> list[_Live]:
+        """The oldest prefilling requests not begun yet whose prompts, padded to the longest of
+        them, fit in ``budget`` tokens together."""
+        group: list[_Live] = []
+        for live in self._prefilling:
+            longest = max([live.prompt_len] + [other.prompt_len for other in group])
+            if live.prefilled or (len(group) + 1) * longest > budget:
+                break
+            group.append(live)
+        return group
+
+    def _prefill_alone(self, live: _Live, budget: int) -> int:
+        """The next chunk of one request's prompt (its failure ends that request only); returns the tokens run."""
+        try:
+            return self._prefill_chunk(live, budget)
+        except Exception as exc:
+            self._fail(live, exc)
+            return live.prompt_len - live.prefilled
 
     def _prefill_chunk(self, live: _Live, budget: int) -> int:
         """Run the next at most ``budget`` tokens of ``live``'s prompt; after the last, choose the
         first token and move the prompt into the batch. Returns the tokens run."""
         if live.sampler is None:
             self._begin(live)
+            live.prompt_cache = self.model.new_cache(1, live.prompt_len)
         lo = live.prefilled
         hi = min(live.prompt_len, lo + budget)
         chunk = live.seen[:, lo:hi]  # (1, T)
@@ -319,12 +339,40 @@ class Engine:
             live.prompt_cache = None
         return hi - lo
 
+    def _prefill_together(self, group: list[_Live]) -> int:
+        """Every prompt of ``group`` in one forward pass, left-padded to the longest; each
+        request's first token, and its keys/values into the batch. A failing pass ends the
+        group's requests; a failing token choice only its own. Returns the padded tokens run."""
+        prompts = [live.request.prompt_ids for live in group]
+        ids, mask = left_pad(prompts, 0, self.device)  # (B, L)
+        longest = ids.size(1)
+        try:
+            for live in group:
+                self._begin(live)
+            cache = self.model.new_cache(len(group), longest)
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L) each prompt from 0
+            hidden = self.model.hidden_states(ids, cache, 0, attention_mask=mask, position_ids=positions)  # (B, L, C)
+            logits = self.model.lm_head(hidden[:, -1])  # (B, V)
+        except Exception as exc:
+            for live in group:
+                self._fail(live, exc)
+            return ids.numel()
+        for row, (live, choice) in enumerate(zip(group, self._choose_all(group, logits))):
+            live.prefilled = live.prompt_len
+            if isinstance(choice, Exception):
+                self._fail(live, choice)
+                continue
+            self._take(live, choice)
+            if not live.done:
+                self.batch.add(cache, live.prompt_len, source_row=row, source_end=longest)
+                self._running.append(live)
+        return ids.numel()
+
     def _begin(self, live: _Live) -> None:
         request = live.request
         live.sampler = RowSampler(request, live.prompt_len, self.device)
         live.seen = torch.zeros(1, live.prompt_len + request.max_new_tokens, dtype=torch.long, device=self.device)
         live.seen[0, :live.prompt_len] = torch.tensor(request.prompt_ids, dtype=torch.long)
-        live.prompt_cache = self.model.new_cache(1, live.prompt_len)
         with self._cond:
             self._counters.prompt_tokens += live.prompt_len
 
@@ -340,7 +388,7 @@ class Engine:
                 self._fail(live, exc)
             self._leave(list(range(len(self._running))))
             return
-        for live, choice in zip(self._running, self._choose_all(logits)):
+        for live, choice in zip(self._running, self._choose_all(self._running, logits)):
             if isinstance(choice, Exception):
                 self._fail(live, choice)
             else:
@@ -352,30 +400,41 @@ class Engine:
         batch, n = self.batch, len(self._running)
         batch.make_room()
         tokens = torch.tensor([[live.last_token] for live in self._running], device=self.device)  # (n, 1)
-        screen = self.fast.screen() if self.fast is not None else None
-        pieces = []
+        hidden = []
         for lo in range(0, n, self.decode_group):
             hi = min(n, lo + self.decode_group)
-            hidden = self.model.hidden_states(tokens[lo:hi], batch.view(lo, hi), batch.write, **batch.padding(lo, hi))
-            logits = None
-            if screen is not None and all(live.sampler.argmax_only for live in self._running[lo:hi]):
-                logits = screen.top_logits(hidden[:, -1], 1)  # (g, V): exact at the best, −inf elsewhere
-            pieces.append(logits if logits is not None else self.model.lm_head(hidden[:, -1]))  # (g, V)
+            hidden.append(self.model.hidden_states(tokens[lo:hi], batch.view(lo, hi), batch.write,
+                                                   **batch.padding(lo, hi))[:, -1])  # (g, C)
         batch.advance()
         with self._cond:
             self._counters.decode_steps += 1
             self._counters.decoded_rows += n
+        return self._head(torch.cat(hidden) if len(hidden) > 1 else hidden[0])
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on the running rows' hidden states (n, C) → logits (n, V): through the int8
+        head screen (exact at the best logit, −inf elsewhere) for each group of
+        :data:`~lmlab.kernels.MAX_ROWS` rows that only needs its argmax, in full otherwise."""
+        screen = self.fast.screen() if self.fast is not None else None
+        if screen is None or not any(live.sampler.argmax_only for live in self._running):
+            return self.model.lm_head(hidden)  # (n, V)
+        pieces = []
+        for lo in range(0, hidden.size(0), MAX_ROWS):
+            rows = hidden[lo:lo + MAX_ROWS]  # (g, C)
+            logits = None
+            if all(live.sampler.argmax_only for live in self._running[lo:lo + MAX_ROWS]):
+                logits = screen.top_logits(rows, 1)  # (g, V)
+            pieces.append(logits if logits is not None else self.model.lm_head(rows))
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
-    def _choose_all(self, logits: torch.Tensor) -> list[Choice | Exception]:
-        """Every running row's next token from the logits (n, V), chosen together; if that
+    def _choose_all(self, rows: list[_Live], logits: torch.Tensor) -> list[Choice | Exception]:
+        """The next token of each of ``rows`` from the logits (n, V), chosen together; if that
         fails, each row chooses alone, so only a failing row's request ends (its exception)."""
-        running = self._running
         try:
-            return choose_tokens([live.sampler for live in running], [self._seen(live) for live in running], logits)
+            return choose_tokens([live.sampler for live in rows], [self._seen(live) for live in rows], logits)
         except Exception:
             choices: list[Choice | Exception] = []
-            for i, live in enumerate(running):
+            for i, live in enumerate(rows):
                 try:
                     choices += choose_tokens([live.sampler], [self._seen(live)], logits[i:i + 1])
                 except Exception as exc:
@@ -393,6 +452,7 @@ class Engine:
             return
         live.seen[0, live.prompt_len + live.generated] = choice.token_id
         live.generated += 1
+        live.last_token = choice.token_id
         finish = None
         if choice.token_id in live.request.eos_ids:
             finish = "stop"

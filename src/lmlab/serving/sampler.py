@@ -14,6 +14,7 @@ for no log-probabilities gets nan.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -81,24 +82,38 @@ class RowSampler:
 
 def choose_tokens(samplers: list[RowSampler], seen: list[torch.Tensor], logits: torch.Tensor) -> list[Choice]:
     """The next token of each row: ``samplers[i]`` chooses row i of ``logits`` (n, V) after the
-    tokens ``seen[i]`` (1, L_i). What every row shares (log-softmax, argmax, top alternatives)
-    runs once over the batch."""
+    tokens ``seen[i]`` (1, L_i). The argmax runs once over the batch; the log-softmax and the top
+    alternatives only over the rows that report log-probabilities (the others get nan)."""
     scores = logits.float()  # (n, V)
     for i, sampler in enumerate(samplers):
         if sampler.penalties:
             scores[i:i + 1] = sampler.penalise(seen[i], scores[i:i + 1])
-    temperature = torch.tensor([[s.temperature] for s in samplers], device=scores.device)  # (n, 1)
-    logprobs = (scores / temperature).log_softmax(dim=-1)  # (n, V)
     tokens = scores.argmax(dim=-1)  # (n,) the greedy rows' choice
     for i, sampler in enumerate(samplers):
         if not sampler.greedy:
             tokens[i:i + 1] = sampler.draw(seen[i], scores[i:i + 1])
-    chosen = logprobs.gather(-1, tokens[:, None])[:, 0]  # (n,)
-    chosen = chosen.masked_fill(torch.tensor([not s.logprobs for s in samplers], device=chosen.device), float("nan"))
-    k = min(max(s.top_logprobs for s in samplers), logprobs.size(-1))
-    top_values, top_ids = torch.topk(logprobs, k) if k else (logprobs[:, :0], tokens[:, None][:, :0])  # (n, k)
+    chosen, alternatives = reported_logprobs(samplers, scores, tokens)
+    return [Choice(token, logprob, top) for token, logprob, top in zip(tokens.tolist(), chosen, alternatives)]
+
+
+def reported_logprobs(samplers: list[RowSampler], scores: torch.Tensor,
+                      tokens: torch.Tensor) -> tuple[list[float], list[list[tuple[int, float]]]]:
+    """Per row: the chosen token's log-probability (nan where not asked for) and its top
+    alternatives, from the penalised ``scores`` (n, V) divided by each row's temperature."""
+    n = len(samplers)
+    chosen, alternatives = [math.nan] * n, [[] for _ in range(n)]
+    rows = [i for i, sampler in enumerate(samplers) if sampler.logprobs]
+    if not rows:
+        return chosen, alternatives
+    index = torch.tensor(rows, device=scores.device)  # (m,)
+    temperature = torch.tensor([[samplers[i].temperature] for i in rows], device=scores.device)  # (m, 1)
+    logprobs = (scores.index_select(0, index) / temperature).log_softmax(dim=-1)  # (m, V)
+    picked = logprobs.gather(-1, tokens.index_select(0, index)[:, None])[:, 0].tolist()  # (m,)
+    k = min(max(samplers[i].top_logprobs for i in rows), logprobs.size(-1))
+    top_values, top_ids = torch.topk(logprobs, k) if k else (logprobs[:, :0], index[:, None][:, :0])  # (m, k)
     top_values, top_ids = top_values.tolist(), top_ids.tolist()
-    return [
-        Choice(token, logprob, list(zip(top_ids[i][:s.top_logprobs], top_values[i][:s.top_logprobs])))
-        for i, (s, token, logprob) in enumerate(zip(samplers, tokens.tolist(), chosen.tolist()))
-    ]
+    for j, i in enumerate(rows):
+        wanted = samplers[i].top_logprobs
+        chosen[i] = picked[j]
+        alternatives[i] = list(zip(top_ids[j][:wanted], top_values[j][:wanted]))
+    return chosen, alternatives

@@ -6,8 +6,10 @@ knows — LayerNorm or RMSNorm, multi-head or grouped-query attention with or wi
 score biases), a plain or gated feed-forward with ReLU, GELU or SiLU — :class:`NativeBlock` makes
 the whole step one call, with the same results up to float32 rounding. Inside
 :func:`~lmlab.generation.fast.modules.int8_weights` (the int8 draft of speculative decoding) the
-block's projections use their int8 copies there too. Anything else (prefill of many rows, other
-dtypes or devices, masks with biases) runs the block's modules.
+block's projections use their int8 copies there too. A one-token step of more rows than the
+kernel takes (a serving batch) runs the kernel on groups of rows one after another, while the
+block's weights are still in the CPU's cache. Anything else (prefill of many positions, other dtypes or devices,
+masks with biases, a beam-search row table over more rows) runs the block's modules.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from lmlab.generation.fast.modules import Int8Weights, int8_weights_in_use, kernel_mask, row_table
+from lmlab.kernels import MAX_ROWS
 from lmlab.kernels.block import ACTIVATIONS, PROJECTIONS, BlockWeights, block_weights, decode_block
 from lmlab.layers.attention import MultiHeadAttention
 from lmlab.layers.feedforward import FeedForward, GatedFeedForward
@@ -43,7 +46,7 @@ def runs_natively(block: nn.Module) -> bool:
 
 class NativeBlock(TransformerBlock):
     """A pre-norm :class:`TransformerBlock` (see :func:`runs_natively`) whose decoding step — a
-    cache and at most 8 rows — is one native call."""
+    cache and at most 8 rows — is one native call (more rows: one call per group of them)."""
 
     def forward(
         self,
@@ -70,7 +73,33 @@ class NativeBlock(TransformerBlock):
         if weights is None:
             return None
         rope = (rotary.cos, rotary.sin) if rotary is not None else None
-        return decode_block(weights, x, cache.keys, cache.values, start_pos, row_table(), allowed, rope)
+        rows = row_table()
+        B, T, _ = x.shape
+        if B * T <= MAX_ROWS or T > 1 or rows is not None or cache.keys.size(0) != B:
+            return decode_block(weights, x, cache.keys, cache.values, start_pos, rows, allowed, rope)
+        return self._step_in_groups(weights, x, cache, start_pos, allowed, rope)
+
+    @staticmethod
+    def _step_in_groups(
+        weights: BlockWeights, x: torch.Tensor, cache: KVCache, start_pos: int,
+        allowed: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor | None:
+        """One new token for more rows than the kernel takes: the kernel on consecutive groups of
+        rows, one after another while the block's weights are still in the CPU's cache; None if
+        any group cannot run (the modules then rewrite every row's keys and values)."""
+        B = x.size(0)
+        outputs = []
+        for lo in range(0, B, MAX_ROWS):
+            hi = min(B, lo + MAX_ROWS)
+            mine = allowed[lo:hi] if allowed is not None and allowed.size(0) == B else allowed
+            rope_rows = rope
+            if rope is not None and rope[0].dim() == 4 and rope[0].size(0) == B:
+                rope_rows = (rope[0][lo:hi], rope[1][lo:hi])
+            y = decode_block(weights, x[lo:hi], cache.keys[lo:hi], cache.values[lo:hi], start_pos, None, mine, rope_rows)
+            if y is None:
+                return None
+            outputs.append(y)  # (g, 1, C)
+        return torch.cat(outputs)  # (B, 1, C)
 
     def _layers(self) -> dict[str, nn.Module | None]:
         """The block's norms and projections by the kernel's names (a plain feed-forward has no gate)."""
