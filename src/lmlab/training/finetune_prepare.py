@@ -167,6 +167,24 @@ def _pick(items: list, indices: list[int]) -> list:
     return [items[i] for i in indices]
 
 
+def _train_and_val(config: FinetuneConfig, read: Callable[[str], list]) -> tuple[list, list]:
+    """The training examples ``read`` from --data and the validation ones: from --val, or the
+    seeded split of the training file."""
+    examples = read(config.data)
+    split = _split(config, len(examples))
+    if split is None:
+        return examples, read(config.val)
+    return _pick(examples, split[0]), _pick(examples, split[1])
+
+
+def _require_decoder(base: Base, task_does: str) -> None:
+    """A one-line error unless the base model is a decoder (causal-lm, chat)."""
+    if base.model.structure != DECODER:
+        structure = base.model.structure
+        raise LmlabError(f"{task_does} a decoder (GPT-2, Llama, an lmlab decoder run); {base.source} is "
+                         f"a{'n' if structure[0] == 'e' else ''} {structure} model")
+
+
 # classify --------------------------------------------------------------------
 def _prepare_classify(config: FinetuneConfig, base: Base, resumed: bool) -> Prepared:
     _check_classifiable(config, base)
@@ -247,12 +265,8 @@ def _prepare_seq2seq(config: FinetuneConfig, base: Base, resumed: bool) -> Prepa
     if structure == ENCODER_DECODER and config.prompt_format is not None:
         raise LmlabError("--prompt-format is for decoder-only models; use --source-prefix with an encoder-decoder")
     eos_id = _eos_id(base.tokenizer, "seq2seq")
-    train_pairs = read_pairs(config.data, config.source_column, config.target_column)
-    split = _split(config, len(train_pairs))
-    if split is None:
-        val_pairs = read_pairs(config.val, config.source_column, config.target_column)
-    else:
-        train_pairs, val_pairs = _pick(train_pairs, split[0]), _pick(train_pairs, split[1])
+    train_pairs, val_pairs = _train_and_val(
+        config, lambda path: read_pairs(path, config.source_column, config.target_column))
     spec = _spec(config, base.tokenizer, eos_id=eos_id, decoder_start_id=_decoder_start_id(base))
     codec = Codec(base.tokenizer, spec)
     fit = _fit_prompt if structure == DECODER else _fit_pair
@@ -325,16 +339,9 @@ def _decoder_start_id(base: Base) -> int:
 
 # causal LM -------------------------------------------------------------------
 def _prepare_causal_lm(config: FinetuneConfig, base: Base, resumed: bool) -> Prepared:
-    if base.model.structure != DECODER:
-        raise LmlabError(f"causal-lm continues a decoder (GPT-2, Llama, an lmlab decoder run); {base.source} is "
-                         f"a{'n' if base.model.structure[0] == 'e' else ''} {base.model.structure} model")
+    _require_decoder(base, "causal-lm continues")
     eos_id = _eos_id(base.tokenizer, "causal-lm")
-    documents = read_documents(config.data, config.text_column)
-    split = _split(config, len(documents))
-    if split is None:
-        val_documents = read_documents(config.val, config.text_column)
-    else:
-        documents, val_documents = _pick(documents, split[0]), _pick(documents, split[1])
+    documents, val_documents = _train_and_val(config, lambda path: read_documents(path, config.text_column))
     spec = _spec(config, base.tokenizer, eos_id=eos_id)
     context = _context(base.model) or 256
     encode = base.tokenizer.encode
@@ -347,18 +354,12 @@ def _prepare_causal_lm(config: FinetuneConfig, base: Base, resumed: bool) -> Pre
 
 # chat ------------------------------------------------------------------------
 def _prepare_chat(config: FinetuneConfig, base: Base, resumed: bool) -> Prepared:
-    if base.model.structure != DECODER:
-        raise LmlabError(f"chat fine-tunes a decoder (GPT-2, Llama, an lmlab decoder run); {base.source} is "
-                         f"a{'n' if base.model.structure[0] == 'e' else ''} {base.model.structure} model")
+    _require_decoder(base, "chat fine-tunes")
     if getattr(base.tokenizer, "chat_template", None) is None:
         raise LmlabError(f"the tokenizer of {base.source} has no chat template; fine-tune a chat model "
                          "(chat_template in its tokenizer_config.json) or use --task causal-lm")
-    conversations = read_conversations(config.data, config.messages_column)
-    split = _split(config, len(conversations))
-    if split is None:
-        val_conversations = read_conversations(config.val, config.messages_column)
-    else:
-        conversations, val_conversations = _pick(conversations, split[0]), _pick(conversations, split[1])
+    conversations, val_conversations = _train_and_val(
+        config, lambda path: read_conversations(path, config.messages_column))
     truncation = Truncation((_context(base.model) or UNBOUNDED_STEPS) + 1, config.truncate)  # inputs + the last label
     train = chat_examples(base.tokenizer, conversations, truncation, f"{config.data}, conversation")
     val = chat_examples(base.tokenizer, val_conversations, truncation, "validation conversation")
