@@ -3,7 +3,8 @@ after another through ``generate``.
 
 A random decoder of GPT-2 small's shape (12 layers, 12 heads, 768 dims, vocab 50257, context
 1024; ``--shape small`` or ``--shape tiny`` for less) is served on a free loopback port by the
-app and engine of ``lmlab serve``, in this process. A fixed number of requests (prompt lengths
+app and engine of ``lmlab serve`` in a child process, as ``lmlab serve`` runs them (the engine
+warmed up, on the process's main thread; uvicorn on another). A fixed number of requests (prompt lengths
 and new-token counts drawn from ``--seed``; prompts are token ids; no EOS, so every request
 makes exactly its tokens, greedily, without log-probabilities) is first run one after another
 through :func:`lmlab.generation.stream_tokens` (what ``lmlab generate`` does, speculative
@@ -24,7 +25,7 @@ Every server row says how its requests arrived (``arrivals``). One JSON object p
 
 ``ratio``: the row's tokens/s over the sequential row's; ``ttft_p95_over_prefill``: a server
 row's p95 time to first token over the sequential median. Rows print as they finish. The clients
-share the process (and its GIL) with the server, which costs the server some of its speed. The
+run in this process, on the same two cores as the server. The
 engine decodes without the int8 draft of speculative decoding, so its 1-client row is plain
 one-row decoding; its 4- and 16-client rows against that row are the gain of batching alone.
 
@@ -35,9 +36,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
+import signal
 import statistics
+import subprocess
+import sys
 import time
 
 import httpx
@@ -47,7 +52,7 @@ from lmlab.generation import GenerationConfig, stream_tokens
 from lmlab.models import ModelConfig, build_model
 from lmlab.serving.app import create_app
 from lmlab.serving.engine import Engine
-from lmlab.serving.server import BackgroundServer
+from lmlab.serving.server import LOOPBACK, bound_socket, serve_until_interrupted
 from lmlab.tokenizers import CharTokenizer
 
 SHAPES = {  # n_layer, n_head, d_model, vocab_size, context_length
@@ -154,26 +159,55 @@ def main() -> None:
     parser.add_argument("--ramp-s", type=float, default=None,
                         help="seconds between the starts of consecutive clients (default: the sequential "
                              "row's median time to first token, the single-request prefill)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # the server process
     args = parser.parse_args()
+    if args.child:
+        serve_child(args)
+        return
     model, tokenizer = build(args.shape)
     requests = requests_for(args.requests, args.seed, tokenizer.vocab_size, args.shape)
     warmup = requests[:1]
     sequential(model, warmup)
     baseline = sequential(model, requests)
     gap_s = baseline["ttft_p50_s"] if args.ramp_s is None else args.ramp_s
+    with server_process(args) as (url, native):
+        print(json.dumps({"setup": args.shape, "parameters": sum(p.numel() for p in model.parameters()),
+                          "threads": torch.get_num_threads(), "native": native, "client_start_gap_s": gap_s}),
+              flush=True)
+        report(baseline, baseline)
+        asyncio.run(load(url, warmup, 1, 0.0))
+        for clients in (int(c) for c in args.clients.split(",")):
+            report(asyncio.run(load(url, requests, clients, gap_s)), baseline)
+
+
+def serve_child(args: argparse.Namespace) -> None:
+    """The server process: the same random model behind the engine and app, served as ``lmlab
+    serve`` does; prints one JSON line (the URL, whether the native kernels run) when it listens."""
+    model, tokenizer = build(args.shape)
     engine = Engine(model, max_batch=args.max_batch, max_queue=max(64, args.requests))
-    engine.start()
-    print(json.dumps({"setup": args.shape, "parameters": sum(p.numel() for p in model.parameters()),
-                      "threads": torch.get_num_threads(), "native": engine.stats()["native"],
-                      "client_start_gap_s": gap_s}), flush=True)
-    report(baseline, baseline)
+    engine.warm_up()
+    app = create_app(model, tokenizer, engine, model_name=args.shape)
+    native = engine.stats()["native"]
+    with contextlib.suppress(KeyboardInterrupt):  # how the parent ends it
+        serve_until_interrupted(app, engine, bound_socket(LOOPBACK, 0),
+                                lambda url: print(json.dumps({"url": url, "native": native}), flush=True))
+
+
+@contextlib.contextmanager
+def server_process(args: argparse.Namespace):
+    """(URL, native) of the child server process while the block runs; Ctrl-C ends it after."""
+    argv = [sys.executable, __file__, "--child", "--shape", args.shape, "--max-batch", str(args.max_batch),
+            "--requests", str(args.requests)]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
-        with BackgroundServer(create_app(model, tokenizer, engine, model_name=args.shape)) as server:
-            asyncio.run(load(server.url, warmup, 1, 0.0))
-            for clients in (int(c) for c in args.clients.split(",")):
-                report(asyncio.run(load(server.url, requests, clients, gap_s)), baseline)
+        line = child.stdout.readline()
+        if not line:
+            raise SystemExit(f"the server process exited ({child.wait(timeout=HANG_GUARD_S)}) before it listened")
+        ready = json.loads(line)
+        yield ready["url"], ready["native"]
     finally:
-        engine.stop()
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=HANG_GUARD_S)
 
 
 def report(result: dict, baseline: dict) -> None:

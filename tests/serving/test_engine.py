@@ -207,6 +207,34 @@ def test_greedy_without_logprobs_takes_the_head_screen_and_still_equals_generate
     assert screened and all(math.isnan(e.logprob) for c in got for e in c.events)
 
 
+def test_a_warmed_up_engine_run_on_this_thread_serves_and_stops(kernels):
+    model = tiny_model("rope")
+    requests = mixed_requests(seed=4, n=4)
+    expected = [reference_greedy(model, r) for r in requests]
+    engine = Engine(model, max_batch=2)
+    engine.warm_up()
+    assert engine.stats()["decode_steps"] == engine.stats()["prompt_tokens"] == 0  # the warm-up counts nowhere
+    collectors = [Collector() for _ in requests]
+    for request, collector in zip(requests, collectors):
+        engine.submit(request, collector)
+
+    def wait_then_stop():
+        for collector in collectors:
+            collector.wait()
+        engine.stop()  # from another thread: run() returns
+
+    stopper = threading.Thread(target=wait_then_stop)
+    stopper.start()
+    engine.run()  # the scheduler on this (the test's) thread
+    stopper.join(HANG_GUARD_S)
+    assert [c.tokens for c in collectors] == expected
+    assert engine.stats()["finished"]["length"] == len(requests)
+    with pytest.raises(LmlabError, match="started already"):
+        engine.start()
+    with pytest.raises(LmlabError, match="before starting"):
+        engine.warm_up()
+
+
 def test_eos_finishes_with_stop_and_the_budget_with_length(model):
     prompt = [3, 1, 4, 1, 5]
     free = reference_greedy(model, EngineRequest(prompt, 12, temperature=0))

@@ -15,7 +15,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_args(args)
     require_optional("fastapi", "serve", "lmlab serve")
     require_optional("uvicorn", "serve", "lmlab serve")
-    from lmlab.serving.server import bound_socket, serve_forever
+    from lmlab.serving.server import bound_socket, serve_until_interrupted
 
     sock = bound_socket(args.host, args.port)  # a taken port fails before the model loads
     try:
@@ -26,11 +26,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK_HOSTS:
         err(f"lmlab: warning: --host {args.host} makes the server reachable from other machines"
             + ("" if args.api_key else "; consider --api-key"))
-    try:
-        serve_forever(app, sock, lambda url: err(f"lmlab: serving {args.model} at {url} (playground: {url}/)"))
-    finally:
-        if engine is not None:
-            engine.stop()
+    serve_until_interrupted(app, engine, sock, lambda url: err(f"lmlab: serving {args.model} at {url} (playground: {url}/)"))
     return 0
 
 
@@ -44,7 +40,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _build_app(args: argparse.Namespace):
-    """The app and its started engine (None for an encoder, which serves embeddings)."""
+    """The app and its warmed-up engine, not started (None for an encoder, which serves embeddings)."""
     import torch
 
     from lmlab.models.interface import ENCODER, require_generative
@@ -61,7 +57,7 @@ def _build_app(args: argparse.Namespace):
     if args.dtype == "bfloat16":
         model = model.to(torch.bfloat16)
     engine = Engine(model, max_batch=args.max_batch, max_queue=args.max_queue)
-    engine.start()
+    engine.warm_up()
     return create_app(model, run.tokenizer, engine, model_name=args.model, api_key=args.api_key), engine
 
 

@@ -1,4 +1,10 @@
-"""The continuous-batching engine: one model, one scheduler thread, many requests.
+"""The continuous-batching engine: one model, one scheduler, many requests.
+
+The scheduler runs on a thread of its own (:meth:`Engine.start`) or on the caller's
+(:meth:`Engine.run`, what ``lmlab serve`` does with the process's main thread: on the CPU,
+PyTorch's OpenMP workers serve the thread that first ran a parallel operation fastest, and a
+second thread that runs the model next to it steps markedly slower). :meth:`Engine.warm_up`
+makes the decoding twin, its native weights and the int8 head screen before the first request.
 
 Requests wait in a bounded queue (:class:`QueueFull` past ``max_queue``). The scheduler loops
 over step boundaries; at each one it
@@ -174,28 +180,62 @@ class Engine:
         self._running: list[_Live] = []  # row i of the batch cache is request i
         self._ids = itertools.count()
         self._counters = _Counters()
-        self._thread: threading.Thread | None = None
+        self._claimed = False  # the scheduler was started (a thread) or is run (the caller's thread)
+        self._scheduler: threading.Thread | None = None  # the thread running it
+        self._served = threading.Event()  # set once the scheduler returned
         self._stopping = False
 
     # --- the public side (any thread) -------------------------------------------------------
 
     def start(self) -> None:
-        """Start the scheduler thread (a daemon)."""
+        """Start the scheduler on a thread of its own (a daemon)."""
         with self._cond:
-            if self._thread is not None:
-                raise LmlabError("the engine was started already; make a new Engine to start again")
-            self._thread = threading.Thread(target=self._serve, name="lmlab-engine", daemon=True)
-            self._thread.start()
+            self._claim()
+            threading.Thread(target=self._serve, name="lmlab-engine", daemon=True).start()
+
+    def run(self) -> None:
+        """Run the scheduler on the calling thread until :meth:`stop` is called from another
+        thread, or an exception (such as ``KeyboardInterrupt``) ends it."""
+        with self._cond:
+            self._claim()
+        self._serve()
+
+    def warm_up(self) -> None:
+        """Decode one short greedy request before serving (counted in no statistics), so the
+        first client does not wait for the native weights and the head screen to be made. Call it
+        before :meth:`start` or :meth:`run`, on the thread that will run the model."""
+        with self._cond:
+            if self._claimed:
+                raise LmlabError("warm the engine up before starting it")
+        new_tokens = min(2, self.context - 1)
+        if new_tokens < 1:
+            return
+        live = _Live(EngineRequest([0], new_tokens, temperature=0.0, logprobs=False), lambda event: None,
+                     RequestHandle(-1))
+        self._prefilling.append(live)
+        with torch.inference_mode():
+            while not live.done:
+                self._prefill_some()
+                self._decode_step()
+        self._running, self._prefilling = [], []
+        self.batch.clear()
+        self._counters = _Counters()
+
+    def _claim(self) -> None:
+        """Mark the scheduler as started (under ``_cond``); one line if it was already."""
+        if self._claimed:
+            raise LmlabError("the engine was started already; make a new Engine to start again")
+        self._claimed = True
 
     def stop(self) -> None:
-        """Stop the scheduler thread; every unfinished request gets an ``"error"`` event
-        ("the engine stopped")."""
+        """Stop the scheduler (waiting for its step to end, unless called from inside it); every
+        unfinished request gets an ``"error"`` event ("the engine stopped")."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            claimed = self._claimed
+        if claimed and threading.current_thread() is not self._scheduler:
+            self._served.wait()
         self._end_all(STOPPED)
 
     def submit(self, request: EngineRequest, on_event: Callable[[TokenEvent], None]) -> RequestHandle:
@@ -248,14 +288,18 @@ class Engine:
     # --- the scheduler thread ---------------------------------------------------------------
 
     def _serve(self) -> None:
-        with torch.inference_mode():
-            while self._next_boundary():
-                try:
-                    self._prefill_some()
-                    self._decode_step()
-                except Exception as exc:  # a fault outside any one request: end those in flight, go on
-                    log.exception("the engine's step failed")
-                    self._reset(exc)
+        self._scheduler = threading.current_thread()
+        try:
+            with torch.inference_mode():
+                while self._next_boundary():
+                    try:
+                        self._prefill_some()
+                        self._decode_step()
+                    except Exception as exc:  # a fault outside any one request: end those in flight, go on
+                        log.exception("the engine's step failed")
+                        self._reset(exc)
+        finally:
+            self._served.set()
 
     def _reset(self, exc: Exception) -> None:
         """End every prefilling and running request with an ``"error"`` event; empty the batch."""

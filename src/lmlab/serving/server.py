@@ -1,5 +1,5 @@
-"""Running the app with uvicorn: in the foreground (``lmlab serve``) or on a background thread
-bound to a free loopback port (tests, the load benchmark)."""
+"""Running the app with uvicorn on a background thread (``lmlab serve`` keeps the main thread for
+the engine, see :meth:`~lmlab.serving.engine.Engine.run`), on a given socket or a free loopback port."""
 
 from __future__ import annotations
 
@@ -28,21 +28,33 @@ def bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_forever(app, sock: socket.socket, on_ready: Callable[[str], None] = print) -> None:
-    """Serve ``app`` on ``sock`` until interrupted; ``on_ready`` gets the URL once it listens."""
-    host, port = sock.getsockname()[:2]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    on_ready(f"http://{'[' + host + ']' if ':' in host else host}:{port}")
-    server.run(sockets=[sock])
+def serve_until_interrupted(app, engine, sock: socket.socket, on_ready: Callable[[str], None] = print) -> None:
+    """Serve ``app`` on ``sock`` until Ctrl-C (``KeyboardInterrupt`` comes out): uvicorn on a
+    background thread and ``engine``'s scheduler on this one (None for an app without an
+    engine: this thread only waits). ``on_ready`` gets the URL once the server listens. On the
+    way out the engine stops first, so open streams end with an error event before the server
+    closes."""
+    with BackgroundServer(app, sock=sock) as server:
+        on_ready(server.url)
+        try:
+            if engine is None:
+                threading.Event().wait()
+            else:
+                engine.run()
+        finally:
+            if engine is not None:
+                engine.stop()
 
 
 class BackgroundServer:
-    """``app`` served on a background thread at ``url`` (loopback, a free port) inside a ``with`` block."""
+    """``app`` served on a background thread at ``url`` inside a ``with`` block: on ``sock`` (a
+    listening socket, see :func:`bound_socket`; closed on exit) or on ``host``:``port``
+    (default: a free loopback port)."""
 
-    def __init__(self, app, host: str = LOOPBACK, port: int = 0):
-        self.sock = bound_socket(host, port)
+    def __init__(self, app, host: str = LOOPBACK, port: int = 0, sock: socket.socket | None = None):
+        self.sock = sock if sock is not None else bound_socket(host, port)
         host, port = self.sock.getsockname()[:2]
-        self.url = f"http://{host}:{port}"
+        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
