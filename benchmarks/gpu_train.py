@@ -146,11 +146,11 @@ def make_trainers(config: RunConfig, task: ObjectiveTask, run_dir: Path) -> dict
 
 
 def train_steps(trainer: Trainer, steps: int) -> torch.Tensor:
-    """``steps`` optimizer steps of the trainer's own step function; returns the last loss (on the device)."""
+    """``steps`` optimizer steps of the trainer's own step (:meth:`Trainer.train_step`); returns the
+    last loss (on the device)."""
     loss = torch.zeros(())
     for _ in range(steps):
-        loss, _ = trainer._train_step()
-        trainer.step += 1
+        loss, _ = trainer.train_step()
     return loss
 
 

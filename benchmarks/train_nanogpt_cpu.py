@@ -19,7 +19,11 @@ transformers' step time over lmlab's), both final validation losses with the sam
 estimators — nanoGPT's (the mean over ``train.eval_batches`` random validation batches; the same
 batches for both) and the whole validation split — and lmlab's minus the peer's.
 
-``--quick`` trains a few steps (a smoke test of the script). On a shared machine the times move
+``--same-init`` starts the peer from lmlab's initial weights (carried over with lmlab's GPT-2
+export) instead of its own draw from the same initialisation scheme: the two then see the same
+weights and the same batches, so what is left of the loss difference comes from the training
+itself (optimizer, schedule, numerics), not from the draw. ``--quick`` trains a few steps (a
+smoke test of the script). On a shared machine the times move
 with the load; the ratio, measured alternately in one run, is the figure to read.
 """
 
@@ -37,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.evaluation import evaluate_lm
+from lmlab.interop.gpt2 import export_tensors
 from lmlab.training.config import RunConfig, TrainConfig, apply_overrides, load_preset
 from lmlab.training.objective_registry import ObjectiveTask
 from lmlab.training.run import make_trainer
@@ -58,9 +63,10 @@ def nanogpt_learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * decay_ratio)) * (cfg.lr - cfg.min_lr)
 
 
-def gpt2_peer(config: RunConfig) -> nn.Module:
+def gpt2_peer(config: RunConfig, start_from: nn.Module | None = None) -> nn.Module:
     """``GPT2LMHeadModel`` at the run's shape, initialised by transformers (GPT-2's scheme, as
-    nanoGPT's), in train mode, its biases zero and frozen when the run has none."""
+    nanoGPT's) or holding ``start_from``'s weights (an lmlab model), in train mode, its biases
+    zero and frozen when the run has none."""
     import transformers
 
     model = config.model
@@ -74,6 +80,11 @@ def gpt2_peer(config: RunConfig) -> nn.Module:
     )
     torch.manual_seed(config.train.seed)
     peer = transformers.GPT2LMHeadModel(gpt2)
+    if start_from is not None:
+        missing, unexpected = peer.load_state_dict(export_tensors(start_from, model), strict=False)
+        if unexpected or any(not name.endswith(".bias") and name != "lm_head.weight" for name in missing):
+            raise SystemExit(f"lmlab's weights do not fit GPT-2: missing {missing}, unexpected {unexpected}")
+        peer.tie_weights()
     if not model.bias:
         for name, param in peer.named_parameters():
             if name.endswith(".bias"):
@@ -171,6 +182,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="tinyshakespeare.txt (or a corpus name)")
     parser.add_argument("--preset", default="nanogpt-cpu")
     parser.add_argument("--max-steps", type=int, help="steps for both (default: the preset's)")
+    parser.add_argument("--same-init", action="store_true", help="the peer starts from lmlab's initial weights")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps: a smoke test of the script")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, as for lmlab train")
     args = parser.parse_args()
@@ -179,7 +191,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         trainer, _ = make_trainer(config, out, progress=False)
-        peer = PeerSteps(gpt2_peer(config), trainer.task, config.train)
+        peer = PeerSteps(gpt2_peer(config, trainer.model if args.same_init else None), trainer.task, config.train)
         trainer.between_steps = peer
         trainer.fit()
         wall = time.perf_counter() - start
@@ -189,7 +201,7 @@ def main() -> None:
     ours_s, theirs_s = steady(trainer.step_seconds), steady(peer.step_seconds)
     tokens = trainer.task.tokens_per_batch * cfg.grad_accum
     print(json.dumps({
-        "preset": args.preset, "steps": trainer.step, "peer_steps": peer.step,
+        "preset": args.preset, "same_init": args.same_init, "steps": trainer.step, "peer_steps": peer.step,
         "lmlab_ms_per_iter": round(1000 * ours_s, 2), "transformers_ms_per_iter": round(1000 * theirs_s, 2),
         "lmlab_tokens_per_s": round(tokens / ours_s), "transformers_tokens_per_s": round(tokens / theirs_s),
         "speedup": round(theirs_s / ours_s, 3),

@@ -206,8 +206,7 @@ class Trainer:
                 bar.total = self.step  # the time budget, not the step horizon, ended the run
                 break
             step_start = time.perf_counter()
-            loss, lr = self._train_step()
-            self.step += 1
+            loss, lr = self.train_step()
             if self._logs_at(self.step):
                 synchronize(self.placement.device)  # the step's time includes the device's work
             seconds = time.perf_counter() - step_start
@@ -240,6 +239,16 @@ class Trainer:
 
     def _last_good_checkpoint(self) -> Path | None:
         return ckpt.latest_good_checkpoint(self.run_dir, warn=lambda message: None)
+
+    def train_step(self) -> tuple[torch.Tensor, float]:
+        """One optimizer step on the batch of the current step (drawn from (seed, step)), then the
+        step count advances; returns (the mean loss, on the device, and the learning rate). Only
+        the step: no logging, evaluation, checkpoint or stop check, which :meth:`fit` adds around
+        it; the loss is not read, so nothing waits for the device. For benchmarks and callers
+        that drive the loop themselves."""
+        result = self._train_step()
+        self.step += 1
+        return result
 
     def _train_step(self) -> tuple[torch.Tensor, float]:
         """One optimizer step; returns (mean loss, on the device, and lr). The first step of a
