@@ -183,19 +183,21 @@ def main() -> None:
 def serve_child(args: argparse.Namespace) -> None:
     """The server process: the same random model behind the engine and app, served as ``lmlab
     serve`` does; prints one JSON line (the URL, whether the native kernels run) when it listens."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # the parent's stop: Ctrl-C's clean way out
     model, tokenizer = build(args.shape)
     engine = Engine(model, max_batch=args.max_batch, max_queue=max(64, args.requests))
     engine.warm_up()
     app = create_app(model, tokenizer, engine, model_name=args.shape)
     native = engine.stats()["native"]
-    with contextlib.suppress(KeyboardInterrupt):  # how the parent ends it
+    with contextlib.suppress(KeyboardInterrupt):  # how SIGTERM from the parent ends it
         serve_until_interrupted(app, engine, bound_socket(LOOPBACK, 0),
                                 lambda url: print(json.dumps({"url": url, "native": native}), flush=True))
 
 
 @contextlib.contextmanager
 def server_process(args: argparse.Namespace):
-    """(URL, native) of the child server process while the block runs; Ctrl-C ends it after."""
+    """(URL, native) of the child server process while the block runs; SIGTERM ends it after (not
+    SIGINT: a process started in the background of a shell ignores that)."""
     argv = [sys.executable, __file__, "--child", "--shape", args.shape, "--max-batch", str(args.max_batch),
             "--requests", str(args.requests)]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -206,7 +208,7 @@ def server_process(args: argparse.Namespace):
         ready = json.loads(line)
         yield ready["url"], ready["native"]
     finally:
-        child.send_signal(signal.SIGINT)
+        child.terminate()
         child.wait(timeout=HANG_GUARD_S)
 
 
