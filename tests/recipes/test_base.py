@@ -98,12 +98,16 @@ def test_write_report_lists_figures(tmp_path):
     assert "![curves](curves.png)" in write_report(context, report, 1.0).read_text()
 
 
-def test_offline_without_data_names_the_url_and_the_flag(tmp_path, monkeypatch):
+def offline_recipe(tmp_path, monkeypatch) -> Recipe:
+    """A recipe whose public source cannot be reached, with an empty download cache."""
     monkeypatch.setenv("LMLAB_CACHE", str(tmp_path / "cache"))
     source = DataSource(description="a corpus", url=UNREACHABLE_URL, sha256="0" * 64, filename="corpus.txt",
                         local_format="a UTF-8 text file")
-    recipe = Recipe(name="offline", description="d", arm_seconds={"default": 1}, run=lambda context: None,
-                    source=source)
+    return Recipe(name="offline", description="d", arm_seconds={"default": 1}, run=lambda context: None, source=source)
+
+
+def test_offline_without_data_names_the_url_and_the_flag(tmp_path, monkeypatch):
+    recipe = offline_recipe(tmp_path, monkeypatch)
     context = RecipeContext(recipe=recipe, out_dir=tmp_path / "out", arm_seconds=1)
     with pytest.raises(LmlabError) as error:
         context.data_path()
@@ -138,11 +142,7 @@ def test_the_announcing_line_says_what_an_arm_does(tmp_path):
 
 
 def test_offline_without_data_creates_no_output_directory(tmp_path, monkeypatch):
-    monkeypatch.setenv("LMLAB_CACHE", str(tmp_path / "cache"))
-    source = DataSource(description="a corpus", url=UNREACHABLE_URL, sha256="0" * 64, filename="corpus.txt",
-                        local_format="a UTF-8 text file")
-    declared = Recipe(name="offline", description="d", arm_seconds={"default": 1}, run=lambda context: None,
-                      source=source)
+    declared = offline_recipe(tmp_path, monkeypatch)
     monkeypatch.setattr("lmlab.recipes.recipes", lambda: {"offline": declared})
     with pytest.raises(LmlabError, match="--data PATH"):
         run_recipe("offline", tmp_path / "out", echo=lambda _: None)
