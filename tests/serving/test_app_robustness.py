@@ -15,7 +15,7 @@ pytest.importorskip("uvicorn")
 from serving_helpers import HANG_GUARD_S, MODEL_NAME, tiny_decoder  # noqa: E402
 
 from lmlab.serving.app import create_app  # noqa: E402
-from lmlab.serving.engine import QueueFull, RequestHandle, TokenEvent  # noqa: E402
+from lmlab.serving.requests import QueueFull, RequestHandle, TokenEvent  # noqa: E402
 from lmlab.serving.server import BackgroundServer  # noqa: E402
 
 KEY = "s3cret-key"

@@ -19,7 +19,8 @@ from lmlab.generation.fast.block import NativeBlock
 from lmlab.kernels import MAX_ROWS, load_native
 from lmlab.models import ModelConfig, build_model
 from lmlab.serving.batch import BatchCache
-from lmlab.serving.engine import Engine, EngineRequest, QueueFull, TokenEvent
+from lmlab.serving.engine import Engine
+from lmlab.serving.requests import EngineRequest, QueueFull, TokenEvent
 from lmlab.serving.sampler import RowSampler
 
 VOCAB, CONTEXT = 37, 40

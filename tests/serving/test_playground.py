@@ -15,7 +15,7 @@ from browser import browser  # noqa: E402,F401  (the fixture)
 from serving_helpers import HANG_GUARD_S, MODEL_NAME, TEXT, tiny_decoder  # noqa: E402
 
 from lmlab.serving.app import create_app  # noqa: E402
-from lmlab.serving.engine import RequestHandle, TokenEvent  # noqa: E402
+from lmlab.serving.requests import RequestHandle, TokenEvent  # noqa: E402
 from lmlab.serving.server import BackgroundServer  # noqa: E402
 from lmlab.tokenizers import CharTokenizer  # noqa: E402
 

@@ -27,7 +27,8 @@ from lmlab.errors import LmlabError
 from lmlab.serving.completions import (
     Generation, chat_body, completion_body, piece_choice, response_id, stream_chunk, RETRY_AFTER_S,
 )
-from lmlab.serving.engine import Engine, EngineRequest
+from lmlab.serving.engine import Engine
+from lmlab.serving.requests import EngineRequest
 from lmlab.serving.metrics import CONTENT_TYPE, Metrics
 from lmlab.serving.protocol import (
     DEFAULT_CHAT_TOKENS, CompletionRequest, ProtocolError, completion_request, text_or_texts, token_ids,

@@ -1,7 +1,7 @@
 """One HTTP completion request as engine requests, and the engine's token events as OpenAI JSON.
 
 A :class:`Generation` submits one engine request per choice (prompts × ``n``), receives their
-:class:`~lmlab.serving.engine.TokenEvent` s on the event loop (the engine calls back from its own
+:class:`~lmlab.serving.requests.TokenEvent` s on the event loop (the engine calls back from its own
 thread) and keeps, per :class:`Choice`, the text so far: UTF-8-safe pieces with the stop strings
 cut (:class:`~lmlab.generation.streaming.TextStreamer`), the tokens with their log-probabilities,
 and why it finished. A stop string cancels its engine request at once. The ``*_body`` and
@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 from lmlab.generation.streaming import TextStreamer
-from lmlab.serving.engine import Engine, EngineRequest, QueueFull, RequestHandle, TokenEvent
+from lmlab.serving.engine import Engine
+from lmlab.serving.requests import EngineRequest, QueueFull, RequestHandle, TokenEvent
 from lmlab.serving.metrics import Metrics
 from lmlab.serving.protocol import CompletionRequest, ProtocolError
 

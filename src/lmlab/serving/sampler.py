@@ -45,7 +45,7 @@ def openai_penalties(prompt_len: int, presence: float, frequency: float) -> Proc
 
 class RowSampler:
     """Chooses the tokens of one request (any object with the fields of
-    :class:`~lmlab.serving.engine.EngineRequest`), whose prompt is ``prompt_len`` tokens."""
+    :class:`~lmlab.serving.requests.EngineRequest`), whose prompt is ``prompt_len`` tokens."""
 
     def __init__(self, request, prompt_len: int, device: torch.device):
         self.greedy = request.temperature == 0
