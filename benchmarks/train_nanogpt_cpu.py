@@ -13,6 +13,10 @@ draws, nanoGPT's warm-up + cosine learning rate (written out below, independentl
 AdamW with weight decay on the 2-D weights only (fused where the device has it), gradient
 clipping at 1.0, the loss read every step (nanoGPT's CPU run logs every iteration), float32.
 
+lmlab's float32 linear layers run through oneDNN where the CPU has AVX-512
+(:mod:`lmlab.kernels.onednn_linear`, the trainer's own choice; ``LMLAB_NATIVE_KERNELS=0`` keeps
+PyTorch's MKL product, the one the peer uses); ``lmlab_linear`` in the output says which ran.
+
 The two alternate step by step in one process, so the machine's load falls on both alike. One JSON
 line: both median step times (the first steps left out) and tokens/s, their ratio (``speedup``:
 transformers' step time over lmlab's), both final validation losses with the same two
@@ -41,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.evaluation import evaluate_lm
+from lmlab.kernels.onednn_linear import onednn_linear_available
 from lmlab.interop.gpt2 import export_tensors
 from lmlab.training.config import RunConfig, TrainConfig, apply_overrides, load_preset
 from lmlab.training.objective_registry import ObjectiveTask
@@ -210,6 +215,7 @@ def main() -> None:
         "val_loss_diff": round(ours["val_loss"] - theirs["val_loss"], 4),
         "val_loss_sampled_diff": round(ours["val_loss_sampled"] - theirs["val_loss_sampled"], 4),
         "eval_batches": cfg.eval_batches, "threads": torch.get_num_threads(), "wall_s": round(wall, 1),
+        "lmlab_linear": "onednn" if onednn_linear_available() else "mkl",
     }))
 
 

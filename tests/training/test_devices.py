@@ -15,6 +15,7 @@ import torch
 
 from lmlab.cli import main
 from lmlab.errors import LmlabError
+from lmlab.kernels import onednn_linear
 from lmlab.models import ModelConfig, build_model
 from lmlab.training import checkpoint as ckpt
 from lmlab.training import reports
@@ -116,6 +117,34 @@ def test_fp16_mixed_trains_on_the_cpu_and_checkpoints_its_scaler(tmp_path, corpu
     assert saved == trainer.scaler.state_dict() and saved["scale"] > 0
     resumed = trainer_for(config, tmp_path / "run", resume=True, messages=[])
     assert resumed.scaler.state_dict() == saved
+
+
+# ----------------------------------------------------------------------------- oneDNN linear
+@pytest.mark.parametrize("precision, compile_setting, expected", [
+    ("fp32", "auto", True), ("fp32-strict", "auto", True), ("bf16-mixed", "auto", False), ("bf16", "auto", False),
+    ("fp32", True, False),
+])
+def test_float32_eager_steps_on_the_cpu_take_the_onednn_linear(monkeypatch, precision, compile_setting, expected):
+    monkeypatch.setattr(onednn_linear, "onednn_linear_available", lambda: True)
+    layer = torch.nn.Linear(8, 4).to(placement_for("cpu", precision, "auto").weight_dtype)
+    x = torch.randn(3, 8, dtype=layer.weight.dtype)
+    with placement_for("cpu", precision, compile_setting).kernels():
+        out = layer(x)
+    assert ("OneDnnLinear" in out.grad_fn.name()) is expected
+
+
+@pytest.mark.skipif(not onednn_linear.onednn_operator_works(), reason="this PyTorch has no oneDNN linear operator")
+def test_training_through_the_onednn_linear_follows_the_plain_losses(tmp_path, corpus, monkeypatch):
+    config = tiny_config(corpus, "train.max_steps=15", "train.checkpoint_every=100", "train.eval_every=100")
+    monkeypatch.setenv("LMLAB_NATIVE_KERNELS", "0")
+    trainer_for(config, tmp_path / "plain").fit()
+    monkeypatch.delenv("LMLAB_NATIVE_KERNELS")
+    monkeypatch.setattr(onednn_linear, "onednn_linear_available", lambda: True)
+    trainer_for(config, tmp_path / "onednn").fit()
+    plain = [row["loss"] for row in train_rows(tmp_path / "plain")]
+    fast = [row["loss"] for row in train_rows(tmp_path / "onednn")]
+    assert len(fast) == len(plain) >= 2
+    assert fast == pytest.approx(plain, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- activation checkpointing

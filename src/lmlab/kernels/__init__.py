@@ -12,6 +12,10 @@ runs a whole pre-norm Transformer block for the tokens of a step in one call.
 :func:`log_softmax_topk` gives each row's k best log-probabilities without writing the whole
 log-softmax (a beam-search step).
 
+:mod:`~lmlab.kernels.onednn_linear` is not C of ours: it runs float32 linear layers, forward and
+backward, through the oneDNN library PyTorch bundles, where that beats PyTorch's MKL product (a
+CPU with AVX-512); the trainer swaps it in for float32 steps on the CPU.
+
 Modules: ``build`` compiles and loads the library, ``linear`` wraps the matrix products,
 ``attention`` the cache attention, ``block`` the whole block, ``topk`` the log-softmax top-k.
 The modules that put them to work in a model are in :mod:`lmlab.generation.fast`.

@@ -3,7 +3,8 @@ activation checkpointing.
 
 :func:`placement_for` turns ``train.device``, ``train.precision`` and ``train.compile`` into a
 :class:`Placement`; the trainer moves the model there, runs each forward pass in
-:meth:`Placement.autocast` and moves each CPU-built batch with :func:`to_device`.
+:meth:`Placement.autocast` (a training step's forward and backward also in
+:meth:`Placement.kernels`) and moves each CPU-built batch with :func:`to_device`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lmlab.errors import LmlabError
+from lmlab.kernels.onednn_linear import onednn_linear_mode
 from lmlab.models.blocks import TransformerStack
 from lmlab.training.config import DEVICE_PATTERN
 
@@ -51,6 +53,13 @@ class Placement:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
+
+    def kernels(self) -> contextlib.AbstractContextManager:
+        """The context a training step (forward and backward) runs in: on the CPU in float32 and
+        eager, every linear layer's products through oneDNN where that is faster
+        (:mod:`lmlab.kernels.onednn_linear`); nothing elsewhere."""
+        float32_cpu = self.device.type == "cpu" and self.precision in ("fp32", "fp32-strict")
+        return onednn_linear_mode(enabled=float32_cpu and not self.compile)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -284,7 +284,7 @@ class Trainer:
             weight = distributed.loss_weight(whole, rows, self.processes)
             batch = to_device(distributed.labelled(rows) if weight == 0 else rows, self.placement.device)
             last = micro == self.cfg.grad_accum - 1
-            with distributed.gradient_sync(self.model, self.processes, enabled=last):
+            with distributed.gradient_sync(self.model, self.processes, enabled=last), self.placement.kernels():
                 with self.placement.autocast():
                     loss = self.task.loss(self._forward_model, batch) * weight / self.cfg.grad_accum
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -395,7 +395,7 @@ class Trainer:
     def _evaluate(self) -> dict[str, float]:
         self._check_divergence()
         model = distributed.unwrapped(self.model)  # every process evaluates the same batches
-        with inputs_on_model_device(model), self.placement.autocast():
+        with inputs_on_model_device(model), self.placement.kernels(), self.placement.autocast():
             metrics = self.task.evaluate(model, self.cfg.eval_batches, seed=self.cfg.seed)
         self.model.train()
         self.last_eval = {**metrics, "step": self.step}
