@@ -6,7 +6,8 @@ own compiler (``torch.ops.mkldnn._linear_pointwise``) uses AVX-512 where the CPU
 :class:`OneDnnLinear` computes ``x·Wᵀ + b`` and both products of its backward through it, in
 float32 (results agree with MKL's to rounding: a different order of the same sums);
 :func:`onednn_linear_mode` swaps it in for every ``F.linear`` (so every ``nn.Linear``) on float32
-CPU tensors run inside the block.
+CPU tensors run inside the block (a training step); :func:`linear` is one such product (the
+decoding twin's products of more rows than its native kernel takes: a prompt's prefill).
 
 It is used where :func:`onednn_linear_available` says so: this PyTorch has the operator, the CPU
 has AVX-512, and ``LMLAB_NATIVE_KERNELS=0`` is not set (the one switch for every swapped-in
@@ -88,6 +89,15 @@ def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
         and x.dim() >= 1 and weight.dim() == 2 and x.numel() > 0
         and not torch.is_autocast_enabled("cpu")
     )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, through :class:`OneDnnLinear` where
+    :func:`onednn_linear_available` and the operands are float32 CPU tensors (the decoding twin's
+    many-row products: a prompt's prefill)."""
+    if onednn_linear_available() and _takes(x, weight, bias):
+        return OneDnnLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 class _LinearThroughOneDnn(TorchFunctionMode):

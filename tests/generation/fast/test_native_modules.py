@@ -11,7 +11,7 @@ from lmlab.generation import GenerationConfig, generate_batch
 from lmlab.generation.fast import fast_path
 from lmlab.generation.fast.block import NativeBlock
 from lmlab.generation.fast.modules import NativeLinear, NativeSelfAttention, adopt
-from lmlab.kernels import load_native, native_status
+from lmlab.kernels import load_native, native_status, onednn_linear
 from lmlab.layers.attention import MultiHeadAttention, capture_attention
 from lmlab.layers.kv_cache import KVCache
 from lmlab.models import ModelConfig, build_model
@@ -37,6 +37,21 @@ def test_native_linear_equals_nn_linear_and_shares_its_parameters():
     x = torch.randn(2, 24, requires_grad=True)
     layer(x).sum().backward()
     assert plain.weight.grad is not None and x.grad is not None
+
+
+@pytest.mark.skipif(not onednn_linear.onednn_operator_works(), reason="this PyTorch has no oneDNN linear operator")
+def test_native_linear_computes_more_rows_than_the_kernel_takes_through_onednn(monkeypatch):
+    monkeypatch.setattr(onednn_linear, "onednn_linear_available", lambda: True)
+    products = []
+    real = onednn_linear._onednn
+    monkeypatch.setattr(onednn_linear, "_onednn", lambda *args: products.append(args[0].shape) or real(*args))
+    torch.manual_seed(0)
+    plain = nn.Linear(24, 10)
+    layer = adopt(NativeLinear, plain)
+    x = torch.randn(1, 20, 24)  # a 20-token prompt
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), plain(x), rtol=1e-5, atol=1e-6)
+    assert products == [(20, 24)]
 
 
 @pytest.mark.parametrize("n_kv_heads", [None, 2])

@@ -6,6 +6,7 @@ gradients — and the plain computation everywhere else:
 
 - :class:`NativeLinear`: ``nn.Linear`` through :func:`~lmlab.kernels.skinny_linear` (or, inside
   :func:`int8_weights`, its int8 copy through the int8 kernel: the draft of speculative decoding);
+  more rows than the kernel takes (a prompt's prefill) through :func:`lmlab.kernels.onednn_linear.linear`;
 - :class:`NativeSelfAttention`: the cache step of ``MultiHeadAttention`` (write the new keys and
   values, attend over the cache) in :func:`~lmlab.kernels.decode_attention`, reading the cache
   through beam search's row table when one is in use.
@@ -21,11 +22,10 @@ from contextvars import ContextVar
 from typing import Iterator, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmlab.generation.fast.rows import rows_in_use
-from lmlab.kernels import decode_attention, skinny_linear, skinny_linear_int8_float
+from lmlab.kernels import decode_attention, onednn_linear, skinny_linear, skinny_linear_int8_float
 from lmlab.layers.attention import MultiHeadAttention
 from lmlab.layers.kv_cache import KVCache
 from lmlab.layers.masks import AttentionMask
@@ -71,7 +71,7 @@ class NativeLinear(nn.Linear):
             if y is not None:
                 return y
         y = skinny_linear(x, self.weight, self.bias)
-        return y if y is not None else F.linear(x, self.weight, self.bias)
+        return y if y is not None else onednn_linear.linear(x, self.weight, self.bias)
 
 
 class NativeSelfAttention(MultiHeadAttention):
