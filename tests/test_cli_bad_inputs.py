@@ -188,6 +188,7 @@ CASES: dict[str, dict[str, Case]] = {
         "port below 0": case("serve", "{run}", "--port", "-1", says="--port"),
         "port above 65535": case("serve", "{run}", "--port", "70000", says="--port"),
         "max-batch 0": case("serve", "{run}", "--port", "0", "--max-batch", "0", says="--max-batch"),
+        "draft-tokens 9": case("serve", "{run}", "--port", "0", "--draft-tokens", "9", says="--draft-tokens must be between 0 and 7"),
         "a GRU": case("serve", "{gru_run}", "--port", "0", says="KV cache"),
         "an encoder run": case("serve", "{encoder_run}", "--port", "0", says="lmlab convert"),
         "fastapi missing": case("serve", "{run}", "--port", "0", missing_module="fastapi", says="lmlab[serve]"),

@@ -236,6 +236,27 @@ def test_a_warmed_up_engine_run_on_this_thread_serves_and_stops(kernels):
         engine.warm_up()
 
 
+@pytest.mark.parametrize("position, max_batch", [("rope", 1), ("learned", 1), ("alibi", 3), ("rope", 3)])
+def test_a_lone_greedy_row_decodes_speculatively_with_the_tokens_of_generate(position, max_batch, kernels):
+    model = tiny_model(position)
+    requests = [EngineRequest(r.prompt_ids, r.max_new_tokens, temperature=0, logprobs=False)
+                for r in mixed_requests(seed=5, n=5)]
+    requests.append(EngineRequest([4, 2], CONTEXT - 2, temperature=0, logprobs=False))  # outlives the others: alone at the end
+    expected = [reference_greedy(model, r) for r in requests]
+    engine = Engine(model, max_batch=max_batch)
+    assert [c.tokens for c in serve(engine, requests)] == expected
+    plain_steps = sum(len(tokens) - 1 for tokens in expected)  # row steps; the first token of each comes from its prefill
+    if kernels == "native":  # the int8 draft's proposals: several tokens in one step
+        assert engine.stats()["decoded_rows"] < plain_steps
+    else:
+        assert engine.stats()["decoded_rows"] == plain_steps
+
+
+def test_draft_tokens_out_of_range_is_a_one_line_error(model):
+    with pytest.raises(LmlabError, match="draft_tokens must be between 0 and 7, got 8"):
+        Engine(model, draft_tokens=8)
+
+
 def test_eos_finishes_with_stop_and_the_budget_with_length(model):
     prompt = [3, 1, 4, 1, 5]
     free = reference_greedy(model, EngineRequest(prompt, 12, temperature=0))

@@ -35,6 +35,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise LmlabError(f"--port must be between 0 and 65535, got {args.port}")
     positive(args.max_batch, "--max-batch")
     positive(args.max_queue, "--max-queue")
+    from lmlab.kernels.build import MAX_ROWS  # (torch loads only once a command runs)
+
+    if not 0 <= args.draft_tokens < MAX_ROWS:
+        raise LmlabError(f"--draft-tokens must be between 0 and {MAX_ROWS - 1}, got {args.draft_tokens}")
     if args.api_key is not None and not args.api_key.strip():
         raise LmlabError("--api-key is empty; give a key or leave the flag out")
 
@@ -56,7 +60,7 @@ def _build_app(args: argparse.Namespace):
     require_generative(model)
     if args.dtype == "bfloat16":
         model = model.to(torch.bfloat16)
-    engine = Engine(model, max_batch=args.max_batch, max_queue=args.max_queue)
+    engine = Engine(model, max_batch=args.max_batch, max_queue=args.max_queue, draft_tokens=args.draft_tokens)
     engine.warm_up()
     return create_app(model, run.tokenizer, engine, model_name=args.model, api_key=args.api_key), engine
 
@@ -83,6 +87,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
     serve.add_argument("--max-queue", type=int, default=64,
                        help="requests that may wait for a batch slot; more are answered 429 (default 64)")
+    serve.add_argument("--draft-tokens", type=int, default=6, metavar="K",
+                       help="a greedy request decoding alone, float32 on CPU: an int8 copy of the model proposes K tokens "
+                            "per step and the model keeps those it agrees with (same tokens, faster; 0: off)")
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health")
     serve.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                        help="weights and KV cache in this type")

@@ -20,7 +20,10 @@ over step boundaries; at each one it
 3. decodes one token for every running row in one forward pass (on the native path each block
    runs its kernel over groups of :data:`~lmlab.kernels.MAX_ROWS` rows, see
    :class:`~lmlab.generation.fast.block.NativeBlock`), each row with its own mask and positions;
-   a row that finishes leaves at once.
+   a row that finishes leaves at once. When one greedy row runs alone and no request could join it, the
+   step is speculative, as ``generate``'s (:mod:`~lmlab.generation.speculative`): the int8
+   draft proposes up to ``draft_tokens`` tokens, the float32 model checks them in one pass, and
+   the row takes the ones the model agrees with and the model's own next token.
 
 Each request chooses its tokens with its own settings and random generator
 (:class:`~lmlab.serving.sampler.RowSampler`). Events go to the request's ``on_event`` from the
@@ -38,11 +41,13 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
 
 from lmlab.errors import LmlabError
+from lmlab.generation.config import GenerationConfig
 from lmlab.generation.session import decoding_model, left_pad
 from lmlab.kernels import MAX_ROWS
 from lmlab.models.decoder import DecoderCache
@@ -91,11 +96,13 @@ class _Counters:
 
 class Engine:
     """Continuous batching of :class:`EngineRequest` over one decoder model (see the module
-    docstring). ``decode_group``: rows per forward pass of a decode step (default: every row)."""
+    docstring). ``decode_group``: rows per forward pass of a decode step (default: every row);
+    ``draft_tokens``: proposals per speculative step of a lone greedy row (0: none), as
+    ``generate``'s ``--draft-tokens``."""
 
     def __init__(
         self, model, *, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
-        decode_group: int | None = None,
+        decode_group: int | None = None, draft_tokens: int = GenerationConfig.draft_tokens,
     ):
         require_generative(model)
         check_servable(model)
@@ -103,10 +110,13 @@ class Engine:
         for name, value in limits.items():
             if value < 1:
                 raise LmlabError(f"{name} must be at least 1, got {value}")
+        if not 0 <= draft_tokens < MAX_ROWS:
+            raise LmlabError(f"draft_tokens must be between 0 and {MAX_ROWS - 1}, got {draft_tokens}")
         self.model, self.fast = decoding_model(model)
         self.context: int = model.max_positions
         self.vocab_size: int = model.config.vocab_size
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
+        self.draft_tokens = draft_tokens
         self.decode_group = decode_group or max_batch
         self.device = next(model.parameters()).device
         self.batch = BatchCache(self.model, max_batch, self.context)
@@ -138,12 +148,13 @@ class Engine:
 
     def warm_up(self) -> None:
         """Decode one short greedy request before serving (counted in no statistics), so the
-        first client does not wait for the native weights and the head screen to be made. Call it
-        before :meth:`start` or :meth:`run`, on the thread that will run the model."""
+        first client does not wait for the native weights, the head screen and the int8 draft to
+        be made (its decode step is speculative). Call it before :meth:`start` or :meth:`run`, on
+        the thread that will run the model."""
         with self._cond:
             if self._claimed:
                 raise LmlabError("warm the engine up before starting it")
-        new_tokens = min(2, self.context - 1)
+        new_tokens = min(3, self.context - 1)  # the prefill's token, then a speculative step (its draft made)
         if new_tokens < 1:
             return
         live = _Live(EngineRequest([0], new_tokens, temperature=0.0, logprobs=False), lambda event: None,
@@ -357,8 +368,12 @@ class Engine:
             self._counters.prompt_tokens += live.prompt_len
 
     def _decode_step(self) -> None:
-        """One token for every running row; finished rows leave."""
+        """One token for every running row (or a speculative step of a lone one); finished rows leave."""
         if not self._running:
+            return
+        draft_tokens = self._speculation()
+        if draft_tokens:
+            self._speculative_step(draft_tokens)
             return
         try:
             logits = self._batch_logits()  # (n, V)
@@ -374,6 +389,55 @@ class Engine:
             else:
                 self._take(live, choice)
         self._leave([i for i, live in enumerate(self._running) if live.done])
+
+    def _speculation(self) -> int:
+        """How many draft tokens this step proposes: 0 unless one greedy row (argmax only) runs
+        alone, no waiting request could join it now, the int8 draft exists and the cache has
+        room for the check."""
+        joinable = self._waiting and len(self._running) + len(self._prefilling) < self.max_batch
+        if len(self._running) != 1 or joinable or self._prefilling or self.fast is None or self.draft_tokens < 1:
+            return 0
+        live = self._running[0]
+        if not live.sampler.argmax_only or self.fast.draft() is None:
+            return 0
+        room = self.batch.length - self.batch.longest() - 1  # slots after the checked token's
+        return max(0, min(self.draft_tokens, live.request.max_new_tokens - live.generated - 1, room))
+
+    def _speculative_step(self, k: int) -> None:
+        """The lone row's ``k`` draft proposals checked in one float32 pass: it takes the agreed
+        ones and the model's next token (the tokens plain greedy decoding gives)."""
+        live, batch = self._running[0], self.batch
+        batch.shift_to(batch.longest())  # the row from slot 0: no padding, positions = slots
+        start, cache = batch.write, batch.view(0, 1)
+        token = torch.tensor([live.last_token], device=self.device)  # (1,)
+        try:
+            at = SimpleNamespace(model=self.model, cache=cache, position=start)
+            proposals = self.fast.draft().propose(at, token, k, lambda logits, _: logits.argmax(dim=-1), None)
+            checked = torch.tensor([[live.last_token] + proposals], device=self.device)  # (1, k+1)
+            hidden = self.model.hidden_states(checked, cache, start)[0]  # (k+1, C)
+            best = choose_tokens([live.sampler] * (k + 1), [self._seen(live)] * (k + 1), self._screened_head(hidden))
+        except Exception as exc:
+            log.exception("a speculative step failed")
+            self._fail(live, exc)
+            self._leave([0])
+            return
+        agreed = 0
+        while agreed < k and proposals[agreed] == best[agreed].token_id:
+            agreed += 1
+        batch.write = start + 1 + agreed  # the rejected proposals' slots are written again later
+        with self._cond:
+            self._counters.decode_steps += 1
+            self._counters.decoded_rows += 1
+        for choice in best[:agreed + 1]:
+            self._take(live, choice)
+        if live.done:
+            self._leave([0])
+
+    def _screened_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Greedy logits (n ≤ MAX_ROWS, V) of hidden states (n, C): the head screen's, else the full head."""
+        screen = self.fast.screen()
+        logits = screen.top_logits(hidden, 1) if screen is not None else None
+        return logits if logits is not None else self.model.lm_head(hidden)
 
     def _batch_logits(self) -> torch.Tensor:
         """Feed every running row its last token at the shared write index → logits (n, V)."""
