@@ -57,7 +57,8 @@ class ScreenedHead:
         h_norm = hidden.double().norm(dim=1, keepdim=True)  # (B, 1)
         h_error = (hidden.double() - hq.double() * hscale.double()[:, None]).norm(dim=1, keepdim=True)  # (B, 1)
         activation_term = h_error + 2**-22 * (h_norm + h_error)  # (B, 1)
-        return approx, h_norm.float() * self.residual_norm + activation_term.float() * self.dequant_norm
+        bound = h_norm.float() * self.residual_norm  # (B, V)
+        return approx, bound.addcmul_(activation_term.float(), self.dequant_norm)  # (B, V)
 
     def top_logits(self, hidden: torch.Tensor, k: int) -> torch.Tensor | None:
         """hidden (B, C) → logits (B, V): exact float32 wherever a token may be among the row's
@@ -71,10 +72,11 @@ class ScreenedHead:
             threshold = lower.amax(dim=1, keepdim=True)  # (B, 1): the best lower bound
         else:
             threshold = lower.topk(min(k, lower.size(1)), dim=1).values[:, -1:]  # (B, 1): the k-th best
-        candidates = ((approx + bound) >= threshold).any(dim=0).nonzero().squeeze(1)  # (n,)
+        upper = bound.add_(approx)  # (B, V), in place: (B, V) temporaries cost more than their arithmetic here
+        candidates = (upper >= threshold).any(dim=0).nonzero().squeeze(1)  # (n,)
         if candidates.numel() > MAX_CANDIDATES:
             return None
         exact = hidden @ self.weight.index_select(0, candidates).t()  # (B, n)
-        logits = torch.full_like(approx, float("-inf"))
+        logits = lower.fill_(float("-inf"))  # (B, V), reusing the lower bounds' memory
         logits[:, candidates] = exact
         return logits
