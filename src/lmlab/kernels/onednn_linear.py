@@ -1,4 +1,4 @@
-"""The float32 linear layer through oneDNN, the CPU library PyTorch bundles, for training steps.
+"""The float32 linear layer through oneDNN, the CPU library PyTorch bundles: training steps, prefill.
 
 PyTorch multiplies float32 matrices on the CPU with MKL, which on some CPUs takes a slower path
 than the CPU offers (on AMD's, MKL keeps to AVX2). The oneDNN product that PyTorch ships for its

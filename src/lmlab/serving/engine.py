@@ -415,7 +415,7 @@ class Engine:
             proposals = self.fast.draft().propose(at, token, k, lambda logits, _: logits.argmax(dim=-1), None)
             checked = torch.tensor([[live.last_token] + proposals], device=self.device)  # (1, k+1)
             hidden = self.model.hidden_states(checked, cache, start)[0]  # (k+1, C)
-            best = choose_tokens([live.sampler] * (k + 1), [self._seen(live)] * (k + 1), self._screened_head(hidden))
+            best = choose_tokens([live.sampler] * (k + 1), [self._seen(live)] * (k + 1), self._head(hidden))
         except Exception as exc:
             log.exception("a speculative step failed")
             self._fail(live, exc)
@@ -432,12 +432,6 @@ class Engine:
             self._take(live, choice)
         if live.done:
             self._leave([0])
-
-    def _screened_head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Greedy logits (n ≤ MAX_ROWS, V) of hidden states (n, C): the head screen's, else the full head."""
-        screen = self.fast.screen()
-        logits = screen.top_logits(hidden, 1) if screen is not None else None
-        return logits if logits is not None else self.model.lm_head(hidden)
 
     def _batch_logits(self) -> torch.Tensor:
         """Feed every running row its last token at the shared write index → logits (n, V)."""
@@ -456,7 +450,8 @@ class Engine:
         return self._head(torch.cat(hidden) if len(hidden) > 1 else hidden[0])
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The LM head on the running rows' hidden states (n, C) → logits (n, V): through the int8
+        """The LM head on the running rows' hidden states (n, C), or on a lone row's checked
+        positions (a speculative step), → logits (n, V): through the int8
         head screen (exact at the best logit, −inf elsewhere) for each group of
         :data:`~lmlab.kernels.MAX_ROWS` rows that only needs its argmax, in full otherwise."""
         screen = self.fast.screen() if self.fast is not None else None
