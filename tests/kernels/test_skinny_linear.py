@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.kernels import (
+    BLOCK_ROWS,
     MAX_ROWS,
     int8_activation_range,
     load_native,
@@ -26,7 +27,7 @@ def reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch
 
 
 @native
-@pytest.mark.parametrize("rows", range(1, MAX_ROWS + 1))
+@pytest.mark.parametrize("rows", range(1, BLOCK_ROWS + 1))
 @pytest.mark.parametrize("n, k", [(1, 1), (7, 5), (64, 48), (301, 70), (513, 1000)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_float_kernel_matches_float64(rows, n, k, bias):
@@ -37,6 +38,19 @@ def test_float_kernel_matches_float64(rows, n, k, bias):
         got = skinny_linear(x, w, b)
     assert got is not None and got.shape == (rows, n)
     torch.testing.assert_close(got, reference(x, w, b), rtol=1e-5, atol=1e-5 * k**0.5)
+
+
+@native
+@pytest.mark.parametrize("n, k", [(130, 3072), (2304, 768), (97, 1000)])
+def test_a_rows_result_does_not_depend_on_the_rows_beside_it(n, k):
+    # the engine decodes a request in batches of any size: its logits must be bitwise the same
+    # (16 rows walk W in blocks, and long rows walk k in chunks; one row does neither)
+    g = torch.Generator().manual_seed(n + k)
+    x, w, b = torch.randn(BLOCK_ROWS, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    with torch.no_grad():
+        together = skinny_linear(x, w, b)
+        for lo, hi in [(0, 1), (5, 6), (15, 16), (0, 8), (8, 16), (3, 12)]:
+            assert torch.equal(skinny_linear(x[lo:hi], w, b), together[lo:hi]), (lo, hi)
 
 
 @native
@@ -77,7 +91,7 @@ def test_leading_dimensions_and_strided_inputs():
 def test_falls_back_where_it_does_not_apply():
     w = torch.randn(8, 4)
     with torch.no_grad():
-        assert skinny_linear(torch.randn(MAX_ROWS + 1, 4), w) is None  # too many rows
+        assert skinny_linear(torch.randn(BLOCK_ROWS + 1, 4), w) is None  # too many rows
         assert skinny_linear(torch.randn(1, 4, dtype=torch.float64), w.double()) is None
         assert skinny_linear(torch.randn(1, 4), w.t().contiguous().t()) is None  # not row-major
         assert skinny_linear(torch.randn(0, 4), w) is None
@@ -118,7 +132,7 @@ def test_a_failing_compiler_means_plain_pytorch(tmp_path):
 
 
 @native
-@pytest.mark.parametrize("rows", [1, 2, 5, 8])
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 11, 16])
 @pytest.mark.parametrize("n, k", [(1, 1), (7, 5), (301, 70), (513, 1000)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_bfloat16_kernel_rounds_the_float32_product_once(rows, n, k, bias):

@@ -16,7 +16,7 @@ from lmlab.errors import LmlabError
 from lmlab.generation import GenerationConfig, generate
 from lmlab.generation.fast import ScreenedHead
 from lmlab.generation.fast.block import NativeBlock
-from lmlab.kernels import MAX_ROWS, load_native
+from lmlab.kernels import BLOCK_ROWS, load_native
 from lmlab.models import ModelConfig, build_model
 from lmlab.serving.batch import BatchCache
 from lmlab.serving.engine import Engine
@@ -179,17 +179,17 @@ def test_prompts_that_arrive_together_prefill_in_one_pass_and_equal_generate(pos
 
 def test_more_rows_than_the_kernels_take_decode_in_groups_and_equal_generate(kernels, monkeypatch):
     model = tiny_model("rope")
-    requests = mixed_requests(seed=4, n=MAX_ROWS + 3)
+    requests = mixed_requests(seed=4, n=BLOCK_ROWS + 3)  # as rows finish, steps of 9 to 16 rows in one call
     for request in requests:
-        request.logprobs = False  # the head screen too, in groups of MAX_ROWS
+        request.logprobs = False  # the head screen too, in groups of 8 rows
     expected = [reference_greedy(model, r) for r in requests]
     grouped = []
     in_groups = NativeBlock._step_in_groups
     monkeypatch.setattr(NativeBlock, "_step_in_groups", staticmethod(lambda *a: grouped.append(a[1].size(0)) or in_groups(*a)))
-    engine = Engine(model, max_batch=MAX_ROWS + 3)
+    engine = Engine(model, max_batch=BLOCK_ROWS + 3, prefill_chunk=1024)  # every prompt at the first boundary
     got = serve(engine, requests)
     assert [c.tokens for c in got] == expected
-    assert any(rows > MAX_ROWS for rows in grouped) == (kernels == "native")  # decode steps of over MAX_ROWS rows
+    assert any(rows > BLOCK_ROWS for rows in grouped) == (kernels == "native")  # decode steps of over BLOCK_ROWS rows
 
 
 def test_greedy_without_logprobs_takes_the_head_screen_and_still_equals_generate(monkeypatch):

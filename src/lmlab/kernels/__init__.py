@@ -28,7 +28,7 @@ Where it cannot be built (no compiler, a CPU without AVX2/FMA, a PyTorch not on 
 """
 
 from lmlab.kernels.attention import decode_attention
-from lmlab.kernels.build import DISABLE_ENV, MAX_ROWS, load_native, native_status
+from lmlab.kernels.build import BLOCK_ROWS, DISABLE_ENV, MAX_ROWS, load_native, native_status
 from lmlab.kernels.topk import log_softmax_topk
 from lmlab.kernels.linear import (
     int8_activation_range,
@@ -40,6 +40,6 @@ from lmlab.kernels.linear import (
 )
 
 __all__ = [
-    "DISABLE_ENV", "MAX_ROWS", "decode_attention", "int8_activation_range", "load_native", "log_softmax_topk",
+    "BLOCK_ROWS", "DISABLE_ENV", "MAX_ROWS", "decode_attention", "int8_activation_range", "load_native", "log_softmax_topk",
     "native_status", "quantize_rows", "quantize_weight", "skinny_linear", "skinny_linear_int8", "skinny_linear_int8_float",
 ]

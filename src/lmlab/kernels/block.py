@@ -9,7 +9,7 @@ import ctypes
 import torch
 
 from lmlab.kernels.attention import cache_fits, cache_reading
-from lmlab.kernels.build import MAX_ROWS, load_native
+from lmlab.kernels.build import BLOCK_ROWS, load_native
 
 NORMS = {"layernorm": 0, "rmsnorm": 1}
 ACTIVATIONS = {"relu": 0, "gelu": 1, "gelu-tanh": 2, "silu": 3}
@@ -109,14 +109,14 @@ def decode_block(
     allowed: torch.Tensor | None = None,
     rope: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
-    """The block on x (B, T, C) at positions [start, start+T), B·T ≤ 8, writing their keys and
+    """The block on x (B, T, C) at positions [start, start+T), B·T ≤ 16 (≤ 8 with int8 weights), T ≤ 8, writing their keys and
     values into the cache (the arguments of :func:`~lmlab.kernels.decode_attention`) → (B, T, C).
     rope: RoPE's (cos, sin) of these positions, (T, r) or (B|1, 1, T, r), rotating the first r
     dimensions of every query and key head ("rotate half"). None, with the cache untouched, where
     it does not apply (run the block's modules)."""
     lib = load_native()
     B, T, C = x.shape
-    if lib is None or B * T > MAX_ROWS or x.dtype != torch.float32 or not x.is_cpu or C != weights.C:
+    if lib is None or B * T > BLOCK_ROWS or x.dtype != torch.float32 or not x.is_cpu or C != weights.C:
         return None
     if not cache_fits((B, weights.H, T, weights.D), keys, values, start, rows, allowed) or keys.size(1) != weights.Hkv:
         return None

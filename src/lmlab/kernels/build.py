@@ -34,7 +34,8 @@ SOURCES = [
 ]
 HEADERS = [Path(__file__).with_name(name) for name in ("exp_nonpositive.h", "lmlab_kernels.h")]
 DISABLE_ENV = "LMLAB_NATIVE_KERNELS"
-MAX_ROWS = 8
+MAX_ROWS = 8  # rows of the int8 kernel, new tokens of one attention call
+BLOCK_ROWS = 16  # float32/bfloat16 rows of one skinny_linear or decode_block call (one pass over the weights)
 COMPILE_OPTIONS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 _COMPILE_TIMEOUT_S = 120
 _SMALL_FILE_BYTES = 4096  # a recorded hash or failure message is read up to this size

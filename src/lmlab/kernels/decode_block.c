@@ -9,7 +9,7 @@
  * an int8 draft of the model), the attention is decode_attention, and the norms and activations
  * are plain loops, all on scratch memory.
  *
- * x: (M, C) float32, M = B·T ≤ 8 rows (row b·T + t is token t of sequence b), updated in place.
+ * x: (M, C) float32, M = B·T ≤ LMLAB_MAX_ROWS rows (LMLAB_MAX_ROWS_INT8 with int8 weights) (row b·T + t is token t of sequence b), updated in place.
  * The cache arguments are decode_attention's. cos, sin: NULL, or RoPE's tables for these tokens,
  * r values per token at cos + b·c_b + t·c_t ("rotate half" over each head's first r dimensions). Built with the other kernels by
  * lmlab/kernels/build.py.
@@ -147,7 +147,7 @@ int decode_block(const block *p, int B, int T, int start, float *keys, float *va
                  const unsigned char *allowed, long a_b, long a_t, const float *cos, const float *sin, long c_b, long c_t,
                  int r, float *x) {
     int M = B * T, C = p->C, D = p->D, QKV = (p->H + 2 * p->Hkv) * D;
-    if (M < 1 || M > 8 || p->H % p->Hkv || (cos && (r < 2 || r > D || r % 2))) return -1;
+    if (M < 1 || M > (p->qkv_q ? LMLAB_MAX_ROWS_INT8 : LMLAB_MAX_ROWS) || p->H % p->Hkv || (cos && (r < 2 || r > D || r % 2))) return -1;
     size_t per_row = (size_t)C + QKV + (size_t)p->H * D + C + (size_t)p->F * (p->gated ? 2 : 1);
     float *scratch = (float *)malloc(sizeof(float) * per_row * M);
     if (!scratch) return -2;

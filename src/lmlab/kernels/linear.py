@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from lmlab.kernels.build import MAX_ROWS, _library_now, load_native
+from lmlab.kernels.build import BLOCK_ROWS, MAX_ROWS, _library_now, load_native
 
 _ENTRIES = {torch.float32: "skinny_linear", torch.bfloat16: "skinny_linear_bf16"}
 
 
 def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
-    """``F.linear(x, weight, bias)`` through the native kernel: x (..., K) with at most 8 rows,
+    """``F.linear(x, weight, bias)`` through the native kernel: x (..., K) with at most 16 rows,
     weight (N, K) row-major, all float32 — or all bfloat16, computed in float32 and rounded once —
     on the CPU, no gradient wanted → (..., N). None when any of that does not hold or the kernel
     is unavailable (use ``F.linear``). Called for every projection of every decoding step, so the
@@ -34,12 +34,12 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return y
 
 
-def _few_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[int, torch.Tensor]:
+def _few_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32, most: int = BLOCK_ROWS) -> tuple[int, torch.Tensor]:
     """x (..., K) made contiguous, and its number of rows when it is ``dtype`` on the CPU with 1 to
-    ``MAX_ROWS`` rows (what the kernels take), else 0."""
+    ``most`` rows (what the kernel takes), else 0."""
     K = x.size(-1)
     rows = x.numel() // K if K else 0
-    if not 0 < rows <= MAX_ROWS or x.dtype != dtype or not x.is_cpu:
+    if not 0 < rows <= most or x.dtype != dtype or not x.is_cpu:
         return 0, x
     return rows, x if x.is_contiguous() else x.contiguous()
 
@@ -94,7 +94,7 @@ def skinny_linear_int8_float(
     """An int8 linear layer on float32 rows: x (..., K) with at most 8 rows is rounded to int16
     per row inside the kernel, then as :func:`skinny_linear_int8`, plus ``bias`` → (..., N). None
     where it does not apply (use the float weights)."""
-    rows, x = _few_rows(x)
+    rows, x = _few_rows(x, most=MAX_ROWS)
     lib = load_native() if rows else None
     if lib is None:
         return None

@@ -14,10 +14,14 @@ int decode_attention(int B, int H, int Hkv, int T, int D, int S_max, int start, 
                      float *keys, float *values, const int *rows, const unsigned char *allowed, long a_b, long a_t,
                      float *out);
 
-/* See skinny_linear.c: y (M, N) = x (M, K) · Wᵀ + b for 1 ≤ M ≤ 8; 0 on success. */
+#define LMLAB_MAX_ROWS 16     /* float32 rows of one skinny_linear call (BLOCK_ROWS in build.py) */
+#define LMLAB_MAX_ROWS_INT8 8 /* rows of one int8 call (MAX_ROWS in build.py) */
+
+/* See skinny_linear.c: y (M, N) = x (M, K) · Wᵀ + b for 1 ≤ M ≤ LMLAB_MAX_ROWS; 0 on success. */
 int skinny_linear(int M, int N, int K, const float *x, const float *W, const float *b, float *y);
 
-/* See skinny_linear.c: y (M, N) = x · (Q · diag(scale))ᵀ for int8 Q (N, K), x rounded to int16 per row. */
+/* See skinny_linear.c: y (M, N) = x · (Q · diag(scale))ᵀ for int8 Q (N, K), x rounded to int16 per row,
+ * 1 ≤ M ≤ LMLAB_MAX_ROWS_INT8. */
 int skinny_linear_int8_f32(int M, int N, int K, const float *x, const signed char *Q, const float *scale, float *y);
 
 #endif

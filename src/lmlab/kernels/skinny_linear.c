@@ -1,13 +1,16 @@
 /* y = x · Wᵀ + b for a few rows of x: the matrix products of one decoding step.
  *
- * x: (M, K) float32 rows, M = 1..8; W: (N, K) float32, row-major (nn.Linear's layout); b: (N,) or
+ * x: (M, K) float32 rows, M = 1..16; W: (N, K) float32, row-major (nn.Linear's layout); b: (N,) or
  * NULL; y: (M, N). At these shapes the product is a stream over W, read once per step; every
- * element of W is used for all M rows while it is in a register, so the cost stays close to one
- * pass over memory for any M, where a general GEMM library is built for large M.
+ * element of W is used for up to 8 rows while it is in a register, and for the next 8 while it is
+ * still in the CPU's cache, so the cost stays close to one pass over memory for any M, where a
+ * general GEMM library is built for large M.
  *
- * Each thread takes a contiguous range of W's rows, two at a time, with M × 2 vector accumulators,
- * and prefetches the stream ahead of the loads. skinny_linear_bf16 streams bfloat16 weights (half
- * the bytes), widened to float32 in registers. skinny_linear_int8 does the same over an int8
+ * Each thread takes a contiguous range of W's rows, two at a time, with 2 vector accumulators per
+ * row of x, and prefetches the stream ahead of the loads. When x's rows outgrow the first-level
+ * cache, k is walked in chunks (the accumulators wait in memory between chunks); with more than
+ * 8 rows, W's rows go in blocks that stay in the second-level cache for the second group.
+ * skinny_linear_bf16 streams bfloat16 weights (half the bytes), widened to float32 in registers. skinny_linear_int8 does the same over an int8
  * weight with per-row scales and int16 activations, in exact integer arithmetic (the LM-head
  * screen of lmlab/generation/head_screen.py, the int8 draft of speculative decoding). Built by
  * lmlab/kernels/build.py with -O3 -march=native -fopenmp for AVX-512 or AVX2+FMA; nothing is
@@ -18,6 +21,8 @@
 #include <stdlib.h>
 #include <immintrin.h>
 #include <omp.h>
+
+#include "lmlab_kernels.h"
 
 #if defined(__AVX512F__)
 typedef __m512 vec;
@@ -42,8 +47,14 @@ static inline float vsum(vec v) {
 #error "skinny_linear needs AVX-512 or AVX2 with FMA"
 #endif
 
-#define PREFETCH_AHEAD 1536 /* floats: about 6 KB ahead of the row pair being read */
-#define MAX_ROWS 8
+#define PREFETCH_LEAD 128     /* floats: how far past the same k of the next pair the prefetches go */
+#define PREFETCH_AHEAD_I8 6144 /* int8 weights: about 6 KB ahead of the row pair being read */
+#define X_CHUNK_BYTES 24576  /* x's rows over one chunk of k: half a 48 KB first-level cache */
+#define W_BLOCK_BYTES 393216 /* W's rows per block: read again from a 1 MB second-level cache */
+#define BLOCK_PAIRS 32
+#define GROUP_ROWS 8  /* rows of x per pass over a pair of W rows (its accumulators fill the registers) */
+#define MAX_ROWS LMLAB_MAX_ROWS /* float32 and bfloat16 rows per call: up to two groups */
+#define MAX_ROWS_I8 LMLAB_MAX_ROWS_INT8
 
 /* bfloat16 is the top half of a float32: widening is a shift, narrowing rounds to nearest even. */
 static inline float bf16_to_f32(unsigned short h) {
@@ -83,52 +94,104 @@ static inline float NAME(const WTYPE *w, const float *x, int from, int K) {     
 DEFINE_DOT_TAIL(dot_tail, float, F32)
 DEFINE_DOT_TAIL(dot_tail_bf16, unsigned short, BF16)
 
-/* rows_<MM><SUFFIX>: y (MM, N) over the weight rows [n_lo, n_hi), for weights (and bias) of type
- * WTYPE, read WIDTH at a time with WLOAD and one at a time with WGET. */
-#define DEFINE_ROWS(MM, SUFFIX, WTYPE, WLOAD, WGET, TAIL)                                        \
-static void rows_##MM##SUFFIX(int N, int K, const float *x, const WTYPE *W, const WTYPE *b, float *y, \
-                              int n_lo, int n_hi) {                                              \
-    int n = n_lo;                                                                                \
-    for (; n + 2 <= n_hi; n += 2) {                                                              \
-        const WTYPE *w0 = W + (size_t)n * K, *w1 = w0 + K;                                       \
-        vec a0[MM], a1[MM];                                                                      \
-        for (int m = 0; m < MM; m++) { a0[m] = vzero(); a1[m] = vzero(); }                       \
-        int k = 0;                                                                               \
-        for (; k + WIDTH <= K; k += WIDTH) {                                                     \
-            _mm_prefetch((const char *)(w1 + k + PREFETCH_AHEAD), _MM_HINT_T0);                  \
-            _mm_prefetch((const char *)(w1 + K + k + PREFETCH_AHEAD), _MM_HINT_T0);              \
-            vec u0 = WLOAD(w0 + k), u1 = WLOAD(w1 + k);                                          \
-            for (int m = 0; m < MM; m++) {                                                       \
-                vec xv = vload(x + (size_t)m * K + k);                                           \
-                a0[m] = vfma(u0, xv, a0[m]);                                                     \
-                a1[m] = vfma(u1, xv, a1[m]);                                                     \
-            }                                                                                    \
+/* pair_<MM><SUFFIX>: the weight rows n, n + 1 (w0, w1) against the MM rows of x over k in
+ * [k_lo, k_hi), for weights (and bias) of type WTYPE, read WIDTH at a time with WLOAD and one at a
+ * time with WGET. Each output has its own vector accumulator: it starts at zero (k_lo = 0) or
+ * from acc (2·MM vectors, where the previous range left it), and at k_hi = K it is summed into
+ * y[m, n] and y[m, n + 1]; otherwise it goes back to acc. So a row's result is the same
+ * whichever rows it is computed with, and however k is split. With lead ≥ 0, the next pair's
+ * weights are prefetched lead floats ahead of the ones being read. */
+#define DEFINE_PAIR(MM, SUFFIX, WTYPE, WLOAD, WGET, TAIL)                                        \
+static void pair_##MM##SUFFIX(int N, int K, const float *x, const WTYPE *w0, const WTYPE *b, float *y, int n, \
+                              int k_lo, int k_hi, vec *acc, int lead) {                          \
+    const WTYPE *w1 = w0 + K, *ahead = w0 + 2 * K + lead;                                        \
+    vec a0[MM], a1[MM];                                                                          \
+    for (int m = 0; m < MM; m++) {                                                               \
+        a0[m] = k_lo ? acc[m] : vzero();                                                         \
+        a1[m] = k_lo ? acc[MM + m] : vzero();                                                    \
+    }                                                                                            \
+    int k = k_lo;                                                                                \
+    for (; k + WIDTH <= k_hi; k += WIDTH) {                                                      \
+        if (lead >= 0) {                                                                         \
+            _mm_prefetch((const char *)(ahead + k), _MM_HINT_T0);                                \
+            _mm_prefetch((const char *)(ahead + K + k), _MM_HINT_T0);                            \
         }                                                                                        \
+        vec u0 = WLOAD(w0 + k), u1 = WLOAD(w1 + k);                                              \
         for (int m = 0; m < MM; m++) {                                                           \
-            const float *xm = x + (size_t)m * K;                                                 \
-            y[(size_t)m * N + n] = vsum(a0[m]) + TAIL(w0, xm, k, K) + (b ? WGET(b, n) : 0.f);    \
-            y[(size_t)m * N + n + 1] = vsum(a1[m]) + TAIL(w1, xm, k, K) + (b ? WGET(b, n + 1) : 0.f); \
+            vec xv = vload(x + (size_t)m * K + k);                                               \
+            a0[m] = vfma(u0, xv, a0[m]);                                                         \
+            a1[m] = vfma(u1, xv, a1[m]);                                                         \
         }                                                                                        \
     }                                                                                            \
-    for (; n < n_hi; n++)                                                                        \
-        for (int m = 0; m < MM; m++)                                                             \
+    if (k_hi < K) {                                                                              \
+        for (int m = 0; m < MM; m++) { acc[m] = a0[m]; acc[MM + m] = a1[m]; }                    \
+        return;                                                                                  \
+    }                                                                                            \
+    for (int m = 0; m < MM; m++) {                                                               \
+        const float *xm = x + (size_t)m * K;                                                     \
+        y[(size_t)m * N + n] = vsum(a0[m]) + TAIL(w0, xm, k, K) + (b ? WGET(b, n) : 0.f);        \
+        y[(size_t)m * N + n + 1] = vsum(a1[m]) + TAIL(w1, xm, k, K) + (b ? WGET(b, n + 1) : 0.f); \
+    }                                                                                            \
+}
+
+#define DEFINE_ALL_PAIRS(SUFFIX, WTYPE, WLOAD, WGET, TAIL)                                       \
+    DEFINE_PAIR(1, SUFFIX, WTYPE, WLOAD, WGET, TAIL) DEFINE_PAIR(2, SUFFIX, WTYPE, WLOAD, WGET, TAIL) \
+    DEFINE_PAIR(3, SUFFIX, WTYPE, WLOAD, WGET, TAIL) DEFINE_PAIR(4, SUFFIX, WTYPE, WLOAD, WGET, TAIL) \
+    DEFINE_PAIR(5, SUFFIX, WTYPE, WLOAD, WGET, TAIL) DEFINE_PAIR(6, SUFFIX, WTYPE, WLOAD, WGET, TAIL) \
+    DEFINE_PAIR(7, SUFFIX, WTYPE, WLOAD, WGET, TAIL) DEFINE_PAIR(8, SUFFIX, WTYPE, WLOAD, WGET, TAIL)
+
+DEFINE_ALL_PAIRS(, float, vload, F32, dot_tail)
+DEFINE_ALL_PAIRS(_bf16, unsigned short, vload_bf16, BF16, dot_tail_bf16)
+
+typedef void (*pair_fn)(int, int, const float *, const float *, const float *, float *, int, int, int, vec *, int);
+static const pair_fn PAIRS[GROUP_ROWS + 1] = {0, pair_1, pair_2, pair_3, pair_4, pair_5, pair_6, pair_7, pair_8};
+typedef void (*pair_bf16_fn)(int, int, const float *, const unsigned short *, const unsigned short *, float *, int,
+                             int, int, vec *, int);
+static const pair_bf16_fn PAIRS_BF16[GROUP_ROWS + 1] = {0, pair_1_bf16, pair_2_bf16, pair_3_bf16, pair_4_bf16,
+                                                        pair_5_bf16, pair_6_bf16, pair_7_bf16, pair_8_bf16};
+
+/* How a thread's share of W is walked: blocks of block_rows W rows (even; about W_BLOCK_BYTES of
+ * float32, at most 2·BLOCK_PAIRS), and k in chunks of k_chunk (a multiple of WIDTH, or all of K)
+ * so that GROUP_ROWS rows of x over one chunk stay in the first-level cache. */
+static int k_chunk(int M, int K) {
+    int rows = M < GROUP_ROWS ? M : GROUP_ROWS, fits = X_CHUNK_BYTES / (rows * (int)sizeof(float)) / WIDTH * WIDTH;
+    return K <= fits ? K : fits;
+}
+
+static int block_rows(int K) {
+    int rows = W_BLOCK_BYTES / (K * (int)sizeof(float)) & ~1;
+    return rows < 2 ? 2 : (rows > 2 * BLOCK_PAIRS ? 2 * BLOCK_PAIRS : rows);
+}
+
+/* rows<SUFFIX>: y (M, N) over the weight rows [n_lo, n_hi). Within a block, each chunk of k goes
+ * through the pairs for the first GROUP_ROWS rows of x (the block comes from memory, prefetched
+ * ahead), then for the next rows (the block is still in the CPU's cache): W is read from memory
+ * once for all MAX_ROWS rows. */
+#define DEFINE_ROWS(SUFFIX, WTYPE, WGET, TAIL, TABLE)                                            \
+static void rows##SUFFIX(int M, int N, int K, const float *x, const WTYPE *W, const WTYPE *b, float *y, \
+                         int n_lo, int n_hi) {                                                   \
+    vec acc[BLOCK_PAIRS * (MAX_ROWS / GROUP_ROWS) * 2 * GROUP_ROWS];                             \
+    int chunk = k_chunk(M, K), block = block_rows(K), pairs_end = n_lo + ((n_hi - n_lo) & ~1);   \
+    for (int n0 = n_lo; n0 < pairs_end; n0 += block) {                                           \
+        int n1 = n0 + block < pairs_end ? n0 + block : pairs_end;                                \
+        for (int k0 = 0; k0 < K; k0 += chunk) {                                                  \
+            int k1 = k0 + chunk < K ? k0 + chunk : K;                                            \
+            for (int m = 0; m < M; m += GROUP_ROWS) {                                            \
+                int rows_here = M - m < GROUP_ROWS ? M - m : GROUP_ROWS;                         \
+                for (int n = n0; n < n1; n += 2)                                                 \
+                    TABLE[rows_here](N, K, x + (size_t)m * K, W + (size_t)n * K, b, y + (size_t)m * N, n, k0, k1, \
+                                     acc + ((size_t)((n - n0) / 2) * (MAX_ROWS / GROUP_ROWS) + m / GROUP_ROWS) * 2 * GROUP_ROWS, \
+                                     m == 0 ? PREFETCH_LEAD : -1);                               \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    for (int n = pairs_end; n < n_hi; n++)                                                       \
+        for (int m = 0; m < M; m++)                                                              \
             y[(size_t)m * N + n] = TAIL(W + (size_t)n * K, x + (size_t)m * K, 0, K) + (b ? WGET(b, n) : 0.f); \
 }
 
-#define DEFINE_ALL_ROWS(SUFFIX, WTYPE, WLOAD, WGET, TAIL)                                        \
-    DEFINE_ROWS(1, SUFFIX, WTYPE, WLOAD, WGET, TAIL) DEFINE_ROWS(2, SUFFIX, WTYPE, WLOAD, WGET, TAIL) \
-    DEFINE_ROWS(3, SUFFIX, WTYPE, WLOAD, WGET, TAIL) DEFINE_ROWS(4, SUFFIX, WTYPE, WLOAD, WGET, TAIL) \
-    DEFINE_ROWS(5, SUFFIX, WTYPE, WLOAD, WGET, TAIL) DEFINE_ROWS(6, SUFFIX, WTYPE, WLOAD, WGET, TAIL) \
-    DEFINE_ROWS(7, SUFFIX, WTYPE, WLOAD, WGET, TAIL) DEFINE_ROWS(8, SUFFIX, WTYPE, WLOAD, WGET, TAIL)
-
-DEFINE_ALL_ROWS(, float, vload, F32, dot_tail)
-DEFINE_ALL_ROWS(_bf16, unsigned short, vload_bf16, BF16, dot_tail_bf16)
-
-typedef void (*rows_fn)(int, int, const float *, const float *, const float *, float *, int, int);
-static const rows_fn ROWS[MAX_ROWS + 1] = {0, rows_1, rows_2, rows_3, rows_4, rows_5, rows_6, rows_7, rows_8};
-typedef void (*rows_bf16_fn)(int, int, const float *, const unsigned short *, const unsigned short *, float *, int, int);
-static const rows_bf16_fn ROWS_BF16[MAX_ROWS + 1] = {0, rows_1_bf16, rows_2_bf16, rows_3_bf16, rows_4_bf16,
-                                                     rows_5_bf16, rows_6_bf16, rows_7_bf16, rows_8_bf16};
+DEFINE_ROWS(, float, F32, dot_tail, PAIRS)
+DEFINE_ROWS(_bf16, unsigned short, BF16, dot_tail_bf16, PAIRS_BF16)
 
 /* The int8 product: Q (N, K) int8 with one float32 scale per row, x given as int16 rows xq with
  * one scale per row. The products and their sums are exact int32 (vpmaddwd): the caller bounds
@@ -172,7 +235,7 @@ static void rows_i8_##MM(int N, int K, const short *x, const float *xscale, cons
         for (int m = 0; m < MM; m++) { a0[m] = izero(); a1[m] = izero(); }                       \
         int k = 0;                                                                               \
         for (; k + IWIDTH <= K; k += IWIDTH) {                                                   \
-            _mm_prefetch((const char *)(q1 + k + 4 * PREFETCH_AHEAD), _MM_HINT_T0);              \
+            _mm_prefetch((const char *)(q1 + k + PREFETCH_AHEAD_I8), _MM_HINT_T0);              \
             ivec u0 = iload_w(q0 + k), u1 = iload_w(q1 + k);                                     \
             for (int m = 0; m < MM; m++) {                                                       \
                 ivec xv = iload_x(x + (size_t)m * K + k);                                        \
@@ -195,7 +258,7 @@ DEFINE_ROWS_I8(1) DEFINE_ROWS_I8(2) DEFINE_ROWS_I8(3) DEFINE_ROWS_I8(4)
 DEFINE_ROWS_I8(5) DEFINE_ROWS_I8(6) DEFINE_ROWS_I8(7) DEFINE_ROWS_I8(8)
 
 typedef void (*rows_i8_fn)(int, int, const short *, const float *, const signed char *, const float *, float *, int, int);
-static const rows_i8_fn ROWS_I8[MAX_ROWS + 1] = {0, rows_i8_1, rows_i8_2, rows_i8_3, rows_i8_4,
+static const rows_i8_fn ROWS_I8[MAX_ROWS_I8 + 1] = {0, rows_i8_1, rows_i8_2, rows_i8_3, rows_i8_4,
                                                  rows_i8_5, rows_i8_6, rows_i8_7, rows_i8_8};
 
 /* Thread t of T gets an even share of the N rows (rows go in pairs): [*lo, *hi). */
@@ -209,12 +272,11 @@ static inline void share(int N, int *lo, int *hi) {
 /* The entry point: 0 on success, -1 when M is out of range. */
 int skinny_linear(int M, int N, int K, const float *x, const float *W, const float *b, float *y) {
     if (M < 1 || M > MAX_ROWS || N < 1 || K < 1) return -1;
-    rows_fn rows = ROWS[M];
     #pragma omp parallel if ((size_t)N * K >= 65536)
     {
         int lo, hi;
         share(N, &lo, &hi);
-        if (lo < hi) rows(N, K, x, W, b, y, lo, hi);
+        if (lo < hi) rows(M, N, K, x, W, b, y, lo, hi);
     }
     return 0;
 }
@@ -223,7 +285,7 @@ int skinny_linear(int M, int N, int K, const float *x, const float *W, const flo
  * is out of range. */
 int skinny_linear_int8(int M, int N, int K, const short *xq, const float *xscale, const signed char *Q,
                        const float *scale, float *y) {
-    if (M < 1 || M > MAX_ROWS || N < 1 || K < 1) return -1;
+    if (M < 1 || M > MAX_ROWS_I8 || N < 1 || K < 1) return -1;
     rows_i8_fn rows = ROWS_I8[M];
     #pragma omp parallel if ((size_t)N * K >= 262144)
     {
@@ -237,11 +299,11 @@ int skinny_linear_int8(int M, int N, int K, const short *xq, const float *xscale
 /* The same for float32 rows x (M, K): each row is rounded to int16 first (one scale per row, the
  * largest |value| that keeps the sums in int32), which is how an int8 draft model runs. */
 int skinny_linear_int8_f32(int M, int N, int K, const float *x, const signed char *Q, const float *scale, float *y) {
-    if (M < 1 || M > MAX_ROWS || N < 1 || K < 1) return -1;
+    if (M < 1 || M > MAX_ROWS_I8 || N < 1 || K < 1) return -1;
     long long limit = (2147483647LL / (127LL * K));
     int max_abs = limit < 32767 ? (int)limit : 32767;
     short *xq = (short *)malloc(sizeof(short) * (size_t)M * K);
-    float xscale[MAX_ROWS];
+    float xscale[MAX_ROWS_I8];
     if (!xq) return -2;
     for (int m = 0; m < M; m++) {
         const float *row = x + (size_t)m * K;
@@ -268,12 +330,11 @@ int skinny_linear_bf16(int M, int N, int K, const unsigned short *x, const unsig
     if (!xf) return -2;
     float *yf = xf + (size_t)M * K;
     for (size_t i = 0; i < (size_t)M * K; i++) xf[i] = bf16_to_f32(x[i]);
-    rows_bf16_fn rows = ROWS_BF16[M];
     #pragma omp parallel if ((size_t)N * K >= 131072)
     {
         int lo, hi;
         share(N, &lo, &hi);
-        if (lo < hi) rows(N, K, xf, W, b, yf, lo, hi);
+        if (lo < hi) rows_bf16(M, N, K, xf, W, b, yf, lo, hi);
     }
     for (size_t i = 0; i < (size_t)M * N; i++) y[i] = f32_to_bf16(yf[i]);
     free(xf);

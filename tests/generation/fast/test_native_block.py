@@ -90,9 +90,9 @@ def test_native_block_equals_its_modules(variant, padded, rope_fraction):
         return y if y is not None else by_modules(block, x, cache, pos, mask, rotary)
 
     with torch.no_grad():
-        got, got_cache = run_steps(block, native_step, [1, 4, 5, 1], padding, rope)
-        want, want_cache = run_steps(block, by_modules, [1, 4, 5, 1], padding, rope)
-    assert calls == [True, True, False, True]  # 2 sequences × 5 tokens are more rows than the kernel takes
+        got, got_cache = run_steps(block, native_step, [1, 4, 5, 9, 1], padding, rope)
+        want, want_cache = run_steps(block, by_modules, [1, 4, 5, 9, 1], padding, rope)
+    assert calls == [True, True, True, False, True]  # 2 sequences × 9 tokens are more than the kernel takes
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_cache.keys, want_cache.keys, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_cache.values, want_cache.values, rtol=1e-5, atol=1e-5)

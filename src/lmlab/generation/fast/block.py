@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lmlab.generation.fast.modules import Int8Weights, int8_weights_in_use, kernel_mask, row_table
-from lmlab.kernels import MAX_ROWS
+from lmlab.kernels import BLOCK_ROWS
 from lmlab.kernels.block import ACTIVATIONS, PROJECTIONS, BlockWeights, block_weights, decode_block
 from lmlab.layers.attention import MultiHeadAttention
 from lmlab.layers.feedforward import FeedForward, GatedFeedForward
@@ -75,7 +75,7 @@ class NativeBlock(TransformerBlock):
         rope = (rotary.cos, rotary.sin) if rotary is not None else None
         rows = row_table()
         B, T, _ = x.shape
-        if B * T <= MAX_ROWS or T > 1 or rows is not None or cache.keys.size(0) != B:
+        if B * T <= BLOCK_ROWS or T > 1 or rows is not None or cache.keys.size(0) != B:
             return decode_block(weights, x, cache.keys, cache.values, start_pos, rows, allowed, rope)
         return self._step_in_groups(weights, x, cache, start_pos, allowed, rope)
 
@@ -89,8 +89,8 @@ class NativeBlock(TransformerBlock):
         any group cannot run (the modules then rewrite every row's keys and values)."""
         B = x.size(0)
         outputs = []
-        for lo in range(0, B, MAX_ROWS):
-            hi = min(B, lo + MAX_ROWS)
+        for lo in range(0, B, BLOCK_ROWS):
+            hi = min(B, lo + BLOCK_ROWS)
             mine = allowed[lo:hi] if allowed is not None and allowed.size(0) == B else allowed
             rope_rows = rope
             if rope is not None and rope[0].dim() == 4 and rope[0].size(0) == B:
