@@ -176,3 +176,8 @@ def test_int8_projections_of_a_draft_run_in_the_native_block(variant):
     with torch.no_grad():
         float32, _ = run_steps(block, by_modules, [1, 4, 1])
     assert (got - float32).abs().mean() > 10 * (got - want).abs().max()  # the int8 weights were used
+    x, cache = torch.randn(2, 5, block.attn.out_proj.out_features), KVCache(2, block.attn.n_kv_heads, 8, block.attn.head_dim)
+    with torch.no_grad():
+        with int8_weights(table):  # 10 rows: more than the int8 kernel takes, where float32 weights take them
+            assert fused_step(with_native_layers, x, cache, 0, None) is None
+        assert fused_step(with_native_layers, x, cache, 0, None) is not None
