@@ -1,9 +1,10 @@
 """Native kernels for the hot spots PyTorch's libraries leave slow, built on first use.
 
-:func:`skinny_linear` computes ``x · Wᵀ + b`` for 1–8 rows of float32 ``x`` on the CPU — every
-matrix product of a decoding step. MKL streams a weight matrix at memory speed for one row but
-takes much longer for 2–8 (batched greedy decoding, beam search); the kernel in
-``skinny_linear.c`` stays near one pass over memory for all of them. :func:`skinny_linear_int8`
+:func:`skinny_linear` computes ``x · Wᵀ + b`` for 1–16 (:data:`BLOCK_ROWS`) rows of float32 ``x``
+on the CPU — every matrix product of a decoding step. MKL streams a weight matrix at memory speed
+for one row but takes much longer for 2–8 (batched greedy decoding, beam search); the kernel in
+``skinny_linear.c`` reads the weights from memory once for all of them, and each row's result is
+bitwise the same whichever rows it is computed with. :func:`skinny_linear_int8`
 is the same product over an int8 weight with per-row scales, in exact integer arithmetic on
 int16 activations. :func:`decode_attention` (``decode_attention.c``) is the attention of a few new
 queries over a KV cache, reading each cached position from the row a table names, so that beam

@@ -109,8 +109,8 @@ def decode_block(
     allowed: torch.Tensor | None = None,
     rope: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
-    """The block on x (B, T, C) at positions [start, start+T), B·T ≤ 16 (≤ 8 with int8 weights), T ≤ 8, writing their keys and
-    values into the cache (the arguments of :func:`~lmlab.kernels.decode_attention`) → (B, T, C).
+    """The block on x (B, T, C) at positions [start, start+T), B·T ≤ 16 (≤ 8 with int8 weights)
+    and T ≤ 8, writing their keys and values into the cache (the arguments of :func:`~lmlab.kernels.decode_attention`) → (B, T, C).
     rope: RoPE's (cos, sin) of these positions, (T, r) or (B|1, 1, T, r), rotating the first r
     dimensions of every query and key head ("rotate half"). None, with the cache untouched, where
     it does not apply (run the block's modules)."""

@@ -18,7 +18,7 @@ over step boundaries; at each one it
    prompt's keys/values move into a free row of the batch cache
    (:class:`~lmlab.serving.batch.BatchCache`);
 3. decodes one token for every running row in one forward pass (on the native path each block
-   runs its kernel over groups of :data:`~lmlab.kernels.MAX_ROWS` rows, see
+   runs its kernel over groups of :data:`~lmlab.kernels.BLOCK_ROWS` rows, see
    :class:`~lmlab.generation.fast.block.NativeBlock`), each row with its own mask and positions;
    a row that finishes leaves at once. When one greedy row runs alone and no request could join it, the
    step is speculative, as ``generate``'s (:mod:`~lmlab.generation.speculative`): the int8

@@ -46,7 +46,8 @@ def runs_natively(block: nn.Module) -> bool:
 
 class NativeBlock(TransformerBlock):
     """A pre-norm :class:`TransformerBlock` (see :func:`runs_natively`) whose decoding step — a
-    cache and at most 8 rows — is one native call (more rows: one call per group of them)."""
+    cache and at most 16 rows (:data:`~lmlab.kernels.BLOCK_ROWS`) — is one native call (more rows:
+    one call per group of them)."""
 
     def forward(
         self,
